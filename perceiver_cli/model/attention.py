@@ -1,0 +1,164 @@
+"""Attention blocks of the Perceiver: cross-attention (latents <- input) and self-attention (latents).
+
+Attention runs through torch's fused `scaled_dot_product_attention`; the eager path, used only
+when the weights are asked for, computes softmax(q k^T / sqrt(d)) explicitly and returns it.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class InputProjection(nn.Module):
+    """Linear(LayerNorm([x; pe])) without building the concatenation.
+
+    The parameters are exactly those of a LayerNorm + Linear over C = C_x + C_pe channels, but the
+    product is split: W [x; pe] = W_x x + W_pe pe. The position part is computed once per batch
+    (pe is shared by all samples) and the input part costs only C_x channels per token. The
+    LayerNorm only contributes per-token scalars (mean and variance over the C channels), so the
+    split is exact:  Linear(LN(z)) = rstd * (W' z - mean * W' 1) + (W beta + b),  W' = W diag(gamma).
+    """
+
+    def __init__(self, x_channels: int, pe_channels: int, out_features: int):
+        super().__init__()
+        self.x_channels, self.pe_channels = x_channels, pe_channels
+        self.norm = nn.LayerNorm(x_channels + pe_channels)
+        self.proj = nn.Linear(x_channels + pe_channels, out_features)
+
+    def reference(self, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        """The plain computation on the concatenation (for tests and as documentation)."""
+        pe = pe.expand(x.shape[0], *pe.shape[-2:]) if pe.dim() == 2 else pe
+        return self.proj(self.norm(torch.cat([x, pe], dim=-1)))
+
+    def forward(self, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        # x: B M C_x, pe: M C_pe (shared) or B M C_pe (per sample, e.g. point coordinates)
+        channels = self.x_channels + self.pe_channels
+        w = self.proj.weight * self.norm.weight  # W' = W diag(gamma): out C
+        w_x, w_pe = w[:, : self.x_channels], w[:, self.x_channels :]
+        bias = self.proj.weight @ self.norm.bias + self.proj.bias  # out
+
+        xf, pef = x.float(), pe.float()  # statistics in fp32, also under autocast
+        mean = (xf.sum(-1) + pef.sum(-1)) / channels  # B M
+        sq_mean = (xf.square().sum(-1) + pef.square().sum(-1)) / channels
+        rstd = torch.rsqrt((sq_mean - mean.square()).clamp_min(0) + self.norm.eps)
+
+        projected = F.linear(pe, w_pe)  # (B) M out, once per batch when shared
+        if self.x_channels:
+            projected = F.linear(x, w_x) + projected  # B M out
+        row_sums = w.sum(dim=1)  # W' 1
+        out = (projected - mean[..., None] * row_sums) * rstd[..., None] + bias
+        return out.to(projected.dtype)
+
+
+class MLP(nn.Module):
+    """LayerNorm -> Linear -> GELU (or GEGLU) -> Linear, widening the channels by `widening`."""
+
+    def __init__(self, dim: int, widening: int, activation: str, dropout: float):
+        super().__init__()
+        hidden = dim * widening
+        self.norm = nn.LayerNorm(dim)
+        self.geglu = activation == "geglu"
+        self.fc1 = nn.Linear(dim, hidden * 2 if self.geglu else hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(self.norm(x))
+        if self.geglu:
+            h, gate = h.chunk(2, dim=-1)
+            h = h * F.gelu(gate)
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.fc2(h))
+
+
+def attend(q, k, v, mask, dropout_p: float, need_weights: bool):
+    """q: B H N d, k/v: B H M d, mask: B M (True = real token) or None -> (B H N d, weights or None)."""
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # B H N M
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p else weights @ v
+    return out, weights
+
+
+class CrossAttention(nn.Module):
+    """Latents (queries) attend to the input (keys/values); LayerNorm on both sides (paper Sec. 2)."""
+
+    def __init__(self, latent_dim, x_channels, pe_channels, heads, head_dim, dropout, attention_dropout):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.latent_norm = nn.LayerNorm(latent_dim)
+        self.to_q = nn.Linear(latent_dim, inner, bias=False)
+        self.to_kv = InputProjection(x_channels, pe_channels, 2 * inner)
+        self.to_out = nn.Linear(inner, latent_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = attention_dropout
+
+    def keys_values(self, x, pe):
+        k, v = self.to_kv(x, pe).chunk(2, dim=-1)
+        split = lambda t: rearrange(t, "b m (h d) -> b h m d", h=self.heads)  # noqa: E731
+        return split(k), split(v)
+
+    def forward(self, latents, kv, mask=None, need_weights=False):
+        k, v = kv
+        q = rearrange(self.to_q(self.latent_norm(latents)), "b n (h d) -> b h n d", h=self.heads)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        out, weights = attend(q, k, v, mask, dropout_p, need_weights)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.dropout(self.to_out(out)), weights
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention among the latents."""
+
+    def __init__(self, dim, heads, head_dim, dropout, attention_dropout):
+        super().__init__()
+        self.heads = heads
+        inner = heads * head_dim
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = attention_dropout
+
+    def forward(self, x):
+        q, k, v = rearrange(self.to_qkv(self.norm(x)), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        out, _ = attend(q, k, v, None, dropout_p, need_weights=False)
+        return self.dropout(self.to_out(rearrange(out, "b h n d -> b n (h d)")))
+
+
+class CrossAttendBlock(nn.Module):
+    """One cross-attend: latents += CrossAttention(latents, input); latents += MLP(latents)."""
+
+    def __init__(self, latent_dim, x_channels, pe_channels, heads, head_dim, widening, activation, dropout, attn_dropout):
+        super().__init__()
+        self.attention = CrossAttention(latent_dim, x_channels, pe_channels, heads, head_dim, dropout, attn_dropout)
+        self.mlp = MLP(latent_dim, widening, activation, dropout)
+
+    def forward(self, latents, kv, mask=None, need_weights=False):
+        update, weights = self.attention(latents, kv, mask, need_weights)
+        latents = latents + update
+        return latents + self.mlp(latents), weights
+
+
+class LatentTransformer(nn.Module):
+    """`depth` self-attention blocks over the latents."""
+
+    def __init__(self, dim, depth, heads, head_dim, widening, activation, dropout, attn_dropout):
+        super().__init__()
+        self.attentions = nn.ModuleList(SelfAttention(dim, heads, head_dim, dropout, attn_dropout) for _ in range(depth))
+        self.mlps = nn.ModuleList(MLP(dim, widening, activation, dropout) for _ in range(depth))
+
+    def forward(self, x):
+        for attention, mlp in zip(self.attentions, self.mlps):
+            x = x + attention(x)
+            x = x + mlp(x)
+        return x

@@ -1,0 +1,88 @@
+"""Input adapters: turn a batch of one modality into tokens (B M C_x) and positions (M or B M, C_pe).
+
+    image     (B, H, W, C)   -> H*W tokens of C channels, positions on the H x W grid
+    sequence  (B, L, C)      -> L tokens, positions on a 1D grid
+    points    (B, N, 3 + F)  -> N tokens of F features, positions = Fourier features of xyz (per sample);
+                                 a padding mask (B, N) marks the real points of variable-length sets
+"""
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .position import FourierGridEncoding, FourierPointEncoding, LearnedEncoding
+
+
+class InputAdapter(nn.Module):
+    """Shared behaviour: the position encoding and the optional fixed permutation of positions."""
+
+    def __init__(self, config, grid_shape: tuple[int, ...], channels: int):
+        super().__init__()
+        self.grid_shape = tuple(grid_shape)
+        self.x_channels = channels
+        num_positions = math.prod(self.grid_shape)
+        if config.position_encoding == "learned":
+            self.position = LearnedEncoding(num_positions, config.learned_dim)
+        else:
+            self.position = FourierGridEncoding(len(self.grid_shape), config.num_bands, config.max_freq)
+        self.pe_channels = self.position.channels
+        self.permutation = None
+        if config.permute_pixels:
+            generator = torch.Generator().manual_seed(config.permute_seed)
+            self.register_buffer("permutation", torch.randperm(num_positions, generator=generator), persistent=True)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        grid = tuple(x.shape[1:-1])
+        tokens = self.tokens(x)  # B M C_x
+        pe = self.position(grid, x.device)  # M C_pe, built once per grid shape
+        if self.permutation is not None:
+            if tokens.shape[1] != self.permutation.numel():
+                raise ValueError(f"pixel permutation was built for {self.permutation.numel()} positions, input has {tokens.shape[1]}")
+            # pixels and their positions move together: the model sees a scrambled order
+            tokens, pe = tokens[:, self.permutation], pe[self.permutation]
+        return tokens, pe, mask
+
+
+class ImageAdapter(InputAdapter):
+    def tokens(self, x):
+        return rearrange(x, "b h w c -> b (h w) c")
+
+
+class SequenceAdapter(InputAdapter):
+    def tokens(self, x):
+        return x
+
+
+class PointAdapter(nn.Module):
+    """Point sets: positions come from each point's coordinates, so they are per sample."""
+
+    def __init__(self, config, coords: int, features: int):
+        super().__init__()
+        self.coords = coords
+        self.x_channels = features
+        self.position = FourierPointEncoding(coords, config.num_bands, config.max_freq)
+        self.pe_channels = self.position.channels
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        coordinates, features = x[..., : self.coords], x[..., self.coords :]
+        return features, self.position(coordinates), mask
+
+
+def build_adapter(config, input_spec: dict) -> nn.Module:
+    kind = input_spec["kind"]
+    if kind == "image":
+        height, width, channels = input_spec["shape"]
+        return ImageAdapter(config, (height, width), channels)
+    if kind == "sequence":
+        length, channels = input_spec["shape"]
+        return SequenceAdapter(config, (length,), channels)
+    if kind == "points":
+        if config.position_encoding != "fourier":
+            raise ValueError("point sets take their positions from coordinates: use model.position_encoding=fourier")
+        return PointAdapter(config, input_spec.get("coords", 3), input_spec.get("features", 0))
+    raise ValueError(f"unknown input kind {kind!r}")

@@ -1,0 +1,117 @@
+"""The Perceiver (Jaegle et al., 2021): a latent array cross-attends to the input, a latent
+Transformer processes it, repeated `cross_attends` times; then a classification head.
+
+    latents  = latent array (N x D), truncated-normal init, std 0.02
+    for i in range(cross_attends):
+        latents = CrossAttend_i(latents, input)      # i >= 1 share weights (paper)
+        latents = LatentTransformer_i(latents)       # all share weights (paper)
+    logits = Head(latents)                           # mean over latents | CLS latent | IO query
+"""
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from .attention import MLP, CrossAttendBlock, CrossAttention, LatentTransformer
+from .inputs import build_adapter
+
+
+@dataclass
+class PerceiverOutput:
+    logits: torch.Tensor
+    # one (B, heads, latents, inputs) tensor per cross-attend, when asked for
+    cross_attention: list[torch.Tensor] | None = None
+
+
+class Perceiver(nn.Module):
+    def __init__(self, config, input_spec: dict, num_classes: int):
+        super().__init__()
+        self.config, self.input_spec, self.num_classes = config, dict(input_spec), num_classes
+        dim = config.latent_dim
+        self.adapter = build_adapter(config, input_spec)
+        x_ch, pe_ch = self.adapter.x_channels, self.adapter.pe_channels
+
+        num_latents = config.num_latents + (1 if config.output == "cls" else 0)
+        self.latents = nn.Parameter(torch.empty(num_latents, dim))
+        nn.init.trunc_normal_(self.latents, std=0.02)
+
+        cross_head_dim = config.cross_head_dim or dim // config.cross_heads
+        latent_head_dim = config.latent_head_dim or dim // config.latent_heads
+        make_cross = lambda: CrossAttendBlock(  # noqa: E731
+            dim, x_ch, pe_ch, config.cross_heads, cross_head_dim, config.widening_factor,
+            config.activation, config.dropout, config.attention_dropout,
+        )
+        make_latent = lambda: LatentTransformer(  # noqa: E731
+            dim, config.latent_blocks, config.latent_heads, latent_head_dim, config.widening_factor,
+            config.activation, config.dropout, config.attention_dropout,
+        )
+        # Weight sharing as in the paper: the first cross-attend has its own weights (sharing it was
+        # unstable), all later ones share one set; every latent Transformer shares one set.
+        if config.share_weights:
+            self.cross_blocks = nn.ModuleList([make_cross()] + ([make_cross()] if config.cross_attends > 1 else []))
+            self.latent_blocks = nn.ModuleList([make_latent()])
+            self.cross_index = [0] + [1] * (config.cross_attends - 1)
+            self.latent_index = [0] * config.cross_attends
+        else:
+            self.cross_blocks = nn.ModuleList(make_cross() for _ in range(config.cross_attends))
+            self.latent_blocks = nn.ModuleList(make_latent() for _ in range(config.cross_attends))
+            self.cross_index = self.latent_index = list(range(config.cross_attends))
+
+        if config.output == "query":  # Perceiver IO decoder: one learned query attends to the latents
+            self.query = nn.Parameter(torch.empty(1, dim))
+            nn.init.trunc_normal_(self.query, std=0.02)
+            self.decoder = CrossAttention(dim, dim, 0, config.cross_heads, cross_head_dim, 0.0, 0.0)
+            self.decoder.to_kv = _LatentKV(dim, 2 * config.cross_heads * cross_head_dim)
+            self.decoder_mlp = MLP(dim, config.widening_factor, config.activation, config.dropout)
+        self.head_norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False):
+        """x: a batch in the adapter's layout (e.g. B H W C images). Returns logits, or a
+        PerceiverOutput with the cross-attention weights when `return_attention` (eager path)."""
+        tokens, pe, mask = self.adapter(x, mask)
+        latents = repeat(self.latents, "n d -> b n d", b=x.shape[0])
+        kv_cache: dict[int, tuple] = {}  # a shared cross-attend sees the same input: project it once
+        maps = []
+        for cross_i, latent_i in zip(self.cross_index, self.latent_index):
+            block = self.cross_blocks[cross_i]
+            if cross_i not in kv_cache:
+                kv_cache[cross_i] = block.attention.keys_values(tokens, pe)
+            latents, weights = block(latents, kv_cache[cross_i], mask, need_weights=return_attention)
+            latents = self.latent_blocks[latent_i](latents)
+            if return_attention:
+                maps.append(weights)
+        logits = self.classifier(self.head_norm(self._pool(latents)))
+        return PerceiverOutput(logits, maps) if return_attention else logits
+
+    def _pool(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.config.output == "mean":
+            return latents.mean(dim=1)
+        if self.config.output == "cls":
+            return latents[:, -1]
+        query = repeat(self.query, "n d -> b n d", b=latents.shape[0])
+        update, _ = self.decoder(query, self.decoder.keys_values(latents, None))
+        query = query + update
+        return (query + self.decoder_mlp(query))[:, 0]
+
+
+class _LatentKV(nn.Module):
+    """Key/value projection of the latents for the Perceiver IO decoder (no position channels)."""
+
+    def __init__(self, dim: int, out_features: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, out_features)
+
+    def forward(self, latents, _pe=None):
+        return self.proj(self.norm(latents))
+
+
+def build_model(config, input_spec: dict, num_classes: int) -> Perceiver:
+    return Perceiver(config, input_spec, num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,222 @@
+"""The recipe: a YAML file with sections model, data, optim, train, loaded into typed config objects.
+
+Each value has exactly one home: its type, default and help live here. `--set a.b=value` overrides
+are parsed as YAML scalars and validated like the file. Unknown keys name the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+# the shipped recipes live at the project root (recipes/), beside the package
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "digits.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    num_latents: int = Field(64, gt=0, description="N, rows of the latent array")
+    latent_dim: int = Field(128, gt=0, description="D, channels of each latent")
+    cross_attends: int = Field(1, gt=0, description="how many times the latents cross-attend to the input")
+    latent_blocks: int = Field(4, gt=0, description="self-attention blocks in the latent Transformer after each cross-attend")
+    cross_heads: int = Field(1, gt=0, description="heads of the cross-attention (paper: 1)")
+    latent_heads: int = Field(8, gt=0, description="heads of the latent self-attention")
+    cross_head_dim: Optional[int] = Field(None, gt=0, description="channels per cross-attention head (default latent_dim / cross_heads)")
+    latent_head_dim: Optional[int] = Field(None, gt=0, description="channels per self-attention head (default latent_dim / latent_heads)")
+    activation: Literal["gelu", "geglu"] = Field("gelu", description="MLP non-linearity")
+    widening_factor: int = Field(4, gt=0, description="MLP hidden channels = widening_factor * dim")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after attention and MLP outputs")
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights")
+    share_weights: bool = Field(True, description="cross-attends after the first share weights; latent Transformers share (paper)")
+    position_encoding: Literal["fourier", "learned"] = Field("fourier", description="how positions are given to the model")
+    num_bands: int = Field(6, gt=0, description="Fourier frequency bands per axis")
+    max_freq: float = Field(10.0, gt=0, description="Fourier maximum frequency (Nyquist of the grid, e.g. its size)")
+    learned_dim: int = Field(64, gt=0, description="channels of a learned position encoding")
+    permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
+    permute_seed: int = Field(42, description="seed of that permutation")
+    output: Literal["mean", "cls", "query"] = Field("mean", description="mean over latents (paper), a CLS latent, or a Perceiver IO query")
+
+
+class AugmentConfig(Section):
+    random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels (reflect) and crop back at random; 0 = off")
+    horizontal_flip: bool = Field(False, description="flip images left-right with probability 0.5")
+
+
+class DataConfig(Section):
+    dataset: str = Field("digits", description="name of the prepared dataset (digits, mnist, cifar10, or your own)")
+    root: Optional[str] = Field(None, description="prepared dataset directory (default data/<dataset>; digits needs none)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train carved out (seeded) as validation when the data has no val split")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentations")
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "sgd", "lamb"] = Field("adamw", description="optimiser")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw/lamb)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/LAMB betas")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    scheduler: Literal["constant", "cosine", "multistep", "step", "exponential"] = Field("constant", description="learning-rate schedule (per epoch, smooth per step for cosine)")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0, in epochs (fractions allowed)")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr is multiplied by gamma")
+    step_size: int = Field(30, gt=0, description="step: multiply lr by gamma every step_size epochs")
+    gamma: float = Field(0.1, gt=0, description="multistep/step/exponential decay factor")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this value")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, gt=0, description="training epochs")
+    batch_size: int = Field(64, gt=0, description="samples per step")
+    eval_batch_size: int = Field(256, gt=0, description="samples per evaluation step")
+    seed: int = Field(0, description="seed for initialisation, data split, shuffling and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA and on CPUs with bf16 matrix units, else fp32")
+    compile: bool = Field(False, description="torch.compile the model")
+    best_metric: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="what best.pt keeps the best of")
+    name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
+    runs_dir: str = Field("runs", description="where run directories are created")
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        m = self.model
+        for heads, head_dim, what in ((m.cross_heads, m.cross_head_dim, "cross"), (m.latent_heads, m.latent_head_dim, "latent")):
+            if head_dim is None and m.latent_dim % heads:
+                raise ValueError(
+                    f"model.latent_dim={m.latent_dim} is not divisible by model.{what}_heads={heads}; "
+                    f"set model.{what}_head_dim"
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, type[BaseModel] | None]:
+    """Every dotted key of the schema -> its sub-model (for sections) or None (for values)."""
+    keys = {}
+    for name, field in model.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        keys[prefix + name] = sub
+        if sub is not None:
+            keys.update(_known_keys(sub, prefix + name + "."))
+    return keys
+
+
+KNOWN_KEYS = _known_keys(Recipe)
+
+
+def _unknown_key_error(key: str, source: str) -> UserError:
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
+    if not close:  # try the last part alone: 'model.latents' -> 'model.num_latents'
+        leaf = {k.rsplit(".", 1)[-1]: k for k in KNOWN_KEYS}
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], leaf, n=1, cutoff=0.5)
+        close = [leaf[near[0]]] if near else []
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(Recipe.model_fields)}"
+    return UserError(f"{source}: unknown key '{key}'{hint}")
+
+
+def _check_keys(data: dict, source: str, prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if dotted not in KNOWN_KEYS:
+            raise _unknown_key_error(dotted, source)
+        if KNOWN_KEYS[dotted] is not None:
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{dotted}' is a section and needs keys under it, got {value!r}")
+            _check_keys(value, source, dotted + ".")
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise UserError(f"--set '{assignment}': expected KEY=VALUE, e.g. --set optim.lr=5e-4")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if key not in KNOWN_KEYS:
+        raise _unknown_key_error(key, "--set")
+    if KNOWN_KEYS[key] is not None:
+        raise UserError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. {key}.{next(iter(KNOWN_KEYS[key].model_fields))}=...")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{part}' in the recipe is not a section")
+    node[parts[-1]] = value
+
+
+def _describe_type(field_error: dict) -> str:
+    msg = field_error["msg"]
+    return msg[0].lower() + msg[1:] if msg else "invalid value"
+
+
+def validate(data: dict, source: str) -> Recipe:
+    _check_keys(data, source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        if not loc:  # model-level check
+            raise UserError(f"{source}: {err['msg'].removeprefix('Value error, ')}") from None
+        value = err.get("input")
+        raise UserError(f"{source}: {loc}={value!r} is invalid: {_describe_type(err)}") from None
+
+
+def resolve_path(recipe: str | Path | None) -> Path:
+    """A recipe argument -> file: a path, or the name of a shipped recipe (with or without .yaml)."""
+    if recipe is None:
+        return RECIPES_DIR / DEFAULT_RECIPE
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise UserError(f"recipe '{recipe}' not found: give a YAML file path or one of the shipped recipes ({shipped})")
+
+
+def load_recipe(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, Path]:
+    path = resolve_path(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a mapping with sections model, data, optim, train; got {type(data).__name__}")
+    _check_keys(data, str(path))
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    return validate(data, str(path) if not overrides else f"{path} (with --set)"), path
+
+
+def recipe_from_dict(data: dict, source: str = "checkpoint") -> Recipe:
+    return validate(data, source)
