@@ -1,0 +1,86 @@
+"""Which datasets `prepare` knows, and how `train`/`eval` find a prepared one from the recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from . import prepared
+
+# What `perceiver prepare NAME` reads, and the files a user fetches when there is no network.
+SOURCES = {
+    "digits": "embedded in scikit-learn; nothing to fetch",
+    "mnist": "a folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
+    "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/), or an image folder / zip laid out <split>/<class>/*.jpg",
+}
+# any other name is read as a labelled image folder or zip
+IMAGE_FOLDER = "a labelled image folder or zip: <root>/<class>/*.png|jpg or <root>/<split>/<class>/*"
+
+DOWNLOADS = {
+    "mnist": [
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", name)
+        for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    ],
+    "cifar10": [("https://www.cs.toronto.edu/~kriz/", "cifar-10-python.tar.gz")],
+}
+
+
+def default_root(dataset: str) -> Path:
+    return Path("data") / dataset
+
+
+def read_source(dataset: str, source: Path, name: str | None = None, val_fraction: float = 0.1, seed: int = 0,
+                size: tuple[int, int] | None = None) -> prepared.PreparedDataset:
+    """Read `source` into a PreparedDataset (not yet written)."""
+    if dataset == "digits":
+        from .digits import read_digits
+        return read_digits()
+    if source is None:
+        raise UserError(f"prepare {dataset}: --from is required ({SOURCES.get(dataset, IMAGE_FOLDER)})")
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"{source}: no such file or folder")
+    is_image_folder = source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source))
+    if dataset == "mnist":
+        from .mnist import read_mnist
+        return read_mnist(source)
+    if dataset == "cifar10" and not is_image_folder:
+        from .cifar10 import read_cifar10
+        return read_cifar10(source)
+    from .imagefolder import read_image_folder
+    return read_image_folder(source, name or dataset, val_fraction=val_fraction, seed=seed, size=size)
+
+
+def _looks_like_cifar_batches(path: Path) -> bool:
+    return (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir()
+
+
+def download(dataset: str, into: Path) -> Path:
+    """Fetch the standard files when the network allows; otherwise say exactly what to fetch."""
+    from torchvision.datasets.utils import download_url
+
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        for base, filename in DOWNLOADS[dataset]:
+            if not (into / filename).exists():
+                download_url(base + filename, str(into), filename)
+    except Exception:  # no network, proxy, DNS...: the user fetches them by hand
+        files = ", ".join(base + f for base, f in DOWNLOADS[dataset])
+        raise UserError(
+            f"cannot download {dataset} (no network?): fetch {files} into {into}/ and run "
+            f"`perceiver prepare {dataset} --from {into if dataset == 'mnist' else into / DOWNLOADS[dataset][0][1]}`"
+        ) from None
+    return into if dataset == "mnist" else into / DOWNLOADS[dataset][0][1]
+
+
+def load_for_recipe(data_config) -> prepared.PreparedDataset:
+    """The prepared dataset a recipe names; digits is built in memory when not prepared."""
+    root = Path(data_config.root) if data_config.root else default_root(data_config.dataset)
+    if (root / "manifest.json").is_file():
+        return prepared.load(root)
+    if data_config.dataset == "digits":
+        from .digits import read_digits
+        return read_digits()
+    what = SOURCES.get(data_config.dataset, "your image folder or zip").split(" (")[0].split(", or")[0]
+    how = f"perceiver prepare {data_config.dataset} --from <{what}>"
+    raise UserError(f"no prepared dataset at {root}/ (data.dataset={data_config.dataset}): run `{how}` first, or set data.root")

@@ -1,0 +1,93 @@
+"""What a training run shows: a live progress bar and a growing epoch table on a terminal, plain
+lines when stdout is not a terminal, only the closing summary when quiet."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..console import console
+
+COLUMNS = [
+    ("epoch", "epoch", "{}"),
+    ("train_loss", "train loss", "{:.4f}"),
+    ("train_accuracy", "train acc", "{:.2%}"),
+    ("val_loss", "val loss", "{:.4f}"),
+    ("val_accuracy", "val acc", "{:.2%}"),
+    ("lr", "lr", "{:.2e}"),
+    ("samples_per_s", "samples/s", "{:.0f}"),
+    ("epoch_time_s", "time", "{:.1f}s"),
+]
+
+
+def format_value(fmt: str, value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return fmt.format(value)
+
+
+def epoch_table(rows: list[dict], title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*(format_value(fmt, row.get(key)) for key, _, fmt in COLUMNS))
+    return table
+
+
+class TrainingDisplay:
+    def __init__(self, total_epochs: int, quiet: bool = False):
+        self.total_epochs = total_epochs
+        self.quiet = quiet
+        self.live_mode = console.is_terminal and not quiet
+        self.rows: list[dict] = []
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[rate]:.0f} samples/s"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = None
+        self.live = None
+
+    def __enter__(self):
+        if self.live_mode:
+            self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.update(epoch_table(self.rows))  # leave the table, drop the finished bar
+            self.live.__exit__(*exc)
+        return False
+
+    def _render(self):
+        return Group(epoch_table(self.rows), self.progress)
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        if not self.live_mode:
+            return
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=self.total_epochs, loss=0.0, acc=0.0, rate=0.0)
+
+    def step(self, loss: float, accuracy: float, rate: float) -> None:
+        if self.live_mode:
+            self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, rate=rate)
+
+    def advance(self) -> None:
+        if self.live_mode:
+            self.progress.advance(self.task)
+
+    def end_epoch(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.live_mode:
+            self.live.update(self._render())
+        elif not self.quiet:
+            parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in COLUMNS[1:]]
+            console.print(f"epoch {row['epoch']}/{self.total_epochs}  " + "  ".join(parts), highlight=False)

@@ -1,0 +1,303 @@
+"""The training loop: one engine for CPU and CUDA.
+
+The whole dataset sits on the device as stored (uint8 images); each step indexes a batch, turns
+it into floats, augments it there and runs forward/backward under optional bf16 autocast. Every
+epoch ends with validation, a metrics row and atomic checkpoints (last.pt, and best.pt when
+validation improved), so an interrupted run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..data import prepared
+from ..data.augment import augment_images
+from ..errors import UserError
+from ..model import build_model, count_parameters
+from ..recipe import Recipe
+from . import checkpoint
+from .display import TrainingDisplay
+from .optim import build_optimizer, build_scheduler
+from .runtime import InputTransform, as_tensor, autocast, loss_and_accuracy, predict, resolve_device, use_bf16
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    rows: list[dict]
+    best: dict | None
+    parameters: int
+    device: str
+    bf16: bool
+
+
+def create_run_dir(runs_dir: Path, name: str) -> Path:
+    """runs/<name>, or runs/<name>-2, -3 ... : an existing run directory is never reused."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = runs_dir / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"{runs_dir}: too many runs named {name}; set train.name")
+
+
+def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed: int):
+    """The dataset's own val split if it has one, else a seeded stratified share of train."""
+    train = dataset.split("train")
+    if "val" in dataset.splits:
+        val = dataset.splits["val"]
+        return (train.x, train.y), (val.x, val.y)
+    keep, held = prepared.stratified_holdout(train.y, val_fraction, seed)
+    return (train.x[keep], train.y[keep]), (train.x[held], train.y[held])
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten whole each epoch (small) through a temp file."""
+    jsonl = "".join(json.dumps(row) + "\n" for row in rows)
+    _atomic_text(run_dir / "metrics.jsonl", jsonl)
+    if rows:
+        tmp = run_dir / ".metrics.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(run_dir / "metrics.csv")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, dataset: prepared.PreparedDataset, run_dir: Path,
+                 resume_state: dict | None = None, quiet: bool = False, device: str | None = None):
+        self.recipe, self.dataset, self.run_dir, self.quiet = recipe, dataset, run_dir, quiet
+        t = recipe.train
+        self.device = resolve_device(device or t.device)
+        self.bf16 = use_bf16(t.precision, self.device)
+        torch.manual_seed(t.seed)
+
+        (train_x, train_y), (val_x, val_y) = split_train_val(dataset, recipe.data.val_fraction, t.seed)
+        if len(train_y) == 0:
+            raise UserError(f"dataset '{dataset.name}' has an empty train split")
+        self.train_x, self.train_y = as_tensor(train_x, self.device), as_tensor(train_y, self.device)
+        self.val_x, self.val_y = as_tensor(val_x, self.device), as_tensor(val_y, self.device)
+        self.transform = InputTransform(dataset.normalization, self.device)
+        self.is_image = dataset.input_spec["kind"] == "image"
+
+        self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
+        self.parameters = count_parameters(self.model)
+        self.steps_per_epoch = math.ceil(len(self.train_y) / t.batch_size)
+        self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+
+        self.start_epoch, self.best, self.rows = 1, None, []
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _restore(self, state: dict) -> None:
+        if state["classes"] != list(self.dataset.classes):
+            raise UserError(
+                f"checkpoint was trained on classes {state['classes'][:5]}... of '{state['dataset']}', "
+                f"the data has {len(self.dataset.classes)} classes {self.dataset.classes[:5]}...: they do not match"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best = state.get("best")
+        self.rows = [row for row in read_metrics(self.run_dir) if row["epoch"] <= state["epoch"]]
+
+    def state(self, epoch: int) -> dict:
+        return {
+            "format": "perceiver-checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best": self.best,
+            "config": self.recipe.to_dict(),
+            "dataset": self.dataset.name,
+            "classes": list(self.dataset.classes),
+            "input_spec": self.dataset.input_spec,
+            "normalization": self.dataset.normalization,
+        }
+
+    # --- loop -------------------------------------------------------------------------------------
+
+    def _batches(self, epoch: int):
+        """Shuffled index batches; the order depends only on (seed, epoch), so a resumed run
+        sees the same batches it would have seen."""
+        generator = torch.Generator().manual_seed(self.recipe.train.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_y), generator=generator).to(self.device)
+        return order.split(self.recipe.train.batch_size), generator
+
+    def _train_epoch(self, epoch: int, display: TrainingDisplay) -> dict:
+        t = self.recipe.train
+        torch.manual_seed(t.seed * 100_003 + epoch)  # dropout stream, reproducible on resume
+        batches, generator = self._batches(epoch)
+        self.model.train()
+        display.start_epoch(epoch, len(batches))
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, start = 0, time.perf_counter()
+        for step, index in enumerate(batches):
+            x = self.transform(self.train_x[index])
+            y = self.train_y[index]
+            if self.is_image:
+                x = augment_images(x, self.recipe.data.augment, generator)
+            with autocast(self.device, self.bf16):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.recipe.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if display.live_mode and (step % 10 == 0 or step == len(batches) - 1):
+                loss_now = loss_sum.item() / seen
+                if not math.isfinite(loss_now):
+                    self._diverged(epoch)
+                display.step(loss_now, correct.item() / seen, seen / (time.perf_counter() - start))
+            else:
+                display.advance()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            self._diverged(epoch)
+        return {"train_loss": train_loss, "train_accuracy": correct.item() / seen,
+                "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+    def _diverged(self, epoch: int):
+        raise UserError(
+            f"training diverged in epoch {epoch} (loss is not finite): lower optim.lr, add optim.warmup_epochs "
+            f"or optim.grad_clip; checkpoints of the last finished epoch are in {self.run_dir / 'checkpoints'}"
+        )
+
+    def _validate(self) -> tuple[float, float]:
+        if len(self.val_y) == 0:
+            return float("nan"), float("nan")
+        t = self.recipe.train
+        logits = predict(self.forward, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
+        return loss_and_accuracy(logits, self.val_y)
+
+    def _improved(self, row: dict) -> bool:
+        key = self.recipe.train.best_metric
+        value = row[key]
+        if value != value:  # no validation data: the latest epoch is the best we know
+            return True
+        if self.best is None:
+            return True
+        return value > self.best["value"] if key == "val_accuracy" else value < self.best["value"]
+
+    def fit(self) -> TrainResult:
+        t = self.recipe.train
+        started = time.perf_counter() - (self.rows[-1]["elapsed_s"] if self.rows else 0.0)
+        with TrainingDisplay(t.epochs, quiet=self.quiet) as display:
+            display.rows.extend(self.rows)
+            for epoch in range(self.start_epoch, t.epochs + 1):
+                row = {"epoch": epoch, **self._train_epoch(epoch, display)}
+                row["val_loss"], row["val_accuracy"] = self._validate()
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["elapsed_s"] = time.perf_counter() - started
+                row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+                self.rows.append(row)
+                if self._improved(row):
+                    self.best = {"epoch": epoch, "metric": t.best_metric, "value": row[t.best_metric]}
+                    checkpoint.save(self.state(epoch), self.run_dir / "checkpoints" / "best.pt")
+                checkpoint.save(self.state(epoch), self.run_dir / "checkpoints" / "last.pt")
+                write_metrics(self.run_dir, self.rows)
+                self._log(_epoch_line(row, t.epochs))
+                display.end_epoch(row)
+        return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
+
+    def _log(self, line: str) -> None:
+        with open(self.run_dir / "train.log", "a") as fh:
+            fh.write(line + "\n")
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.3e} "
+            f"{row['samples_per_s']:.0f} samples/s {row['epoch_time_s']:.1f}s")
+
+
+def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
+              device: str | None = None) -> Trainer:
+    """A new run directory with config.yaml and the header of train.log, and its Trainer."""
+    name = recipe.train.name or recipe_path.stem
+    run_dir = create_run_dir(Path(recipe.train.runs_dir), name)
+    try:
+        trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, device=device)
+    except BaseException:
+        _remove_empty_run(run_dir)
+        raise
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    trainer._log(
+        f"recipe {recipe_path} dataset {dataset.name} ({len(trainer.train_y)} train / {len(trainer.val_y)} val) "
+        f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16}"
+    )
+    return trainer
+
+
+def _remove_empty_run(run_dir: Path) -> None:
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
+               device: str | None = None) -> Trainer:
+    """Continue runs/<name> from checkpoints/last.pt with the config stored in it."""
+    from ..recipe import _apply_override, recipe_from_dict
+
+    state = checkpoint.load(checkpoint.find(run_dir, prefer="last"))
+    config = state["config"]
+    for assignment in overrides:
+        _apply_override(config, assignment)
+    recipe = recipe_from_dict(config, source=f"{run_dir} (resumed)")
+    if state["epoch"] >= recipe.train.epochs:
+        raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
+                        f"extend it with --set train.epochs=N")
+    dataset = dataset_loader(recipe.data)
+    trainer = Trainer(recipe, dataset, Path(run_dir), resume_state=state, quiet=quiet, device=device)
+    (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    trainer._log(f"resumed at epoch {trainer.start_epoch}")
+    return trainer
+
+
+def describe(trainer: Trainer) -> str:
+    n_train, n_val = len(trainer.train_y), len(trainer.val_y)
+    precision = "bf16 autocast" if trainer.bf16 else "fp32"
+    return (f"[bold]{trainer.dataset.name}[/] {n_train:,} train / {n_val:,} val · {trainer.parameters:,} parameters · "
+            f"{trainer.device} {precision} · run [cyan]{trainer.run_dir}[/]")
+

@@ -1,0 +1,150 @@
+"""`perceiver eval`: accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a
+trained checkpoint, on a split of its prepared dataset or on any labelled image folder / zip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .data.sources import load_for_recipe
+from .engine import checkpoint
+from .engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, resolve_device, use_bf16
+from .engine.train import split_train_val
+from .errors import UserError
+from .model import build_model
+from .recipe import recipe_from_dict
+
+
+@dataclass
+class EvalResult:
+    report: dict
+    json_path: Path
+    png_path: Path
+
+
+def load_trained(checkpoint_path: Path, device: torch.device):
+    state = checkpoint.load(checkpoint_path)
+    recipe = recipe_from_dict(state["config"], source=str(checkpoint_path))
+    model = build_model(recipe.model, state["input_spec"], len(state["classes"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{checkpoint_path}: weights do not fit the model in its config ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), recipe, state
+
+
+def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    if x.shape[-1] == channels:
+        return x
+    if channels == 1:  # RGB -> luminance (ITU-R 601), as PIL's convert("L")
+        return np.round(x[..., :3] @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
+    return np.repeat(x, channels, axis=-1)
+
+
+def folder_samples(data: Path, state: dict) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a labelled folder/zip, resized to the model's input, labels in the model's class order."""
+    from .data.imagefolder import read_image_folder
+
+    if state["input_spec"]["kind"] != "image":
+        raise UserError(f"--data {data}: this model reads {state['input_spec']['kind']}, not images")
+    height, width, channels = state["input_spec"]["shape"]
+    folder = read_image_folder(Path(data), Path(data).stem, val_fraction=0.0, size=(height, width))
+    known = {name: i for i, name in enumerate(state["classes"])}
+    unknown = [name for name in folder.classes if name not in known]
+    if unknown:
+        raise UserError(f"--data {data}: class '{unknown[0]}' is not one the model knows ({', '.join(state['classes'])})")
+    remap = np.array([known[name] for name in folder.classes], dtype=np.int64)
+    x = np.concatenate([s.x for s in folder.splits.values()])
+    y = np.concatenate([remap[s.y] for s in folder.splits.values()])
+    return _match_channels(x, channels), y
+
+
+def split_samples(recipe, state: dict, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    dataset = load_for_recipe(recipe.data)
+    if list(dataset.classes) != list(state["classes"]):
+        raise UserError(f"the checkpoint's classes do not match dataset '{dataset.name}' at its prepared location")
+    split = split or ("test" if "test" in dataset.splits else "val")
+    if split == "val" and "val" not in dataset.splits:  # the same held-out share training validated on
+        _, (x, y) = split_train_val(dataset, recipe.data.val_fraction, recipe.train.seed)
+        return x, y, split
+    s = dataset.split(split)
+    return s.x, s.y, split
+
+
+def metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
+    loss, accuracy = loss_and_accuracy(logits, y)
+    pred = logits.argmax(1).cpu().numpy()
+    true = y.cpu().numpy()
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+    return {
+        "samples": int(len(true)),
+        "accuracy": accuracy,
+        "loss": loss,
+        "per_class": [
+            {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+        ],
+        "confusion_matrix": confusion_matrix(true, pred, labels=labels).tolist(),  # rows: true, columns: predicted
+    }
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array(matrix)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if len(classes) <= 20:
+        for (i, j), value in np.ndenumerate(m):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > m.max() / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
+             device: str = "auto") -> EvalResult:
+    checkpoint_path = checkpoint.find(Path(target))
+    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
+    torch_device = resolve_device(device)
+    model, recipe, state = load_trained(checkpoint_path, torch_device)
+    if data is not None:
+        x, y = folder_samples(Path(data), state)
+        tag, described = f"data-{Path(data).stem}", str(data)
+    else:
+        x, y, split = split_samples(recipe, state, split)
+        tag, described = split, f"{state['dataset']} {split} split"
+    if len(y) == 0:
+        raise UserError(f"{described}: no samples to evaluate")
+    transform = InputTransform(state["normalization"], torch_device)
+    bf16 = use_bf16(recipe.train.precision, torch_device)
+    logits = predict(model, as_tensor(x, torch_device), transform, batch_size, bf16, torch_device)
+    report = {
+        "checkpoint": str(checkpoint_path),
+        "epoch": state["epoch"],
+        "evaluated_on": described,
+        **metrics(logits, as_tensor(y, torch_device), state["classes"]),
+    }
+    json_path = run_dir / f"eval_{tag}.json"
+    png_path = run_dir / f"confusion_{tag}.png"
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(json_path)
+    plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}", png_path)
+    return EvalResult(report, json_path, png_path)
+
