@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -37,7 +38,7 @@ def user_errors(command):
         except UserError as exc:
             if DEBUG:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
@@ -46,18 +47,21 @@ def user_errors(command):
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"perceiver {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors: no progress bars or tables."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
 ):
     global DEBUG
     DEBUG = debug
     set_quiet(quiet)
-    if version:
-        console.print(f"perceiver {__version__}")
-        raise typer.Exit()
 
 
 def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
@@ -76,10 +80,10 @@ def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
 def prepare(
     dataset: str = typer.Argument(..., help="digits, mnist, cifar10, or a name of your own for a labelled image folder/zip."),
     source: Optional[Path] = typer.Option(None, "--from", help="What to read: mnist: folder of idx .gz files; cifar10: cifar-10-python.tar.gz, cifar-10-batches-py/ or an image folder/zip; other names: an image folder or zip (<root>/<class>/* or <root>/<split>/<class>/*). Without it, mnist/cifar10 are downloaded when the network allows."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the prepared dataset.  [default: data/<dataset>]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the prepared dataset.  \\[default: data/<dataset>]"),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, help="Image folders with a train split only: share of each class held out as the val split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out val split."),
-    size: Optional[str] = typer.Option(None, "--size", help="Image folders: resize every image to HEIGHTxWIDTH.  [default: the most common size]"),
+    size: Optional[str] = typer.Option(None, "--size", help="Image folders: resize every image to HEIGHTxWIDTH.  \\[default: the most common size]"),
 ):
     """Read a dataset once into compact arrays + manifest.json under data/<dataset>/ (atomically)."""
     from .data import prepared
@@ -120,11 +124,11 @@ class Device(str, Enum):
 @app.command()
 @user_errors
 def train(
-    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file, or the name of a shipped one (e.g. cifar10_cpu).  [default: recipes/digits.yaml]"),
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file, or the name of a shipped one (e.g. cifar10_cpu).  \\[default: recipes/digits.yaml]"),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set optim.lr=5e-4 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue runs/<name> from its last finished epoch (the recipe stored in it is used; --set still applies)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name.  [default: the recipe's file name]"),
-    device: Optional[Device] = typer.Option(None, "--device", help="Force the device.  [default: train.device of the recipe, auto]"),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name.  \\[default: the recipe's file name]"),
+    device: Optional[Device] = typer.Option(None, "--device", help="Force the device.  \\[default: train.device of the recipe, auto]"),
 ):
     """Train a Perceiver from a recipe into runs/<name>/ (config, metrics, checkpoints, log)."""
     from .data.sources import load_for_recipe
@@ -137,7 +141,9 @@ def train(
             raise UserError("give either a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
         trainer = resume_run(resume, load_for_recipe, overrides, quiet=_quiet(), device=device_name)
     else:
-        loaded, path = load_recipe(recipe, overrides + ([f"train.name={name}"] if name else []))
+        loaded, path = load_recipe(recipe, overrides)
+        if name is not None:
+            loaded.train.name = name
         dataset = load_for_recipe(loaded.data)
         trainer = start_run(loaded, path, dataset, quiet=_quiet(), device=device_name)
     info(describe(trainer))
@@ -169,7 +175,7 @@ class Split(str, Enum):
 @user_errors
 def eval_command(
     target: Path = typer.Argument(..., help="A run directory (uses checkpoints/best.pt) or a checkpoint .pt file."),
-    split: Optional[Split] = typer.Option(None, "--split", help="Split of the run's prepared dataset.  [default: test, or val when there is no test split]"),
+    split: Optional[Split] = typer.Option(None, "--split", help="Split of the run's prepared dataset.  \\[default: test, or val when there is no test split]"),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on any labelled image folder or zip instead (<root>/<class>/* or <root>/<split>/<class>/*); class names must be the model's."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to evaluate on."),

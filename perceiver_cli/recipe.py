@@ -42,13 +42,15 @@ class ModelConfig(Section):
     num_bands: int = Field(6, gt=0, description="Fourier frequency bands per axis")
     max_freq: float = Field(10.0, gt=0, description="Fourier maximum frequency (Nyquist of the grid, e.g. its size)")
     learned_dim: int = Field(64, gt=0, description="channels of a learned position encoding")
+    patch_size: int = Field(1, gt=0, description="images: 1 = one token per pixel (paper); p > 1 = one token per p x p patch (Perceiver IO)")
     permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
     permute_seed: int = Field(42, description="seed of that permutation")
     output: Literal["mean", "cls", "query"] = Field("mean", description="mean over latents (paper), a CLS latent, or a Perceiver IO query")
 
 
 class AugmentConfig(Section):
-    random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels (reflect) and crop back at random; 0 = off")
+    random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels and crop back at random (a random shift); 0 = off")
+    padding_mode: Literal["reflect", "zeros"] = Field("reflect", description="what the crop pads with: mirrored pixels, or black (digits on a black background)")
     horizontal_flip: bool = Field(False, description="flip images left-right with probability 0.5")
 
 
@@ -220,3 +222,30 @@ def load_recipe(recipe: str | Path | None = None, overrides: list[str] | tuple[s
 
 def recipe_from_dict(data: dict, source: str = "checkpoint") -> Recipe:
     return validate(data, source)
+
+
+def reference_markdown() -> str:
+    """The README's recipe reference, generated from the schema (a test keeps the README in sync)."""
+    lines = []
+    for section_name, section_field in Recipe.model_fields.items():
+        section = section_field.annotation
+        lines += [f"`{section_name}`", "", "| key | default | meaning |", "|---|---|---|"]
+        for key, field in _flat_fields(section):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                continue
+            shown = "null" if default is None else (list(default) if isinstance(default, tuple) else default)
+            if isinstance(shown, bool):
+                shown = str(shown).lower()
+            lines.append(f"| `{section_name}.{key}` | `{shown}` | {field.description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _flat_fields(model: type[BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            yield from _flat_fields(sub, prefix + name + ".")
+        else:
+            yield prefix + name, field

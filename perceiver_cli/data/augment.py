@@ -1,22 +1,35 @@
 """Batch augmentations that run on the tensors where they live (CPU or GPU); no DataLoader workers.
 
-Images are float batches in the model's layout, B H W C.
+They work on the stored batch (uint8 images, B H W C) before it is turned into floats: a crop is
+pure indexing, so it costs nothing but a gather.
 """
 
 import torch
-import torch.nn.functional as F
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad every side by `padding` (reflect) and cut a random H x W window per sample."""
+def _shifted_index(size: int, shift: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source index of every output position after shifting by `shift` (B,) in [-p, p], and
+    whether it falls inside the image (for zero padding)."""
+    index = torch.arange(size, device=shift.device)[None, :] + shift[:, None]  # B size
+    inside = (index >= 0) & (index < size)
+    if mode == "reflect":  # -1 -> 1, size -> size - 2 (no edge repeat, like numpy/torch 'reflect')
+        index = index.abs()
+        index = torch.where(index >= size, 2 * (size - 1) - index, index)
+        inside = torch.ones_like(inside)
+    return index.clamp(0, size - 1), inside
+
+
+def random_crop(images: torch.Tensor, padding: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Pad every side by `padding` and cut a random H x W window per sample (as a shift)."""
     b, h, w, _ = images.shape
-    padded = F.pad(images.permute(0, 3, 1, 2), (padding,) * 4, mode="reflect").permute(0, 2, 3, 1)  # B H+2p W+2p C
-    dy = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator, device=generator.device).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator, device=generator.device).to(images.device)
-    rows = torch.arange(h, device=images.device)[None, :, None] + dy  # B H 1
-    cols = torch.arange(w, device=images.device)[None, None, :] + dx  # B 1 W
+    shifts = torch.randint(-padding, padding + 1, (2, b), generator=generator, device=generator.device).to(images.device)
+    rows, rows_inside = _shifted_index(h, shifts[0], mode)  # B H
+    cols, cols_inside = _shifted_index(w, shifts[1], mode)  # B W
     batch = torch.arange(b, device=images.device)[:, None, None]
-    return padded[batch, rows, cols]  # B H W C
+    out = images[batch, rows[:, :, None], cols[:, None, :]]  # B H W C
+    if mode == "zeros":
+        out = out * (rows_inside[:, :, None] & cols_inside[:, None, :])[..., None].to(out.dtype)
+    return out
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -27,7 +40,7 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def augment_images(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
     if config.random_crop_padding:
-        images = random_crop(images, config.random_crop_padding, generator)
+        images = random_crop(images, config.random_crop_padding, config.padding_mode, generator)
     if config.horizontal_flip:
         images = random_flip(images, generator)
     return images

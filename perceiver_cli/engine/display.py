@@ -77,7 +77,7 @@ class TrainingDisplay:
         self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=self.total_epochs, loss=0.0, acc=0.0, rate=0.0)
 
     def step(self, loss: float, accuracy: float, rate: float) -> None:
-        if self.live_mode:
+        if self.live_mode and self.task is not None:
             self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, rate=rate)
 
     def advance(self) -> None:

@@ -42,6 +42,8 @@ class TrainResult:
 
 def create_run_dir(runs_dir: Path, name: str) -> Path:
     """runs/<name>, or runs/<name>-2, -3 ... : an existing run directory is never reused."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise UserError(f"run name {name!r} must be a plain folder name (no '/'); set train.name or --name")
     runs_dir.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         candidate = runs_dir / (name if i == 1 else f"{name}-{i}")
@@ -125,8 +127,14 @@ class Trainer:
                 f"checkpoint was trained on classes {state['classes'][:5]}... of '{state['dataset']}', "
                 f"the data has {len(self.dataset.classes)} classes {self.dataset.classes[:5]}...: they do not match"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"{self.run_dir}: the checkpoint does not fit this model ({str(exc).splitlines()[0][:120]}); "
+                f"resume keeps the architecture: override only train.* or optim.* keys"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = state["epoch"] + 1
         self.best = state.get("best")
@@ -166,10 +174,10 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, start = 0, time.perf_counter()
         for step, index in enumerate(batches):
-            x = self.transform(self.train_x[index])
-            y = self.train_y[index]
+            x, y = self.train_x[index], self.train_y[index]
             if self.is_image:
                 x = augment_images(x, self.recipe.data.augment, generator)
+            x = self.transform(x)
             with autocast(self.device, self.bf16):
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
@@ -182,7 +190,7 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if display.live_mode and (step % 10 == 0 or step == len(batches) - 1):
+            if step % 10 == 0 or step == len(batches) - 1:  # a sync every 10 steps, not every step
                 loss_now = loss_sum.item() / seen
                 if not math.isfinite(loss_now):
                     self._diverged(epoch)
@@ -199,9 +207,11 @@ class Trainer:
                 "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
 
     def _diverged(self, epoch: int):
+        saved = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"; {saved} keeps the last finished epoch" if saved.exists() else ""
         raise UserError(
             f"training diverged in epoch {epoch} (loss is not finite): lower optim.lr, add optim.warmup_epochs "
-            f"or optim.grad_clip; checkpoints of the last finished epoch are in {self.run_dir / 'checkpoints'}"
+            f"or optim.grad_clip{kept}"
         )
 
     def _validate(self) -> tuple[float, float]:

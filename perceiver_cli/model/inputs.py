@@ -1,6 +1,8 @@
 """Input adapters: turn a batch of one modality into tokens (B M C_x) and positions (M or B M, C_pe).
 
-    image     (B, H, W, C)   -> H*W tokens of C channels, positions on the H x W grid
+    image     (B, H, W, C)   -> H*W tokens of C channels, positions on the H x W grid; with
+                                 patch_size p > 1, (H/p)*(W/p) tokens of p*p*C channels (Perceiver IO's
+                                 patch preprocessing), positions on the patch grid
     sequence  (B, L, C)      -> L tokens, positions on a 1D grid
     points    (B, N, 3 + F)  -> N tokens of F features, positions = Fourier features of xyz (per sample);
                                  a padding mask (B, N) marks the real points of variable-length sets
@@ -28,16 +30,20 @@ class InputAdapter(nn.Module):
         else:
             self.position = FourierGridEncoding(len(self.grid_shape), config.num_bands, config.max_freq)
         self.pe_channels = self.position.channels
-        self.permutation = None
+        permutation = None
         if config.permute_pixels:
             generator = torch.Generator().manual_seed(config.permute_seed)
-            self.register_buffer("permutation", torch.randperm(num_positions, generator=generator), persistent=True)
+            permutation = torch.randperm(num_positions, generator=generator)
+        self.register_buffer("permutation", permutation, persistent=True)  # None when off
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def grid(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(x.shape[1:-1])
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        grid = tuple(x.shape[1:-1])
+        grid = self.grid(x)
         tokens = self.tokens(x)  # B M C_x
         pe = self.position(grid, x.device)  # M C_pe, built once per grid shape
         if self.permutation is not None:
@@ -49,8 +55,18 @@ class InputAdapter(nn.Module):
 
 
 class ImageAdapter(InputAdapter):
+    def __init__(self, config, image_shape: tuple[int, int, int]):
+        height, width, channels = image_shape
+        self.patch = p = config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"model.patch_size={p} does not divide the {height}x{width} images")
+        super().__init__(config, (height // p, width // p), channels * p * p)
+
+    def grid(self, x):
+        return (x.shape[1] // self.patch, x.shape[2] // self.patch)
+
     def tokens(self, x):
-        return rearrange(x, "b h w c -> b (h w) c")
+        return rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=self.patch, p2=self.patch)
 
 
 class SequenceAdapter(InputAdapter):
@@ -76,8 +92,7 @@ class PointAdapter(nn.Module):
 def build_adapter(config, input_spec: dict) -> nn.Module:
     kind = input_spec["kind"]
     if kind == "image":
-        height, width, channels = input_spec["shape"]
-        return ImageAdapter(config, (height, width), channels)
+        return ImageAdapter(config, tuple(input_spec["shape"]))
     if kind == "sequence":
         length, channels = input_spec["shape"]
         return SequenceAdapter(config, (length,), channels)

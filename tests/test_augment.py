@@ -1,0 +1,43 @@
+import torch
+
+from perceiver_cli.data.augment import random_crop, random_flip
+from perceiver_cli.recipe import AugmentConfig
+from perceiver_cli.data.augment import augment_images
+
+
+def _images():
+    return torch.arange(2 * 4 * 5 * 1, dtype=torch.uint8).reshape(2, 4, 5, 1)
+
+
+def test_crop_is_a_shift_of_the_padded_image_and_keeps_dtype():
+    images = _images()
+    generator = torch.Generator().manual_seed(0)
+    for mode in ("reflect", "zeros"):
+        out = random_crop(images, 2, mode, generator)
+        assert out.shape == images.shape and out.dtype == torch.uint8
+        for b in range(2):
+            padded = torch.nn.functional.pad(images[b, :, :, 0].float()[None], (2, 2, 2, 2), mode="reflect" if mode == "reflect" else "constant")[0]
+            windows = [padded[dy : dy + 4, dx : dx + 5] for dy in range(5) for dx in range(5)]
+            assert any(torch.equal(out[b, :, :, 0].float(), w) for w in windows), mode
+
+
+def test_crop_with_zero_padding_shows_black_borders_sometimes():
+    images = torch.full((64, 4, 4, 1), 200, dtype=torch.uint8)
+    out = random_crop(images, 1, "zeros", torch.Generator().manual_seed(0))
+    assert (out == 0).any() and (out == 200).any()
+
+
+def test_flip_mirrors_about_half_the_batch():
+    images = _images().repeat(50, 1, 1, 1)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = sum(torch.equal(o, i.flip(1)) for o, i in zip(out, images))
+    assert 30 < flipped < 70
+
+
+def test_augmentation_off_is_identity_and_seeded_on_is_reproducible():
+    images = _images()
+    assert torch.equal(augment_images(images, AugmentConfig(), torch.Generator()), images)
+    config = AugmentConfig(random_crop_padding=1, horizontal_flip=True)
+    a = augment_images(images, config, torch.Generator().manual_seed(3))
+    b = augment_images(images, config, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)

@@ -1,0 +1,399 @@
+"""The `perceiver` command end to end (typer's CliRunner, real tiny training runs): what a user sees
+on the terminal and finds in runs/ and data/."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import SHAPE_CLASSES, TINY, set_args, snapshot, write_image_folder, zip_folder
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DIGITS_TEST_COUNT = 359  # the 20 % stratified test split of scikit-learn's 1,797 digits
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def assert_user_error(result) -> str:
+    """Exit code 2, exactly one line on stderr (the error), no traceback; returns that line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash the runner caught
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# --- help ----------------------------------------------------------------------------------------
+
+def test_help_lists_the_three_commands(cli):
+    result = cli("--help")
+    assert result.exit_code == 0, result.output
+    for command in ("prepare", "train", "eval"):
+        assert command in result.stdout
+    assert result.stderr == ""
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("perceiver ")
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("prepare", ["--from", "--out", "--val-fraction", "--seed", "--size", "[default: 0.1]", "[default: 0]"]),
+    ("train", ["--set", "--resume", "--name", "--device", "optim.lr=5e-4"]),
+    ("eval", ["--split", "--data", "--batch-size", "--device", "[default: 256]", "[default: auto]"]),
+])
+def test_subcommand_help_works_and_shows_defaults(cli, command, shown):
+    result = cli(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    for text in shown:
+        assert text in result.stdout, text
+
+
+@pytest.mark.parametrize("command, default", [
+    ("train", "[default: recipes/digits.yaml]"),
+    ("train", "[default: the recipe's file name]"),
+    ("train", "[default: train.device of the recipe, auto]"),
+    ("prepare", "[default: data/<dataset>]"),
+    ("prepare", "[default: the most common size]"),
+    ("eval", "[default: test, or val when there is no test split]"),
+])
+def test_help_shows_the_documented_defaults(cli, command, default):
+    result = cli(command, "--help")
+    assert result.exit_code == 0
+    assert default in " ".join(result.stdout.replace("│", " ").split())
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run_directory(digits_session_run):
+    run, result = digits_session_run
+    assert run.name == "digits" and run.parent.name == "runs"
+    assert "runs/digits" in result.stdout
+    assert "best val_accuracy" in result.stdout
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no temp files left behind
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["num_latents"] == 8 and config["model"]["latent_dim"] == 32
+    assert config["train"]["epochs"] == 2 and config["data"]["dataset"] == "digits"
+
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "elapsed_s"):
+            assert np.isfinite(row[key]), key
+        assert 0 <= row["val_accuracy"] <= 1
+    assert rows[1]["elapsed_s"] >= rows[0]["elapsed_s"]
+
+    with open(run / "metrics.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in csv_rows] == [1, 2]
+    assert float(csv_rows[1]["val_loss"]) == pytest.approx(rows[1]["val_loss"])
+
+    log = (run / "train.log").read_text()
+    assert "epoch 1/2" in log and "epoch 2/2" in log
+
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 2
+    best_epoch = max(rows, key=lambda r: r["val_accuracy"])["epoch"]
+    assert best["epoch"] == best_epoch
+
+
+def test_second_run_never_reuses_a_run_directory(cli, digits_run, tiny):
+    before = snapshot(digits_run)
+    result = cli("train", *set_args(tiny + ["train.epochs=1"]))
+    assert result.exit_code == 0, result.output
+    second = Path("runs") / "digits-2"
+    assert (second / "checkpoints" / "last.pt").is_file()
+    assert [r["epoch"] for r in read_jsonl(second / "metrics.jsonl")] == [1]
+    assert snapshot(digits_run) == before
+
+
+def test_train_name_option(cli, workdir, tiny):
+    result = cli("train", "--name", "my-run", *set_args(tiny + ["train.epochs=1"]))
+    assert result.exit_code == 0, result.output
+    assert (Path("runs") / "my-run" / "checkpoints" / "last.pt").is_file()
+    assert not (Path("runs") / "digits").exists()
+
+
+def test_train_numeric_name(cli, workdir, tiny):
+    result = cli("train", "--name", "2024", *set_args(tiny + ["train.epochs=1"]))
+    assert result.exit_code == 0, result.output
+    assert (Path("runs") / "2024" / "checkpoints" / "last.pt").is_file()
+
+
+def test_train_name_with_a_slash_does_not_crash(cli, workdir, tiny):
+    result = cli("train", "--name", "exp/1", *set_args(tiny + ["train.epochs=1"]))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2)
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def test_eval_run_directory_writes_report_and_png(cli, digits_run):
+    result = cli("eval", digits_run)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and f"{DIGITS_TEST_COUNT:,}" in result.stdout
+
+    report = json.loads((digits_run / "eval_test.json").read_text())
+    assert report["samples"] == DIGITS_TEST_COUNT
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert len(report["per_class"]) == 10
+    assert [row["class"] for row in report["per_class"]] == [str(d) for d in range(10)]
+    assert sum(row["support"] for row in report["per_class"]) == DIGITS_TEST_COUNT
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (10, 10)
+    assert matrix.sum() == DIGITS_TEST_COUNT
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(report["accuracy"], abs=1e-6)
+    assert list(matrix.sum(axis=1)) == [row["support"] for row in report["per_class"]]
+    assert report["epoch"] == torch.load(digits_run / "checkpoints" / "best.pt", weights_only=True)["epoch"]
+
+    png = digits_run / "confusion_test.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(png) as image:
+        image.verify()
+
+
+def test_eval_split_and_data_together_is_an_error(cli, digits_run, image_folder):
+    message = assert_user_error(cli("eval", digits_run, "--split", "val", "--data", image_folder))
+    assert "--split" in message and "--data" in message
+
+
+# --- bad input: one line on stderr, exit 2, nothing touched ---------------------------------------
+
+def _missing_recipe(tmp):
+    return ["train", "missing-recipe.yaml"], ["missing-recipe.yaml", "not found"]
+
+
+def _malformed_yaml(tmp):
+    path = tmp / "bad.yaml"
+    path.write_text("model:\n  num_latents: 8\n  latent_dim: [32\ntrain:\n  epochs: 1\n")
+    return ["train", path], ["bad.yaml", "malformed YAML", "line "]
+
+
+def _unknown_key(tmp):
+    path = tmp / "typo.yaml"
+    path.write_text("model:\n  num_latent: 8\n")
+    return ["train", path], ["typo.yaml", "model.num_latent", "model.num_latents"]
+
+
+def _wrong_type(tmp):
+    return ["train", "--set", "train.epochs=abc"], ["train.epochs", "abc", "invalid"]
+
+
+def _not_prepared(tmp):
+    return ["train", *set_args(TINY + ["data.dataset=cifar10"])], ["perceiver prepare cifar10"]
+
+
+def _eval_missing(tmp):
+    return ["eval", "runs/no-such-run"], ["runs/no-such-run"]
+
+
+def _eval_corrupt_checkpoint(tmp):
+    path = tmp / "x.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return ["eval", path], ["x.pt"]
+
+
+def _eval_unknown_class(tmp):
+    folder = tmp / "strange"
+    for cls in ("3", "zebra"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(folder / cls / f"{i}.png")
+    return ["eval", "runs/digits", "--data", folder], ["zebra"]
+
+
+def _prepare_mnist_empty(tmp):
+    (tmp / "empty").mkdir()
+    return ["prepare", "mnist", "--from", tmp / "empty"], ["empty", "train-images-idx3-ubyte.gz"]
+
+
+def _prepare_cifar_bad_md5(tmp):
+    path = tmp / "cifar-10-python.tar.gz"
+    path.write_bytes(b"not the real cifar archive\n" * 100)
+    return ["prepare", "cifar10", "--from", path], ["cifar-10-python.tar.gz", "md5"]
+
+
+BAD_INPUTS = [_missing_recipe, _malformed_yaml, _unknown_key, _wrong_type, _not_prepared, _eval_missing,
+              _eval_corrupt_checkpoint, _eval_unknown_class, _prepare_mnist_empty, _prepare_cifar_bad_md5]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[f.__name__.strip("_") for f in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(cli, digits_run, workdir, case):
+    inputs = workdir / "inputs"
+    inputs.mkdir()
+    args, expected = case(inputs)
+    runs_before = snapshot(workdir / "runs")
+    dirs_before = sorted(p.name for p in (workdir / "runs").iterdir())
+
+    message = assert_user_error(cli(*args))
+    for text in expected:
+        assert text in message, (text, message)
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == dirs_before
+    assert snapshot(workdir / "runs") == runs_before
+    # a failed prepare leaves no prepared dataset behind
+    if args[0] == "prepare":
+        assert not (workdir / "data" / args[1]).exists()
+
+
+def test_error_message_keeps_square_brackets(cli, workdir):
+    message = assert_user_error(cli("train", "my[old].yaml"))
+    assert "my[old].yaml" in message
+
+
+def test_resume_with_a_different_architecture_is_a_user_error(cli, digits_run):
+    before = snapshot(digits_run)
+    result = cli("train", "--resume", digits_run, "--set", "train.epochs=3", "--set", "model.latent_dim=64")
+    assert_user_error(result)
+    assert snapshot(digits_run) == before
+
+
+# --- prepare + train + eval on an image folder ---------------------------------------------------
+
+def test_prepare_image_folder_writes_manifest_and_is_deterministic(cli, workdir, image_folder):
+    result = cli("prepare", "shapes", "--from", image_folder)
+    assert result.exit_code == 0, result.output
+    root = workdir / "data" / "shapes"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["dataset"] == "shapes"
+    assert manifest["classes"] == sorted(SHAPE_CLASSES)
+    assert set(manifest["splits"]) == {"train", "val"}
+    assert manifest["input"] == {"kind": "image", "shape": [8, 8, 3]}
+    counts = {name: split["count"] for name, split in manifest["splits"].items()}
+    assert counts["train"] + counts["val"] == 72 and counts["val"] > 0
+    for split in manifest["splits"].values():
+        assert sum(split["class_counts"].values()) == split["count"]
+        assert set(split["class_counts"]) == set(SHAPE_CLASSES)
+        assert set(split["sha256"]) == {"x", "y"}
+        assert all(len(h) == 64 for h in split["sha256"].values())
+    assert manifest["source"]["path"] == str(image_folder)
+    assert manifest["skipped"] == []
+    arrays = {p.name: p.read_bytes() for p in sorted(root.glob("*.npy"))}
+    assert set(arrays) == {"train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy"}
+    assert np.load(root / "train_x.npy").shape == (counts["train"], 8, 8, 3)
+
+    again = cli("prepare", "shapes", "--from", image_folder)
+    assert again.exit_code == 0, again.output
+    assert {p.name: p.read_bytes() for p in sorted(root.glob("*.npy"))} == arrays
+    assert json.loads((root / "manifest.json").read_text()) == manifest
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == ["shapes"]  # no temp/old dirs left
+
+
+def test_prepare_image_folder_lists_skipped_files(cli, workdir, image_folder):
+    (image_folder / "red" / "broken.png").write_bytes(b"this is not a png")
+    result = cli("prepare", "shapes", "--from", image_folder)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((workdir / "data" / "shapes" / "manifest.json").read_text())
+    assert [item["path"] for item in manifest["skipped"]] == ["red/broken.png"]
+    assert "red/broken.png" in result.stderr
+    assert sum(s["count"] for s in manifest["splits"].values()) == 72
+
+
+SHAPES_RECIPE = """\
+model:
+  num_latents: 8
+  latent_dim: 32
+  latent_blocks: 1
+  latent_heads: 2
+  num_bands: 2
+  max_freq: 8.0
+data:
+  dataset: shapes
+optim:
+  lr: 0.003
+train:
+  epochs: 15
+  batch_size: 16
+  seed: 0
+"""
+
+
+def test_train_and_eval_on_a_prepared_image_folder(cli, workdir, image_folder, image_zip):
+    prepared = cli("prepare", "shapes", "--from", image_folder, "--val-fraction", "0.25")
+    assert prepared.exit_code == 0, prepared.output
+    recipe = workdir / "shapes_tiny.yaml"
+    recipe.write_text(SHAPES_RECIPE)
+
+    trained = cli("train", recipe)
+    assert trained.exit_code == 0, trained.output
+    run = Path("runs") / "shapes_tiny"
+    assert len(read_jsonl(run / "metrics.jsonl")) == 15
+
+    on_val = cli("eval", run, "--split", "val")
+    assert on_val.exit_code == 0, on_val.output
+    report = json.loads((run / "eval_val.json").read_text())
+    assert report["samples"] == 18
+    assert report["accuracy"] >= 0.8, report  # chance is 1/3; the classes differ by colour
+
+    on_zip = cli("eval", run, "--data", image_zip)
+    assert on_zip.exit_code == 0, on_zip.output
+    zip_report = json.loads((run / f"eval_data-{image_zip.stem}.json").read_text())
+    assert zip_report["samples"] == 72
+    assert f"{72:,} samples" in on_zip.stdout
+    assert [row["support"] for row in zip_report["per_class"]] == [24, 24, 24]
+    assert zip_report["accuracy"] >= 0.8
+    assert (run / f"confusion_data-{image_zip.stem}.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+def test_resume_continues_at_the_next_epoch(cli, digits_run):
+    rows_before = read_jsonl(digits_run / "metrics.jsonl")
+    best_before = (digits_run / "checkpoints" / "best.pt").read_bytes()
+    result = cli("train", "--resume", digits_run, "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+
+    rows = read_jsonl(digits_run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == rows_before  # the finished epochs are kept as they were
+    assert rows[2]["elapsed_s"] >= rows[1]["elapsed_s"]
+    assert "resumed at epoch 3" in (digits_run / "train.log").read_text()
+    assert yaml.safe_load((digits_run / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert torch.load(digits_run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+    best = torch.load(digits_run / "checkpoints" / "best.pt", weights_only=True)
+    if best["epoch"] != 3:  # best.pt is only replaced when validation improved
+        assert (digits_run / "checkpoints" / "best.pt").read_bytes() == best_before
+    assert not (Path("runs") / "digits-2").exists()  # resuming never starts a new directory
+
+
+def test_resume_of_a_finished_run_needs_more_epochs(cli, digits_run):
+    before = snapshot(digits_run)
+    message = assert_user_error(cli("train", "--resume", digits_run))
+    assert "train.epochs" in message and "2" in message
+    assert snapshot(digits_run) == before
+
+
+def test_resume_and_a_recipe_together_is_an_error(cli, digits_run):
+    message = assert_user_error(cli("train", "digits", "--resume", digits_run))
+    assert "--resume" in message
+
+
+# --- prepare without network ---------------------------------------------------------------------
+
+def test_prepare_mnist_without_network_names_the_files_to_fetch(cli, workdir):
+    result = cli("prepare", "mnist")
+    if result.exit_code == 0:
+        pytest.skip("MNIST could be downloaded: this machine has network access")
+    message = assert_user_error(result)
+    for name in MNIST_FILES:
+        assert name in message
+    assert "perceiver prepare mnist --from" in message
+    assert not (workdir / "data" / "mnist").exists()

@@ -1,0 +1,168 @@
+"""The model against the paper's math on small, hand-checked cases."""
+
+import math
+
+import pytest
+import torch
+
+from perceiver_cli.model import build_model, count_parameters
+from perceiver_cli.model.attention import InputProjection
+from perceiver_cli.model.position import FourierGridEncoding, fourier_features, grid_positions
+from perceiver_cli.recipe import ModelConfig
+
+IMAGE = {"kind": "image", "shape": [6, 5, 3]}
+POINTS = {"kind": "points", "coords": 3, "features": 2}
+
+
+def small(**kwargs) -> ModelConfig:
+    base = dict(num_latents=8, latent_dim=32, latent_blocks=1, latent_heads=4, num_bands=3, max_freq=6.0)
+    return ModelConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("output", ["mean", "cls", "query"])
+@pytest.mark.parametrize("cross_attends", [1, 3])
+def test_sdpa_path_equals_eager_path(output, cross_attends):
+    torch.manual_seed(0)
+    model = build_model(small(output=output, cross_attends=cross_attends, cross_heads=2), IMAGE, 5).eval()
+    x = torch.randn(4, 6, 5, 3)
+    fast = model(x)
+    eager = model(x, return_attention=True)
+    torch.testing.assert_close(fast, eager.logits, atol=1e-5, rtol=1e-5)
+    assert len(eager.cross_attention) == cross_attends
+    for weights in eager.cross_attention:
+        assert weights.shape == (4, 2, model.latents.shape[0], 30)  # B heads latents inputs
+        assert (weights >= 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+@pytest.mark.parametrize("shared_pe", [True, False])
+@pytest.mark.parametrize("x_channels", [0, 3])
+def test_split_input_projection_is_exact(shared_pe, x_channels):
+    """Linear(LayerNorm([x; pe])) computed split equals the concatenation, values and gradients."""
+    torch.manual_seed(0)
+    proj = InputProjection(x_channels, 7, 16)
+    with torch.no_grad():  # non-trivial LayerNorm parameters
+        proj.norm.weight.uniform_(0.5, 1.5)
+        proj.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 11, x_channels, requires_grad=True) * 3 + 1
+    pe = torch.randn(11, 7) if shared_pe else torch.randn(2, 11, 7)
+    split = proj(x, pe)
+    reference = proj.reference(x, pe)
+    torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-5)
+
+    grads_split = torch.autograd.grad(split.square().sum(), [proj.norm.weight, proj.norm.bias, proj.proj.weight])
+    grads_ref = torch.autograd.grad(reference.square().sum(), [proj.norm.weight, proj.norm.bias, proj.proj.weight])
+    for a, b in zip(grads_split, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_weight_sharing_shares_parameters():
+    shared = build_model(small(cross_attends=4), IMAGE, 5)
+    unshared = build_model(small(cross_attends=4, share_weights=False), IMAGE, 5)
+    two = build_model(small(cross_attends=2), IMAGE, 5)
+    # paper: the first cross-attend is separate, all later ones share; latent Transformers share
+    assert len(shared.cross_blocks) == 2 and len(shared.latent_blocks) == 1
+    assert shared.cross_index == [0, 1, 1, 1] and shared.latent_index == [0, 0, 0, 0]
+    assert count_parameters(shared) == count_parameters(two)  # extra cross-attends add no parameters
+    assert len(unshared.cross_blocks) == 4 and count_parameters(unshared) > count_parameters(shared)
+    # the shared block really is one tensor: a change to it shows in every use
+    loss = shared(torch.randn(2, 6, 5, 3)).sum()
+    loss.backward()
+    assert shared.cross_blocks[1].attention.to_q.weight.grad is not None
+
+
+def test_fourier_features_shape_and_values():
+    # bands 2, max_freq 4 -> frequencies linspace(1, 2, 2) = [1, 2]
+    pos = torch.tensor([[0.5, -1.0]])
+    feats = fourier_features(pos, num_bands=2, max_freq=4.0)
+    assert feats.shape == (1, 2 * (2 * 2 + 1))
+    # per axis: [sin(pi f x)], [cos(pi f x)], x
+    expected_x = [math.sin(math.pi * 0.5), math.sin(math.pi), math.cos(math.pi * 0.5), math.cos(math.pi), 0.5]
+    expected_y = [math.sin(-math.pi), math.sin(-2 * math.pi), math.cos(-math.pi), math.cos(-2 * math.pi), -1.0]
+    torch.testing.assert_close(feats[0], torch.tensor(expected_x + expected_y), atol=1e-6, rtol=0)
+
+
+def test_grid_positions_span_minus_one_to_one_row_major():
+    grid = grid_positions((2, 3))
+    assert grid.shape == (6, 2)
+    torch.testing.assert_close(grid[0], torch.tensor([-1.0, -1.0]))
+    torch.testing.assert_close(grid[2], torch.tensor([-1.0, 1.0]))  # row 0, last column
+    torch.testing.assert_close(grid[-1], torch.tensor([1.0, 1.0]))
+
+
+def test_fourier_grid_features_are_computed_once_per_shape():
+    encoding = FourierGridEncoding(2, 4, 8.0)
+    first = encoding((8, 8), torch.device("cpu"))
+    assert encoding((8, 8), torch.device("cpu")) is first  # cached, not recomputed per step
+    assert encoding((4, 4), torch.device("cpu")).shape == (16, 2 * 9)
+
+
+def test_pixel_permutation_is_fixed_by_its_seed():
+    a = build_model(small(permute_pixels=True, permute_seed=42), IMAGE, 5)
+    b = build_model(small(permute_pixels=True, permute_seed=42), IMAGE, 5)
+    c = build_model(small(permute_pixels=True, permute_seed=7), IMAGE, 5)
+    assert torch.equal(a.adapter.permutation, b.adapter.permutation)
+    assert not torch.equal(a.adapter.permutation, c.adapter.permutation)
+    assert sorted(a.adapter.permutation.tolist()) == list(range(30))
+    # the permutation is part of the checkpoint, so a trained model keeps it
+    assert "adapter.permutation" in a.state_dict()
+
+
+def test_permuted_pixels_with_fourier_positions_give_the_same_output():
+    """Pixels move together with their position features: a Perceiver (permutation-invariant
+    cross-attention, mean pooling) computes the same function, as the paper's 78.0 % shows."""
+    torch.manual_seed(0)
+    plain = build_model(small(), IMAGE, 5).eval()
+    permuted = build_model(small(permute_pixels=True), IMAGE, 5).eval()
+    state = {k: v for k, v in plain.state_dict().items()}
+    permuted.load_state_dict({**state, "adapter.permutation": permuted.adapter.permutation})
+    x = torch.randn(2, 6, 5, 3)
+    torch.testing.assert_close(plain(x), permuted(x), atol=1e-5, rtol=1e-5)
+
+
+def test_mask_stops_padded_points_from_changing_the_output():
+    torch.manual_seed(0)
+    model = build_model(small(), POINTS, 4).eval()
+    real = torch.randn(1, 10, 5)
+    padded = torch.cat([real, 100 * torch.randn(1, 6, 5)], dim=1)  # garbage in the padding
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 6)], dim=1).bool()
+    alone = model(real)
+    torch.testing.assert_close(model(padded, mask=mask), alone, atol=1e-5, rtol=1e-5)
+    out = model(padded, mask=mask, return_attention=True)
+    assert out.cross_attention[0][..., 10:].abs().max() == 0  # no attention on padding
+    assert not torch.allclose(model(padded), alone, atol=1e-3)  # without the mask it does change
+
+
+def test_latent_array_initialisation_is_truncated_normal_std_002():
+    model = build_model(small(num_latents=256, latent_dim=256), IMAGE, 5)
+    latents = model.latents.detach()
+    assert abs(latents.std().item() - 0.02) < 0.002
+    assert latents.abs().max().item() <= 2.0  # truncated at +-2 (absolute), never exploding
+
+
+def test_images_of_another_size_work_with_fourier_positions():
+    model = build_model(small(), IMAGE, 5).eval()
+    assert model(torch.randn(2, 12, 9, 3)).shape == (2, 5)
+
+
+def test_learned_positions_need_the_built_size():
+    model = build_model(small(position_encoding="learned", learned_dim=16), IMAGE, 5)
+    assert model(torch.randn(2, 6, 5, 3)).shape == (2, 5)
+    with pytest.raises(ValueError, match="30 positions"):
+        model(torch.randn(2, 7, 5, 3))
+
+
+def test_sequence_input():
+    model = build_model(small(), {"kind": "sequence", "shape": [20, 4]}, 3).eval()
+    assert model(torch.randn(2, 20, 4)).shape == (2, 3)
+
+
+def test_patches_are_tokens_of_neighbouring_pixels():
+    model = build_model(small(patch_size=2), {"kind": "image", "shape": [4, 6, 3]}, 5).eval()
+    x = torch.arange(4 * 6 * 3, dtype=torch.float32).reshape(1, 4, 6, 3)
+    tokens, pe, _ = model.adapter(x)
+    assert tokens.shape == (1, 6, 12) and pe.shape == (6, model.adapter.pe_channels)  # 2x3 patches of 2*2*3
+    torch.testing.assert_close(tokens[0, 1], x[0, 0:2, 2:4].reshape(-1))  # second patch: rows 0-1, cols 2-3
+    assert model(x).shape == (1, 5)
+    with pytest.raises(ValueError, match="patch_size"):
+        build_model(small(patch_size=4), {"kind": "image", "shape": [6, 6, 3]}, 5)
