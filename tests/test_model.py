@@ -44,14 +44,15 @@ def test_split_input_projection_is_exact(shared_pe, x_channels):
     with torch.no_grad():  # non-trivial LayerNorm parameters
         proj.norm.weight.uniform_(0.5, 1.5)
         proj.norm.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(2, 11, x_channels, requires_grad=True) * 3 + 1
+    x = (torch.randn(2, 11, x_channels) * 3 + 1).requires_grad_()
     pe = torch.randn(11, 7) if shared_pe else torch.randn(2, 11, 7)
     split = proj(x, pe)
     reference = proj.reference(x, pe)
     torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-5)
 
-    grads_split = torch.autograd.grad(split.square().sum(), [proj.norm.weight, proj.norm.bias, proj.proj.weight])
-    grads_ref = torch.autograd.grad(reference.square().sum(), [proj.norm.weight, proj.norm.bias, proj.proj.weight])
+    params = [proj.norm.weight, proj.norm.bias, proj.proj.weight, proj.proj.bias] + ([x] if x_channels else [])
+    grads_split = torch.autograd.grad(split.square().sum(), params)
+    grads_ref = torch.autograd.grad(reference.square().sum(), params)
     for a, b in zip(grads_split, grads_ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 

@@ -12,6 +12,22 @@ import torch.nn.functional as F
 from ..errors import UserError
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning large blocks to the OS.
+
+    Training allocates the same large activations every step; by default each one is a fresh
+    mmap that is page-faulted in again, which made elementwise ops on a 128 MB activation ~3x
+    slower on CPU (74 ms vs 25 ms measured). A no-op where glibc is not the allocator."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: serve large blocks from the heap
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: do not give the heap back
+    except (OSError, AttributeError):
+        pass
+
+
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda but no CUDA device is visible; use --device cpu or auto")

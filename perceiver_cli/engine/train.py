@@ -27,7 +27,7 @@ from ..recipe import Recipe
 from . import checkpoint
 from .display import TrainingDisplay
 from .optim import build_optimizer, build_scheduler
-from .runtime import InputTransform, as_tensor, autocast, loss_and_accuracy, predict, resolve_device, use_bf16
+from .runtime import InputTransform, as_tensor, keep_freed_memory, autocast, loss_and_accuracy, predict, resolve_device, use_bf16
 
 
 @dataclass
@@ -97,6 +97,8 @@ class Trainer:
         self.recipe, self.dataset, self.run_dir, self.quiet = recipe, dataset, run_dir, quiet
         t = recipe.train
         self.device = resolve_device(device or t.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.bf16 = use_bf16(t.precision, self.device)
         torch.manual_seed(t.seed)
 

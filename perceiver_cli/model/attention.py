@@ -10,6 +10,28 @@ from einops import rearrange
 from torch import nn
 
 
+class _TokenLinear(torch.autograd.Function):
+    """x @ w^T + b for many tokens with few channels (B M C, C ~ 4), as batched matmuls.
+
+    A plain (B*M x C) @ (C x out) matmul, and above all its weight gradient (out x B*M) @ (B*M x C),
+    runs up to 10x slower on CPU BLAS than the same products split per sample (measured: 262 ms vs
+    19 ms for the weight gradient of a 128 x 1024-pixel batch)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        w = weight.to(x.dtype).t().expand(x.shape[0], -1, -1)  # B C out
+        return torch.baddbmm(bias.to(x.dtype), x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight.to(grad.dtype).expand(x.shape[0], -1, -1)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x.to(grad.dtype)).sum(0).to(weight.dtype)  # out C
+        grad_b = grad.sum((0, 1)).to(weight.dtype)
+        return grad_x, grad_w, grad_b
+
+
 class InputProjection(nn.Module):
     """Linear(LayerNorm([x; pe])) without building the concatenation.
 
@@ -41,14 +63,15 @@ class InputProjection(nn.Module):
         xf, pef = x.float(), pe.float()  # statistics in fp32, also under autocast
         mean = (xf.sum(-1) + pef.sum(-1)) / channels  # B M
         sq_mean = (xf.square().sum(-1) + pef.square().sum(-1)) / channels
-        rstd = torch.rsqrt((sq_mean - mean.square()).clamp_min(0) + self.norm.eps)
+        rstd = torch.rsqrt((sq_mean - mean.square()).clamp_min(0) + self.norm.eps)[..., None]  # B M 1
 
-        projected = F.linear(pe, w_pe)  # (B) M out, once per batch when shared
-        if self.x_channels:
-            projected = F.linear(x, w_x) + projected  # B M out
-        row_sums = w.sum(dim=1)  # W' 1
-        out = (projected - mean[..., None] * row_sums) * rstd[..., None] + bias
-        return out.to(projected.dtype)
+        # rstd * (W'_x x - mean W'1) + b is one small matmul: the per-token scalars ride along as an
+        # extra input channel ([x, mean] @ [W'_x, -W'1]^T), scaled by rstd before the product.
+        x_aug = torch.cat([x, mean[..., None].to(x.dtype)], dim=-1) * rstd.to(x.dtype)  # B M C_x+1
+        w_aug = torch.cat([w_x, -w.sum(dim=1, keepdim=True)], dim=1)  # out C_x+1
+        out = _TokenLinear.apply(x_aug, w_aug, bias)  # B M out
+        # + rstd * (W'_pe pe): the position part is projected once per batch when shared
+        return torch.addcmul(out, rstd.to(out.dtype), F.linear(pe, w_pe).to(out.dtype))
 
 
 class MLP(nn.Module):
