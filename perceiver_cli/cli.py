@@ -146,7 +146,7 @@ def train(
             loaded.train.name = name
         dataset = load_for_recipe(loaded.data)
         trainer = start_run(loaded, path, dataset, quiet=_quiet(), device=device_name)
-    info(describe(trainer))
+    info(describe(trainer), soft_wrap=True)
     result = trainer.fit()
     best = result.best
     if best and best["value"] == best["value"]:

@@ -20,9 +20,9 @@ def set_quiet(quiet: bool) -> None:
     QUIET = quiet
 
 
-def info(message: str) -> None:
+def info(message, **print_options) -> None:
     if not QUIET:
-        console.print(message)
+        console.print(message, **print_options)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

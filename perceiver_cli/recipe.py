@@ -43,6 +43,7 @@ class ModelConfig(Section):
     max_freq: float = Field(10.0, gt=0, description="Fourier maximum frequency (Nyquist of the grid, e.g. its size)")
     learned_dim: int = Field(64, gt=0, description="channels of a learned position encoding")
     patch_size: int = Field(1, gt=0, description="images: 1 = one token per pixel (paper); p > 1 = one token per p x p patch (Perceiver IO)")
+    conv_stem: int = Field(0, ge=0, description="images: 0 = off (paper); k > 0 = conv 3x3 to k channels + GELU + maxpool 2 before tokenising (Perceiver IO)")
     permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
     permute_seed: int = Field(42, description="seed of that permutation")
     output: Literal["mean", "cls", "query"] = Field("mean", description="mean over latents (paper), a CLS latent, or a Perceiver IO query")

@@ -167,3 +167,13 @@ def test_patches_are_tokens_of_neighbouring_pixels():
     assert model(x).shape == (1, 5)
     with pytest.raises(ValueError, match="patch_size"):
         build_model(small(patch_size=4), {"kind": "image", "shape": [6, 6, 3]}, 5)
+
+
+def test_conv_stem_tokens_cover_stride_pixels():
+    config = small(conv_stem=16, patch_size=2)
+    model = build_model(config, {"kind": "image", "shape": [8, 12, 3]}, 5).eval()
+    tokens, pe, _ = model.adapter(torch.randn(2, 8, 12, 3))
+    # conv to 16 channels, maxpool 2 -> 4 x 6, then 2x2 patches -> 2 x 3 tokens of 64 values
+    assert model.adapter.stride == 4
+    assert tokens.shape == (2, 6, 64) and pe.shape[0] == 6
+    assert model(torch.randn(2, 8, 12, 3)).shape == (2, 5)

@@ -90,4 +90,4 @@ class TrainingDisplay:
             self.live.update(self._render())
         elif not self.quiet:
             parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in COLUMNS[1:]]
-            console.print(f"epoch {row['epoch']}/{self.total_epochs}  " + "  ".join(parts), highlight=False)
+            console.print(f"epoch {row['epoch']}/{self.total_epochs}  " + "  ".join(parts), highlight=False, soft_wrap=True)

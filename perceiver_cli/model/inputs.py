@@ -2,7 +2,8 @@
 
     image     (B, H, W, C)   -> H*W tokens of C channels, positions on the H x W grid; with
                                  patch_size p > 1, (H/p)*(W/p) tokens of p*p*C channels (Perceiver IO's
-                                 patch preprocessing), positions on the patch grid
+                                 patch preprocessing), positions on the patch grid; conv_stem k > 0 first
+                                 maps the image to (H/2, W/2, k) with conv 3x3 + GELU + maxpool 2
     sequence  (B, L, C)      -> L tokens, positions on a 1D grid
     points    (B, N, 3 + F)  -> N tokens of F features, positions = Fourier features of xyz (per sample);
                                  a padding mask (B, N) marks the real points of variable-length sets
@@ -55,17 +56,28 @@ class InputAdapter(nn.Module):
 
 
 class ImageAdapter(InputAdapter):
+    """Pixels (or patches, or conv-stem features) as tokens. Each token covers `stride` x `stride`
+    input pixels: patch_size, times 2 with the conv stem."""
+
     def __init__(self, config, image_shape: tuple[int, int, int]):
         height, width, channels = image_shape
-        self.patch = p = config.patch_size
-        if height % p or width % p:
-            raise ValueError(f"model.patch_size={p} does not divide the {height}x{width} images")
-        super().__init__(config, (height // p, width // p), channels * p * p)
+        self.stem = None
+        self.stride = config.patch_size * (2 if config.conv_stem else 1)
+        if height % self.stride or width % self.stride:
+            raise ValueError(f"model.patch_size={config.patch_size} (x2 with conv_stem) does not divide the {height}x{width} images")
+        token_channels = (config.conv_stem or channels) * config.patch_size**2
+        super().__init__(config, (height // self.stride, width // self.stride), token_channels)
+        self.patch = config.patch_size
+        if config.conv_stem:
+            # Perceiver IO's "conv + maxpool" preprocessing, sized for small images
+            self.stem = nn.Sequential(nn.Conv2d(channels, config.conv_stem, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
 
     def grid(self, x):
-        return (x.shape[1] // self.patch, x.shape[2] // self.patch)
+        return (x.shape[1] // self.stride, x.shape[2] // self.stride)
 
     def tokens(self, x):
+        if self.stem is not None:
+            x = self.stem(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # B H/2 W/2 conv_stem
         return rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=self.patch, p2=self.patch)
 
 
