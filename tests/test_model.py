@@ -177,3 +177,19 @@ def test_conv_stem_tokens_cover_stride_pixels():
     assert model.adapter.stride == 4
     assert tokens.shape == (2, 6, 64) and pe.shape[0] == 6
     assert model(torch.randn(2, 8, 12, 3)).shape == (2, 5)
+
+
+def test_bf16_autocast_forward_and_backward_track_fp32():
+    """The engine's bf16 path (autocast): outputs stay close to fp32 and gradients are finite."""
+    torch.manual_seed(0)
+    model = build_model(small(cross_attends=2), IMAGE, 5).eval()
+    x = torch.randn(4, 6, 5, 3)
+    reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().logsumexp(-1).sum()
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
