@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .console import console, err_console, info, set_quiet
+from .console import console, err_console, info, is_quiet, set_quiet
 from .errors import UserError
 
 app = typer.Typer(
@@ -139,13 +139,13 @@ def train(
     if resume is not None:
         if recipe is not None:
             raise UserError("give either a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
-        trainer = resume_run(resume, load_for_recipe, overrides, quiet=_quiet(), device=device_name)
+        trainer = resume_run(resume, load_for_recipe, overrides, quiet=is_quiet(), device=device_name)
     else:
         loaded, path = load_recipe(recipe, overrides)
         if name is not None:
             loaded.train.name = name
         dataset = load_for_recipe(loaded.data)
-        trainer = start_run(loaded, path, dataset, quiet=_quiet(), device=device_name)
+        trainer = start_run(loaded, path, dataset, quiet=is_quiet(), device=device_name)
     info(describe(trainer), soft_wrap=True)
     result = trainer.fit()
     best = result.best
@@ -155,12 +155,6 @@ def train(
     else:
         console.print(f"finished · {result.run_dir}", highlight=False)
     info(f"next: perceiver eval {result.run_dir}")
-
-
-def _quiet() -> bool:
-    from . import console as console_module
-
-    return console_module.QUIET
 
 
 # --- eval ------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ def set_quiet(quiet: bool) -> None:
     QUIET = quiet
 
 
+def is_quiet() -> bool:
+    return QUIET
+
+
 def info(message, **print_options) -> None:
     if not QUIET:
         console.print(message, **print_options)

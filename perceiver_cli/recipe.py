@@ -149,7 +149,7 @@ def _check_keys(data: dict, source: str, prefix: str = "") -> None:
             _check_keys(value, source, dotted + ".")
 
 
-def _apply_override(data: dict, assignment: str) -> None:
+def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise UserError(f"--set '{assignment}': expected KEY=VALUE, e.g. --set optim.lr=5e-4")
     key, raw = assignment.split("=", 1)
@@ -217,7 +217,7 @@ def load_recipe(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         raise UserError(f"{path}: a recipe is a mapping with sections model, data, optim, train; got {type(data).__name__}")
     _check_keys(data, str(path))
     for assignment in overrides:
-        _apply_override(data, assignment)
+        apply_override(data, assignment)
     return validate(data, str(path) if not overrides else f"{path} (with --set)"), path
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import SHAPE_CLASSES, TINY, set_args, snapshot, write_image_folder, zip_folder
+from conftest import SHAPE_CLASSES, TINY, set_args, snapshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS_TEST_COUNT = 359  # the 20 % stratified test split of scikit-learn's 1,797 digits

@@ -23,11 +23,12 @@ from ..data import prepared
 from ..data.augment import augment_images
 from ..errors import UserError
 from ..model import build_model, count_parameters
-from ..recipe import Recipe
+from ..recipe import Recipe, apply_override, recipe_from_dict
 from . import checkpoint
 from .display import TrainingDisplay
 from .optim import build_optimizer, build_scheduler
-from .runtime import InputTransform, as_tensor, keep_freed_memory, autocast, loss_and_accuracy, predict, resolve_device, use_bf16
+from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
+                      resolve_device, use_bf16)
 
 
 @dataclass
@@ -290,12 +291,10 @@ def _remove_empty_run(run_dir: Path) -> None:
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
                device: str | None = None) -> Trainer:
     """Continue runs/<name> from checkpoints/last.pt with the config stored in it."""
-    from ..recipe import _apply_override, recipe_from_dict
-
     state = checkpoint.load(checkpoint.find(run_dir, prefer="last"))
     config = state["config"]
     for assignment in overrides:
-        _apply_override(config, assignment)
+        apply_override(config, assignment)
     recipe = recipe_from_dict(config, source=f"{run_dir} (resumed)")
     if state["epoch"] >= recipe.train.epochs:
         raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "

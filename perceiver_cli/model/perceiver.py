@@ -11,7 +11,7 @@ Transformer processes it, repeated `cross_attends` times; then a classification 
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange, repeat
+from einops import repeat
 from torch import nn
 
 from .attention import MLP, CrossAttendBlock, CrossAttention, LatentTransformer
