@@ -245,10 +245,13 @@ class Trainer:
                 row["elapsed_s"] = time.perf_counter() - started
                 row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
                 self.rows.append(row)
-                if self._improved(row):
+                improved = self._improved(row)
+                if improved:
                     self.best = {"epoch": epoch, "metric": t.best_metric, "value": row[t.best_metric]}
-                    checkpoint.save(self.state(epoch), self.run_dir / "checkpoints" / "best.pt")
-                checkpoint.save(self.state(epoch), self.run_dir / "checkpoints" / "last.pt")
+                state = self.state(epoch)  # built once, written to one or both files
+                if improved:
+                    checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt")
+                checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt")
                 write_metrics(self.run_dir, self.rows)
                 self._log(_epoch_line(row, t.epochs))
                 display.end_epoch(row)
