@@ -47,7 +47,7 @@ class TrainingDisplay:
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[rate]:.0f} samples/s"),
+            TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
             console=console,
         )
@@ -74,11 +74,12 @@ class TrainingDisplay:
             return
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=self.total_epochs, loss=0.0, acc=0.0, rate=0.0)
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=self.total_epochs, stats="")
 
     def step(self, loss: float, accuracy: float, rate: float) -> None:
         if self.live_mode and self.task is not None:
-            self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, rate=rate)
+            stats = f"loss {loss:.4f}  acc {accuracy:.2%}  {rate:.0f} samples/s"
+            self.progress.update(self.task, advance=1, stats=stats)
 
     def advance(self) -> None:
         if self.live_mode:
