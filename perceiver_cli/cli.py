@@ -92,8 +92,7 @@ def prepare(
     out = out or default_root(dataset)
     if source is None and dataset in DOWNLOADS:
         source = download(dataset, Path("data") / "downloads" / dataset)
-    result = read_source(dataset, source, name=dataset, val_fraction=val_fraction, seed=seed, size=_parse_size(size))
-    result.name = dataset
+    result = read_source(dataset, source, val_fraction=val_fraction, seed=seed, size=_parse_size(size))
     prepared.write(result, out)
     _print_prepared(result, out)
 

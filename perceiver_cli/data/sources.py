@@ -29,7 +29,7 @@ def default_root(dataset: str) -> Path:
     return Path("data") / dataset
 
 
-def read_source(dataset: str, source: Path, name: str | None = None, val_fraction: float = 0.1, seed: int = 0,
+def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
                 size: tuple[int, int] | None = None) -> prepared.PreparedDataset:
     """Read `source` into a PreparedDataset (not yet written)."""
     if dataset == "digits":
@@ -48,7 +48,7 @@ def read_source(dataset: str, source: Path, name: str | None = None, val_fractio
         from .cifar10 import read_cifar10
         return read_cifar10(source)
     from .imagefolder import read_image_folder
-    return read_image_folder(source, name or dataset, val_fraction=val_fraction, seed=seed, size=size)
+    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size)
 
 
 def _looks_like_cifar_batches(path: Path) -> bool:

@@ -83,7 +83,7 @@ def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, bf16: bool, device, progress=None) -> torch.Tensor:
+def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, bf16: bool, device) -> torch.Tensor:
     """Logits (N, classes) in fp32 for stored inputs x, in batches, model in eval mode."""
     was_training = model.training
     model.eval()
@@ -92,8 +92,6 @@ def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, 
         batch = transform(x[start : start + batch_size].to(device, non_blocking=True))
         with autocast(device, bf16):
             outputs.append(model(batch).float())
-        if progress is not None:
-            progress(len(batch))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 

@@ -53,8 +53,10 @@ class InputProjection(nn.Module):
         pe = pe.expand(x.shape[0], *pe.shape[-2:]) if pe.dim() == 2 else pe
         return self.proj(self.norm(torch.cat([x, pe], dim=-1)))
 
-    def forward(self, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
         # x: B M C_x, pe: M C_pe (shared) or B M C_pe (per sample, e.g. point coordinates)
+        if pe is None:  # nothing to split (e.g. the Perceiver IO decoder reading the latents)
+            return self.proj(self.norm(x))
         channels = self.x_channels + self.pe_channels
         w = self.proj.weight * self.norm.weight  # W' = W diag(gamma): out C
         w_x, w_pe = w[:, : self.x_channels], w[:, self.x_channels :]

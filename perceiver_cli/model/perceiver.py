@@ -63,7 +63,6 @@ class Perceiver(nn.Module):
             self.query = nn.Parameter(torch.empty(1, dim))
             nn.init.trunc_normal_(self.query, std=0.02)
             self.decoder = CrossAttention(dim, dim, 0, config.cross_heads, cross_head_dim, 0.0, 0.0)
-            self.decoder.to_kv = _LatentKV(dim, 2 * config.cross_heads * cross_head_dim)
             self.decoder_mlp = MLP(dim, config.widening_factor, config.activation, config.dropout)
         self.head_norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, num_classes)
@@ -95,18 +94,6 @@ class Perceiver(nn.Module):
         update, _ = self.decoder(query, self.decoder.keys_values(latents, None))
         query = query + update
         return (query + self.decoder_mlp(query))[:, 0]
-
-
-class _LatentKV(nn.Module):
-    """Key/value projection of the latents for the Perceiver IO decoder (no position channels)."""
-
-    def __init__(self, dim: int, out_features: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, out_features)
-
-    def forward(self, latents, _pe=None):
-        return self.proj(self.norm(latents))
 
 
 def build_model(config, input_spec: dict, num_classes: int) -> Perceiver:
