@@ -142,9 +142,7 @@ def evaluate(target: Path, split: str | None = None, data: Path | None = None, b
     }
     json_path = run_dir / f"eval_{tag}.json"
     png_path = run_dir / f"confusion_{tag}.png"
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(json_path)
+    checkpoint.write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
     plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}", png_path)
     return EvalResult(report, json_path, png_path)
 

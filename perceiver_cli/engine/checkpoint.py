@@ -22,6 +22,14 @@ def save(state: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """A small text file (metrics, config, report) replaced whole: readers never see half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -9,6 +9,7 @@ validation improved), so an interrupted run resumes from its last finished epoch
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -68,21 +69,13 @@ def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole each epoch (small) through a temp file."""
-    jsonl = "".join(json.dumps(row) + "\n" for row in rows)
-    _atomic_text(run_dir / "metrics.jsonl", jsonl)
+    checkpoint.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     if rows:
-        tmp = run_dir / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(run_dir / "metrics.csv")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        checkpoint.write_text_atomic(run_dir / "metrics.csv", table.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -278,7 +271,7 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
     except BaseException:
         _remove_empty_run(run_dir)
         raise
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    checkpoint.write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     trainer._log(
         f"recipe {recipe_path} dataset {dataset.name} ({len(trainer.train_y)} train / {len(trainer.val_y)} val) "
         f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16}"
@@ -304,7 +297,7 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
                         f"extend it with --set train.epochs=N")
     dataset = dataset_loader(recipe.data)
     trainer = Trainer(recipe, dataset, Path(run_dir), resume_state=state, quiet=quiet, device=device)
-    (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    checkpoint.write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     trainer._log(f"resumed at epoch {trainer.start_epoch}")
     return trainer
 
