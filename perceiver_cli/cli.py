@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -75,39 +77,100 @@ def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
 
 # --- prepare ---------------------------------------------------------------------------------------
 
+class SplitBy(str, Enum):
+    patient = "patient"
+    volume = "volume"
+
+
+# options that only one reader takes: giving them to another dataset is an error, not silently ignored
+ONLY_FOR = {"--points": "modelnet40", "--workers": "modelnet40", "--labels": "akoa", "--pattern": "akoa",
+            "--slices": "akoa", "--axis": "akoa", "--split": "akoa", "--split-by": "akoa"}
+
+
 @app.command()
 @user_errors
 def prepare(
-    dataset: str = typer.Argument(..., help="digits, mnist, cifar10, or a name of your own for a labelled image folder/zip."),
-    source: Optional[Path] = typer.Option(None, "--from", help="What to read: mnist: folder of idx .gz files; cifar10: cifar-10-python.tar.gz, cifar-10-batches-py/ or an image folder/zip; other names: an image folder or zip (<root>/<class>/* or <root>/<split>/<class>/*). Without it, mnist/cifar10 are downloaded when the network allows."),
+    dataset: str = typer.Argument(..., help="digits, mnist, cifar10, modelnet40, akoa, or a name of your own for a labelled image folder/zip."),
+    source: Optional[Path] = typer.Option(None, "--from", help="What to read: mnist: folder of idx .gz files; cifar10: cifar-10-python.tar.gz, cifar-10-batches-py/ or an image folder/zip; modelnet40: ModelNet40.zip or ModelNet40/; akoa: a folder or zip of NIfTI volumes and/or AKOA PNG slices; other names: an image folder or zip (<root>/<class>/* or <root>/<split>/<class>/*). Without it, mnist/cifar10 are downloaded when the network allows."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the prepared dataset.  \\[default: data/<dataset>]"),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, help="Image folders with a train split only: share of each class held out as the val split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out val split."),
-    size: Optional[str] = typer.Option(None, "--size", help="Image folders: resize every image to HEIGHTxWIDTH.  \\[default: the most common size]"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out val split (image folders), of the point sampling (modelnet40) and of the patient split (akoa)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Image folders and akoa: resize every image to HEIGHTxWIDTH.  \\[default: the most common size; akoa: 228x260]"),
+    points: Optional[int] = typer.Option(None, "--points", min=1, help="modelnet40: points sampled on each mesh's surface.  \\[default: 2048]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="modelnet40: worker processes.  \\[default: one per CPU core]"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="akoa: CSV with columns file,label and optionally patient,visit; wins over the file name."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="akoa: regex with named groups patient, label, visit, searched in each file name, e.g. '(?P<patient>\\d+)_(?P<visit>\\d+m)_'.  \\[default: AKOA naming, OAI<patient>_<visit>_..._LEFT|RIGHT]"),
+    slices: Optional[str] = typer.Option(None, "--slices", help="akoa: evenly spaced slices per NIfTI volume, or 'all'.  \\[default: 40]"),
+    axis: Optional[int] = typer.Option(None, "--axis", min=0, max=2, help="akoa: cut NIfTI volumes along this voxel axis.  \\[default: the sagittal axis, from the affine]"),
+    split: Optional[str] = typer.Option(None, "--split", help="akoa: shares of train,val,test.  \\[default: 0.7,0.15,0.15]"),
+    split_by: Optional[SplitBy] = typer.Option(None, "--split-by", help="akoa: keep every slice of a patient (all visits, both knees) in one split, or only of a volume (seed 002's looser split).  \\[default: patient]"),
 ):
     """Read a dataset once into compact arrays + manifest.json under data/<dataset>/ (atomically)."""
     from .data import prepared
     from .data.sources import DOWNLOADS, default_root, download, read_source
 
+    given = {"--points": points, "--workers": workers, "--labels": labels, "--pattern": pattern, "--slices": slices,
+             "--axis": axis, "--split": split, "--split-by": split_by}
+    for option, value in given.items():
+        if value is not None and ONLY_FOR[option] != dataset:
+            raise UserError(f"{option} applies to `prepare {ONLY_FOR[option]}` only, not to {dataset}")
     out = out or default_root(dataset)
     if source is None and dataset in DOWNLOADS:
         source = download(dataset, Path("data") / "downloads" / dataset)
-    result = read_source(dataset, source, val_fraction=val_fraction, seed=seed, size=_parse_size(size))
+    akoa = _akoa_options(labels, pattern, slices, axis, size, split, split_by, seed) if dataset == "akoa" else None
+    started = time.perf_counter()
+    result = read_source(dataset, source, val_fraction=val_fraction, seed=seed, size=_parse_size(size),
+                         points=points or 2048, workers=workers, akoa=akoa)
     prepared.write(result, out)
-    _print_prepared(result, out)
+    _print_prepared(result, out, time.perf_counter() - started)
 
 
-def _print_prepared(result, out: Path) -> None:
+def _akoa_options(labels, pattern, slices, axis, size, split, split_by, seed):
+    from .data.akoa import AkoaOptions
+
+    options = AkoaOptions(labels=labels, pattern=pattern, axis=axis, seed=seed)
+    if slices is not None:
+        if slices.strip().lower() == "all":
+            options.slices = None
+        elif slices.strip().isdigit():
+            options.slices = int(slices)
+        else:
+            raise UserError(f"--slices {slices!r}: give a number of slices per volume or 'all'")
+    if size is not None:
+        options.size = _parse_size(size)
+    if split is not None:
+        try:
+            options.split = tuple(float(part) for part in split.split(","))
+        except ValueError:
+            raise UserError(f"--split {split!r}: give three shares train,val,test, e.g. 0.7,0.15,0.15") from None
+    if split_by is not None:
+        options.split_by = split_by.value
+    return options
+
+
+def _print_prepared(result, out: Path, seconds: float) -> None:
     table = Table(title=f"{result.name} → {out}", header_style="bold")
-    table.add_column("split")
-    table.add_column("samples", justify="right")
-    table.add_column("shape")
+    by_patient = all("patients" in split.extra for split in result.splits.values())
+    for column in ("split", "samples", "shape") + (("patients", "volumes") if by_patient else ()) + tuple(result.classes if by_patient else ()):
+        table.add_column(column, justify="left" if column in ("split", "shape") else "right")
     for name, split in result.splits.items():
-        table.add_row(name, f"{len(split.y):,}", " × ".join(map(str, split.x.shape[1:])))
+        row = [name, f"{len(split.y):,}", " × ".join(map(str, split.x.shape[1:]))]
+        if by_patient:  # patients / volumes / slices per split and class
+            counts = np.bincount(split.y, minlength=len(result.classes))
+            row += [str(len(split.extra["patients"])), str(split.extra["volumes"]), *(f"{n:,}" for n in counts)]
+        table.add_row(*row)
     info(table)
     info(f"{len(result.classes)} classes: {', '.join(result.classes[:12])}{' …' if len(result.classes) > 12 else ''}")
+    if by_patient:
+        overlap = result.source.get("patients_in_several_splits", [])
+        if overlap:
+            info(f"[yellow]{len(overlap)} patient(s) have slices in more than one split[/] (--split-by {result.source['split_by']})")
+        else:
+            info("no patient is in two splits (checked)")
+    samples = sum(len(split.y) for split in result.splits.values())
+    info(f"prepared {samples:,} samples in {seconds:.1f} s ({samples / max(seconds, 1e-9):,.1f}/s)")
     if result.skipped:
-        err_console.print(f"skipped {len(result.skipped)} unreadable input(s) (listed in {out / 'manifest.json'}):", highlight=False)
+        err_console.print(f"skipped {len(result.skipped)} input(s) (listed in {out / 'manifest.json'}):", highlight=False)
         for item in result.skipped[:10]:
             err_console.print(f"  {item['path']}: {item['reason']}", highlight=False)
 

@@ -131,7 +131,7 @@ def evaluate(target: Path, split: str | None = None, data: Path | None = None, b
         tag, described = split, f"{state['dataset']} {split} split"
     if len(y) == 0:
         raise UserError(f"{described}: no samples to evaluate")
-    transform = InputTransform(state["normalization"], torch_device)
+    transform = InputTransform(state["input_spec"], state["normalization"], torch_device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, torch_device)
     logits = predict(model, as_tensor(x, torch_device), transform, batch_size, bf16, torch_device)
     report = {

@@ -53,12 +53,20 @@ class AugmentConfig(Section):
     random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels and crop back at random (a random shift); 0 = off")
     padding_mode: Literal["reflect", "zeros"] = Field("reflect", description="what the crop pads with: mirrored pixels, or black (digits on a black background)")
     horizontal_flip: bool = Field(False, description="flip images left-right with probability 0.5")
+    point_scale: Optional[tuple[float, float]] = Field(None, description="points: scale each point by its own random factor in [low, high] (paper: [0.99, 1.01]); null = off")
+    rotate: bool = Field(False, description="points: rotate each cloud by a random angle about the up axis")
+    up_axis: Literal["x", "y", "z"] = Field("z", description="points: the up axis for rotate (ModelNet40's OFF files: z)")
+    translate: float = Field(0.0, ge=0, description="points: shift each cloud by a random offset in [-t, t] per axis; 0 = off")
+    jitter: float = Field(0.0, ge=0, description="points: add Gaussian noise of this std to every coordinate (clipped at 5 std); 0 = off")
+    point_dropout: float = Field(0.0, ge=0, lt=1, description="points: replace a random share (up to this fraction) of each cloud's points by copies of its other points; 0 = off")
 
 
 class DataConfig(Section):
     dataset: str = Field("digits", description="name of the prepared dataset (digits, mnist, cifar10, or your own)")
     root: Optional[str] = Field(None, description="prepared dataset directory (default data/<dataset>; digits needs none)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train carved out (seeded) as validation when the data has no val split")
+    num_points: Optional[int] = Field(None, gt=0, description="points: use this many of the prepared points per cloud (a random subset per training step, the first ones in evaluation); null = all")
+    point_scaling: Literal["sphere", "cube"] = Field("sphere", description="points: unit sphere (as prepared) or unit cube (max |coordinate| = 1, the paper's choice)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentations")
 
 

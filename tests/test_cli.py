@@ -69,7 +69,9 @@ def test_subcommand_help_works_and_shows_defaults(cli, command, shown):
     ("train", "[default: the recipe's file name]"),
     ("train", "[default: train.device of the recipe, auto]"),
     ("prepare", "[default: data/<dataset>]"),
-    ("prepare", "[default: the most common size]"),
+    ("prepare", "[default: the most common size; akoa: 228x260]"),
+    ("prepare", "[default: 2048]"),
+    ("prepare", "[default: the sagittal axis, from the affine]"),
     ("eval", "[default: test, or val when there is no test split]"),
 ])
 def test_help_shows_the_documented_defaults(cli, command, default):

@@ -44,3 +44,66 @@ def augment_images(images: torch.Tensor, config, generator: torch.Generator) -> 
     if config.horizontal_flip:
         images = random_flip(images, generator)
     return images
+
+
+# --- point clouds (B N 3+F float; the first 3 channels are xyz) -------------------------------------
+
+AXES = {"x": 0, "y": 1, "z": 2}
+
+
+def _uniform(shape, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator, device=generator.device) * (high - low) + low).to(device)
+
+
+def subsample_points(points: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """A random subset of `count` points per cloud (all of them when there are not more)."""
+    b, n, _ = points.shape
+    if count >= n:
+        return points
+    keep = torch.rand(b, n, generator=generator, device=generator.device).argsort(dim=1)[:, :count].to(points.device)
+    return points.gather(1, keep[..., None].expand(-1, -1, points.shape[-1]))
+
+
+def rotate_about(xyz: torch.Tensor, axis: str, generator: torch.Generator) -> torch.Tensor:
+    """Rotate each cloud by a random angle about `axis` (the other two coordinates turn)."""
+    angle = _uniform(xyz.shape[0], 0.0, 2 * torch.pi, generator, xyz.device)
+    cos, sin = angle.cos()[:, None], angle.sin()[:, None]
+    a, b = [i for i in range(3) if i != AXES[axis]]
+    out = xyz.clone()
+    out[..., a] = cos * xyz[..., a] - sin * xyz[..., b]
+    out[..., b] = sin * xyz[..., a] + cos * xyz[..., b]
+    return out
+
+
+def drop_points(points: torch.Tensor, max_fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Each cloud loses a random share in [0, max_fraction] of its points; they are replaced by
+    copies of randomly chosen kept points, so the cloud keeps its size (and a batch its shape)."""
+    b, n, c = points.shape
+    fraction = _uniform((b, 1), 0.0, max_fraction, generator, points.device)
+    dropped = torch.rand(b, n, generator=generator, device=generator.device).to(points.device) < fraction
+    dropped[:, 0] = False  # every cloud keeps at least one point to copy
+    # for each dropped point, a random kept point of the same cloud
+    scores = torch.rand(b, n, generator=generator, device=generator.device).to(points.device).masked_fill(dropped, -1.0)
+    donors = scores.argsort(dim=1, descending=True)  # kept points first, in random order
+    kept = (~dropped).sum(1, keepdim=True)
+    pick = donors.gather(1, (torch.arange(n, device=points.device)[None, :] % kept))
+    source = torch.where(dropped, pick, torch.arange(n, device=points.device)[None, :])
+    return points.gather(1, source[..., None].expand(-1, -1, c))
+
+
+def augment_points(points: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    xyz, features = points[..., :3], points[..., 3:]
+    if config.rotate:
+        xyz = rotate_about(xyz, config.up_axis, generator)
+    if config.point_scale is not None:
+        low, high = config.point_scale
+        xyz = xyz * _uniform(xyz.shape[:2] + (1,), low, high, generator, xyz.device)
+    if config.translate:
+        xyz = xyz + _uniform((xyz.shape[0], 1, 3), -config.translate, config.translate, generator, xyz.device)
+    if config.jitter:
+        noise = torch.randn(xyz.shape, generator=generator, device=generator.device).to(xyz.device) * config.jitter
+        xyz = xyz + noise.clamp(-5 * config.jitter, 5 * config.jitter)
+    points = torch.cat([xyz, features], dim=-1) if features.shape[-1] else xyz
+    if config.point_dropout:
+        points = drop_points(points, config.point_dropout, generator)
+    return points

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..console import track
 from ..errors import UserError
+from .files import is_hidden, open_source
 from .prepared import PreparedDataset, Split, channel_stats, stratified_holdout
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -43,7 +41,7 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise UserError(f"size {size}: must be two positive numbers, height and width")
 
-    with _open(source) as (names, read):
+    with open_source(source) as (names, read):
         found = sorted(parts for parts in (n.split("/") for n in names) if _is_image(parts))
         if not found:
             raise UserError(f"{source}: {NO_IMAGES}")
@@ -97,37 +95,8 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
     )
 
 
-@contextmanager
-def _open(source: Path) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
-    """(every file as a source-relative posix path, read(path) -> bytes) for a folder or a zip."""
-    if source.is_dir():
-        names = []
-        for folder, dirs, files in os.walk(source):
-            dirs[:] = [d for d in dirs if not _hidden(d)]  # don't even walk into .git, __MACOSX...
-            rel = Path(folder).relative_to(source)
-            names += [(rel / f).as_posix() for f in files]
-        yield names, lambda path: (source / path).read_bytes()
-    elif source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise UserError(f"{source}: not a folder or a .zip; give an image folder or a zip of one")
-        try:
-            archive = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise UserError(f"{source}: unreadable zip ({exc}); make the zip again") from None
-        with archive:
-            # zips made on Windows may use backslashes
-            members = {info.filename.replace("\\", "/"): info for info in archive.infolist() if not info.is_dir()}
-            yield list(members), lambda path: archive.read(members[path])
-    else:
-        raise UserError(f"{source}: no such file or folder; give an image folder or a .zip")
-
-
-def _hidden(part: str) -> bool:
-    return part.startswith(".") or part == "__MACOSX"
-
-
 def _is_image(parts: list[str]) -> bool:
-    return os.path.splitext(parts[-1])[1].lower() in EXTENSIONS and not any(_hidden(p) for p in parts)
+    return os.path.splitext(parts[-1])[1].lower() in EXTENSIONS and not any(is_hidden(p) for p in parts)
 
 
 def _layout(found: list[list[str]]) -> tuple[str, str | None, list[tuple[str, str, str]], list[dict]]:

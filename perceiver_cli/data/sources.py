@@ -12,6 +12,8 @@ SOURCES = {
     "digits": "embedded in scikit-learn; nothing to fetch",
     "mnist": "a folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
     "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/), or an image folder / zip laid out <split>/<class>/*.jpg",
+    "modelnet40": "ModelNet40.zip or its extracted ModelNet40/ (<class>/{train,test}/*.off)",
+    "akoa": "a folder or zip of knee MRI volumes (.nii, .nii.gz) or AKOA PNG slices",
 }
 # any other name is read as a labelled image folder or zip
 IMAGE_FOLDER = "a labelled image folder or zip: <root>/<class>/*.png|jpg or <root>/<split>/<class>/*"
@@ -30,8 +32,9 @@ def default_root(dataset: str) -> Path:
 
 
 def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
-                size: tuple[int, int] | None = None) -> prepared.PreparedDataset:
-    """Read `source` into a PreparedDataset (not yet written)."""
+                size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
+                akoa=None) -> prepared.PreparedDataset:
+    """Read `source` into a PreparedDataset (not yet written). `akoa`: an AkoaOptions."""
     if dataset == "digits":
         from .digits import read_digits
         return read_digits()
@@ -40,10 +43,16 @@ def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
-    is_image_folder = source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source))
     if dataset == "mnist":
         from .mnist import read_mnist
         return read_mnist(source)
+    if dataset == "modelnet40":
+        from .modelnet40 import read_modelnet40
+        return read_modelnet40(source, points=points, workers=workers, seed=seed)
+    if dataset == "akoa":
+        from .akoa import AkoaOptions, read_akoa
+        return read_akoa(source, akoa or AkoaOptions(seed=seed))
+    is_image_folder = source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source))
     if dataset == "cifar10" and not is_image_folder:
         from .cifar10 import read_cifar10
         return read_cifar10(source)

@@ -63,19 +63,33 @@ def autocast(device: torch.device, bf16: bool):
 
 
 class InputTransform:
-    """Stored arrays -> model inputs: uint8 images to normalised floats; float arrays as they are."""
+    """Stored arrays -> model inputs: uint8 images to normalised floats; point clouds to the
+    recipe's point count and scaling (unit sphere as prepared, or unit cube); other floats as they are."""
 
-    def __init__(self, normalization: dict | None, device: torch.device):
+    def __init__(self, input_spec: dict, normalization: dict | None, device: torch.device, data_config=None):
+        self.is_points = input_spec["kind"] == "points"
         self.mean = self.std = None
         if normalization:
             self.mean = torch.tensor(normalization["mean"], device=device)
             self.std = torch.tensor(normalization["std"], device=device)
+        self.num_points = getattr(data_config, "num_points", None)
+        self.cube = getattr(data_config, "point_scaling", "sphere") == "cube"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.is_points:
+            return self._points(batch)
         if batch.dtype == torch.uint8:
             x = batch.float().div_(255.0)
             return (x - self.mean) / self.std if self.mean is not None else x
         return batch.float()
+
+    def _points(self, batch: torch.Tensor) -> torch.Tensor:
+        """B N 3+F clouds: the first num_points (prepared points are random samples already), scaled."""
+        x = batch.float()[:, : self.num_points]
+        if self.cube:  # centred clouds: dividing by the largest |coordinate| fits them in [-1, 1]^3
+            xyz = x[..., :3]
+            x = torch.cat([xyz / xyz.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12), x[..., 3:]], dim=-1)
+        return x
 
 
 def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

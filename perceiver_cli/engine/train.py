@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from ..data import prepared
-from ..data.augment import augment_images
+from ..data.augment import augment_images, augment_points, subsample_points
 from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, recipe_from_dict
@@ -101,8 +101,8 @@ class Trainer:
             raise UserError(f"dataset '{dataset.name}' has an empty train split")
         self.train_x, self.train_y = as_tensor(train_x, self.device), as_tensor(train_y, self.device)
         self.val_x, self.val_y = as_tensor(val_x, self.device), as_tensor(val_y, self.device)
-        self.transform = InputTransform(dataset.normalization, self.device)
-        self.is_image = dataset.input_spec["kind"] == "image"
+        self.transform = InputTransform(dataset.input_spec, dataset.normalization, self.device, recipe.data)
+        self.input_kind = dataset.input_spec["kind"]
 
         self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
         self.parameters = count_parameters(self.model)
@@ -160,6 +160,18 @@ class Trainer:
         order = torch.randperm(len(self.train_y), generator=generator).to(self.device)
         return order.split(self.recipe.train.batch_size), generator
 
+    def training_inputs(self, stored: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A stored batch -> augmented model inputs. Images are augmented as uint8 (a crop is
+        indexing); point clouds after scaling, so scale/jitter amounts mean the same for any data."""
+        data = self.recipe.data
+        if self.input_kind == "image":
+            return self.transform(augment_images(stored, data.augment, generator))
+        if self.input_kind == "points":
+            if data.num_points:
+                stored = subsample_points(stored, data.num_points, generator)
+            return augment_points(self.transform(stored), data.augment, generator)
+        return self.transform(stored)
+
     def _train_epoch(self, epoch: int, display: TrainingDisplay) -> dict:
         t = self.recipe.train
         torch.manual_seed(t.seed * 100_003 + epoch)  # dropout stream, reproducible on resume
@@ -170,10 +182,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, start = 0, time.perf_counter()
         for step, index in enumerate(batches):
-            x, y = self.train_x[index], self.train_y[index]
-            if self.is_image:
-                x = augment_images(x, self.recipe.data.augment, generator)
-            x = self.transform(x)
+            x, y = self.training_inputs(self.train_x[index], generator), self.train_y[index]
             with autocast(self.device, self.bf16):
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)

@@ -1,0 +1,141 @@
+"""ModelNet40 meshes (OFF) -> point clouds sampled on their surfaces.
+
+Reads the standard layout `ModelNet40/<class>/{train,test}/<class>_NNNN.off` from a folder or a
+zip (read in place). Each mesh is parsed with trimesh, sampled uniformly on its surface (area
+weighted) with a seed derived from its path, so a rerun gives identical arrays, then centred at
+zero and scaled into the unit sphere. Meshes are processed in parallel worker processes; one
+that cannot be read, is empty or has no surface is listed in `skipped` and never stops the run.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..console import track
+from ..errors import UserError
+from .files import is_hidden, open_source
+from .prepared import PreparedDataset, Split
+
+LAYOUT = "<class>/train/*.off and <class>/test/*.off (ModelNet40/<class>/{train,test}/<class>_NNNN.off)"
+SPLITS = ("train", "test")
+# the real files' quirk: "OFF3514 3546 0" on one line instead of "OFF" and a newline
+MERGED_HEADER = re.compile(rb"^\s*OFF[ \t]*(\d)")
+
+
+def read_modelnet40(source: Path, points: int = 2048, workers: int | None = None, seed: int = 0) -> PreparedDataset:
+    source = Path(source)
+    if points < 1:
+        raise UserError(f"--points {points}: must be at least 1 (the paper uses 2048)")
+    with open_source(source) as (names, _):
+        meshes, skipped = _layout(sorted(n for n in names if n.lower().endswith(".off") and not any(is_hidden(p) for p in n.split("/"))))
+    if not meshes:
+        raise UserError(f"{source}: no OFF meshes found; expected {LAYOUT}")
+    classes = sorted({cls for _, cls, _ in meshes})
+    label_of = {cls: i for i, cls in enumerate(classes)}
+
+    tasks = [(path, _file_seed(path, seed), points) for _, _, path in meshes]
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    per_split = {split: ([], [], []) for split in SPLITS}  # clouds, labels, paths
+    for (split, cls, path), (cloud, reason) in zip(meshes, track(_sample_all(source, tasks, workers), f"sampling {source.name}", total=len(tasks))):
+        if cloud is None:
+            skipped.append({"path": path, "reason": reason})
+            continue
+        per_split[split][0].append(cloud)
+        per_split[split][1].append(label_of[cls])
+        per_split[split][2].append(path)
+    if not any(clouds for clouds, _, _ in per_split.values()):
+        raise UserError(f"{source}: none of the {len(meshes)} meshes could be read "
+                        f"(e.g. {skipped[-1]['path']}: {skipped[-1]['reason']}); check the files")
+
+    splits = {split: Split(np.stack(clouds), np.array(labels, dtype=np.int64), {"source_files": paths})
+              for split, (clouds, labels, paths) in per_split.items() if clouds}
+    return PreparedDataset(
+        name="modelnet40",
+        classes=classes,
+        input_spec={"kind": "points", "shape": [points, 3], "coords": 3, "features": 0, "scaling": "unit-sphere"},
+        splits=splits,
+        normalization=None,
+        source={"kind": "modelnet-off", "path": str(source), "meshes": len(meshes), "points": points, "seed": seed},
+        skipped=skipped,
+    )
+
+
+def _layout(paths: list[str]) -> tuple[list[tuple[str, str, str]], list[dict]]:
+    """[(split, class, path)] for files in <class>/<split>/ (under any wrapper folders), and the rest as skipped."""
+    meshes, skipped = [], []
+    for path in paths:
+        parts = path.split("/")
+        if len(parts) >= 3 and parts[-2].lower() in SPLITS:
+            meshes.append((parts[-2].lower(), parts[-3], path))
+        else:
+            skipped.append({"path": path, "reason": "not in a <class>/train/ or <class>/test/ folder"})
+    return meshes, skipped
+
+
+def _file_seed(path: str, seed: int) -> int:
+    """A sampling seed from the mesh's path below its class folder, so it does not depend on
+    where the data lives, on the order of the files or on the worker that samples it."""
+    key = "/".join(path.split("/")[-3:])
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
+
+
+# --- sampling (runs in worker processes) ---------------------------------------------------------
+
+_SOURCE = None  # each worker's open source, kept for the worker's life (a zip is opened once per worker)
+_READ = None  # and its reader: path -> bytes
+
+
+def _open_worker(source: Path) -> None:
+    global _SOURCE, _READ
+    _SOURCE = open_source(source)  # held here: when the context is collected, the zip closes
+    _, _READ = _SOURCE.__enter__()
+
+
+def _sample_all(source: Path, tasks: list, workers: int):
+    """(cloud or None, reason) per task, in order."""
+    if workers <= 1 or len(tasks) < 2:
+        with open_source(source) as (_, read):
+            for path, seed, points in tasks:
+                yield sample_mesh(read(path), seed, points)
+        return
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with context.Pool(min(workers, len(tasks)), initializer=_open_worker, initargs=(source,)) as pool:
+        yield from pool.imap(_sample_task, tasks, chunksize=4)
+
+
+def _sample_task(task) -> tuple[np.ndarray | None, str | None]:
+    path, seed, points = task
+    return sample_mesh(_READ(path), seed, points)
+
+
+def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
+    """(points x 3 float32 cloud centred at zero inside the unit sphere, None), or (None, why not)."""
+    import trimesh
+
+    data = MERGED_HEADER.sub(rb"OFF\n\1", data, count=1)
+    try:
+        mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types on malformed text; a bad file is skipped, not fatal
+        return None, f"cannot parse OFF: {exc}" if str(exc) else f"cannot parse OFF: {type(exc).__name__}"
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.vertices) == 0 or len(mesh.faces) == 0:
+        return None, "empty mesh (no vertices or faces)"
+    if not np.isfinite(mesh.vertices).all():
+        return None, "vertex coordinates are not finite"
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        return None, f"faces refer to vertices that do not exist (the file has {len(mesh.vertices)})"
+    if not mesh.area > 0:
+        return None, "degenerate mesh (zero surface area)"
+    cloud, _ = trimesh.sample.sample_surface(mesh, points, seed=seed)
+    cloud = cloud - cloud.mean(axis=0)
+    radius = np.linalg.norm(cloud, axis=1).max()
+    if not radius > 0:
+        return None, "degenerate mesh (all samples at one point)"
+    return (cloud / radius).astype(np.float32), None
