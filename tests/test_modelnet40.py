@@ -16,7 +16,7 @@ import trimesh
 
 from conftest import set_args
 from perceiver_cli.data.augment import augment_points, drop_points, rotate_about, subsample_points
-from perceiver_cli.data.modelnet40 import read_modelnet40, sample_mesh
+from perceiver_cli.data.modelnet40 import MERGED_HEADER, parse_triangle_off, read_modelnet40, sample_mesh
 from perceiver_cli.recipe import AugmentConfig
 from test_cli import assert_user_error
 
@@ -75,6 +75,21 @@ def test_merged_header_mesh_parses_like_the_standard_one():
     merged, reason = sample_mesh(off_text(mesh, merged_header=True).encode(), seed=1, points=64)
     assert reason is None
     np.testing.assert_array_equal(standard, merged)
+
+
+def test_bulk_parser_reads_what_trimesh_reads_and_leaves_the_rest_to_it():
+    import io
+    for name, make in SHAPES.items():
+        data = off_text(make()).encode()
+        vertices, faces = parse_triangle_off(data)
+        mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
+        np.testing.assert_array_equal(vertices, mesh.vertices)
+        np.testing.assert_array_equal(faces, mesh.faces)
+    quad = b"OFF\n4 1 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n"
+    assert parse_triangle_off(quad) is None
+    cloud, reason = sample_mesh(quad, seed=0, points=100)  # trimesh triangulates the quad
+    assert reason is None and cloud.shape == (100, 3)
+    assert parse_triangle_off(b"OFF\n# made by hand\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n") is None
 
 
 def test_clouds_are_centred_inside_the_unit_sphere_and_on_the_surface():
@@ -169,6 +184,8 @@ def test_the_real_sample_meshes_all_prepare():
     assert {"bathtub_0001.off", "bathtub_0002.off", "bathtub_0003.off"} <= set(names)  # the merged headers
     x = dataset.splits["train"].x
     assert x.shape == (9, 512, 3) and np.isfinite(x).all()
+    for path in SHARED_SAMPLE.rglob("*.off"):  # all plain triangle meshes: the bulk parser reads them
+        assert parse_triangle_off(MERGED_HEADER.sub(rb"OFF\n\1", path.read_bytes(), count=1)) is not None
     np.testing.assert_allclose(np.linalg.norm(x, axis=2).max(1), 1.0, atol=1e-6)
 
 

@@ -116,13 +116,37 @@ def _sample_task(task) -> tuple[np.ndarray | None, str | None]:
     return sample_mesh(_READ(path), seed, points)
 
 
+def parse_triangle_off(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vertices, faces) of a plain all-triangle OFF file, parsed in bulk; None for anything else.
+
+    trimesh's OFF reader works line by line in Python: 1.2 s for the 1.9 MB airplane_0003.off,
+    against ~0.3 s here; ModelNet40's 12,311 files are nearly all plain triangle meshes."""
+    if b"#" in data:
+        return None
+    tokens = data.split()
+    if len(tokens) < 4 or tokens[0] != b"OFF" or not (tokens[1].isdigit() and tokens[2].isdigit()):
+        return None
+    vertices, faces = int(tokens[1]), int(tokens[2])
+    if len(tokens) != 4 + 3 * vertices + 4 * faces:
+        return None  # polygons other than triangles, or per-face colours
+    values = np.array(tokens[4:], dtype=np.float64)
+    triangles = values[3 * vertices :].reshape(faces, 4)
+    if (triangles[:, 0] != 3).any():
+        return None
+    return values[: 3 * vertices].reshape(vertices, 3), triangles[:, 1:].astype(np.int64)
+
+
 def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
     """(points x 3 float32 cloud centred at zero inside the unit sphere, None), or (None, why not)."""
     import trimesh
 
     data = MERGED_HEADER.sub(rb"OFF\n\1", data, count=1)
     try:
-        mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
+        plain = parse_triangle_off(data)
+        if plain is not None:
+            mesh = trimesh.Trimesh(*plain, process=False)
+        else:  # comments, colours, polygons...: trimesh's general parser
+            mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types on malformed text; a bad file is skipped, not fatal
         return None, f"cannot parse OFF: {exc}" if str(exc) else f"cannot parse OFF: {type(exc).__name__}"
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.vertices) == 0 or len(mesh.faces) == 0:
