@@ -270,6 +270,50 @@ def _print_eval(result) -> None:
     info(f"wrote {result.json_path} and {result.png_path}")
 
 
+# --- attention -------------------------------------------------------------------------------------
+
+class Format(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+@app.command()
+@user_errors
+def attention(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    epoch: str = typer.Option("last", "--epoch", help="Saved epoch to draw: a number, last or all."),
+    samples: int = typer.Option(4, "--samples", min=1, help="Probe samples to draw."),
+    colormap: str = typer.Option("viridis", "--colormap", help="Any matplotlib colormap."),
+    alpha: float = typer.Option(0.6, "--alpha", help="Opacity of the heatmap over the image (0 to 1)."),
+    stage: Optional[int] = typer.Option(None, "--stage", help="Cross-attend to draw (0 = first).  \\[default: every one]"),
+    head: Optional[int] = typer.Option(None, "--head", help="Cross-attention head to draw.  \\[default: all heads summed]"),
+    evolution: bool = typer.Option(False, "--evolution", help="Lay the same samples out across the saved epochs and plot entropy / concentration over epochs."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Capture the maps now from best, last or a .pt file (for runs trained without train.save_attention_maps)."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="Draw the maps for your own image (with the best checkpoint, or --checkpoint)."),
+    fmt: Format = typer.Option(Format.png, "--format", help="File format of the pictures."),
+):
+    """Cross-attention maps over the input: pictures and statistics (entropy, concentration, latents used) per sample."""
+    from .attention.views import ViewOptions, view
+
+    result = view(run_dir, ViewOptions(epoch=epoch, samples=samples, colormap=colormap, alpha=alpha, stage=stage, head=head,
+                                       evolution=evolution, checkpoint=checkpoint, input=input_file, format=fmt.value))
+    table = Table(title="cross-attention statistics (mean over the probe samples)", header_style="bold")
+    for column in ("epoch", "stage", "entropy", "top 5 % mass", "latents used", "effective latents"):
+        table.add_column(column, justify="right")
+    for ep, stages in result.stats.items():
+        for st, values in stages.items():
+            mean = values["mean"]
+            table.add_row(str(ep), str(st), f"{mean['entropy']:.3f}", f"{mean['top5_mass']:.3f}",
+                          f"{mean['latents_used']:.1f}", f"{mean['effective_latents']:.1f}")
+    info(table)
+    info("entropy: H(mass)/log(tokens), 1 = even; top 5 % mass: share on the 5 % most attended tokens; "
+         "latents used / effective: latents that are the strongest reader of some token, exp(entropy) of that split")
+    for path in result.files:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {result.stats_path}", highlight=False)
+
+
 def main():
     app()
 

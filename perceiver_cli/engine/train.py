@@ -114,6 +114,12 @@ class Trainer:
         self.start_epoch, self.best, self.rows = 1, None, []
         if resume_state is not None:
             self._restore(resume_state)
+        self.probe = None  # the fixed samples whose attention is captured
+        if t.save_attention_maps or t.tensorboard:
+            from ..attention.views import probe_samples
+            x, y = (val_x, val_y) if len(val_y) else (train_x, train_y)
+            self.probe = probe_samples(x, y, t.attention_samples, t.seed)
+        self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard else None
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -255,13 +261,49 @@ class Trainer:
                     checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt")
                 checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt")
                 write_metrics(self.run_dir, self.rows)
+                self._after_epoch(epoch, row)
                 self._log(_epoch_line(row, t.epochs))
                 display.end_epoch(row)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
+
+    def _after_epoch(self, epoch: int, row: dict) -> None:
+        """Attention capture at the interval, TensorBoard scalars every epoch."""
+        t = self.recipe.train
+        captured = None
+        if self.probe is not None and (epoch % t.attention_interval == 0 or epoch == t.epochs):
+            from ..attention.views import capture_for_training
+            captured = capture_for_training(self.model, *self.probe, self.transform, self.device, epoch,
+                                            self.run_dir, self.bf16) if t.save_attention_maps else None
+            if self.tensorboard is not None:
+                from ..attention import capture as captures
+                from ..attention.render import tensorboard_image
+                captured = captured or captures.capture(self.model, *self.probe, self.transform, self.device, epoch, self.bf16)
+                self.tensorboard.add_image("attention/stage_0", tensorboard_image(captured, self.dataset.classes),
+                                           epoch, dataformats="HWC")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch" and value == value:
+                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(key, key), value, epoch)
+            self.tensorboard.flush()
 
     def _log(self, line: str) -> None:
         with open(self.run_dir / "train.log", "a") as fh:
             fh.write(line + "\n")
+
+
+_TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
+                     "val_accuracy": "accuracy/val", "lr": "lr", "samples_per_s": "throughput/samples_per_s"}
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                        "(or set train.tensorboard=false)") from None
+    return SummaryWriter(log_dir=str(run_dir))
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

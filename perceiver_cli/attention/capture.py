@@ -1,0 +1,132 @@
+"""Capturing cross-attention: which input positions each latent reads, for a fixed probe batch.
+
+A capture file (`runs/<name>/attention/epoch_NNNN.npz`, written atomically, read without pickle):
+    weights       float16 (stages, samples, heads, latents, tokens): softmax over tokens, one stage per cross-attend
+    inputs        the probe samples as stored (uint8 images B H W C, or float32 points B N 3+F)
+    labels        int64 (samples,)         true classes
+    predictions   int64 (samples,)         the model's classes
+    probabilities float32 (samples, classes)
+    epoch         int
+    token_grid    (h, w) of the image token grid (tokens cover stride x stride pixels); [] for points
+    stride        pixels per token side (patches, conv stem)
+    permutation   int64 (tokens,): token j sits at grid position permutation[j]; [] when not permuted
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..engine.runtime import autocast
+
+FILE_PATTERN = "epoch_{:04d}.npz"
+
+
+@dataclass
+class Capture:
+    epoch: int
+    weights: np.ndarray
+    inputs: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    token_grid: tuple[int, ...]
+    stride: int
+    permutation: np.ndarray | None
+
+    @property
+    def is_points(self) -> bool:
+        return not self.token_grid
+
+
+def probe_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` samples of every class (fewer where a class has fewer), chosen by `seed`; the same
+    indices every time, so captures of different epochs show the same samples."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+
+
+@torch.no_grad()
+def attention(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and the cross-attention weights of every cross-attend, each (B, heads, latents, tokens),
+    through the model's eager attention path (training keeps the fused SDPA path)."""
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(inputs, mask, return_attention=True)
+    finally:
+        model.train(was_training)
+    return output.logits, output.cross_attention
+
+
+def capture(model, stored: np.ndarray, labels: np.ndarray, transform, device: torch.device, epoch: int,
+            bf16: bool = False, batch_size: int = 32) -> Capture:
+    """Run the stored probe samples through the model and collect everything a picture needs."""
+    weights, logits = [], []
+    for start in range(0, len(stored), batch_size):
+        batch = transform(torch.from_numpy(np.ascontiguousarray(stored[start : start + batch_size])).to(device))
+        with autocast(device, bf16):
+            batch_logits, maps = attention(model, batch)
+        logits.append(batch_logits.float().cpu())
+        weights.append(torch.stack([m.float() for m in maps]).cpu())  # stages B H N M
+    logits = torch.cat(logits)
+    adapter = model.adapter
+    permutation = getattr(adapter, "permutation", None)
+    return Capture(
+        epoch=epoch,
+        weights=torch.cat(weights, dim=1).numpy().astype(np.float16),
+        inputs=np.asarray(stored),
+        labels=np.asarray(labels, dtype=np.int64),
+        predictions=logits.argmax(1).numpy().astype(np.int64),
+        probabilities=logits.softmax(1).numpy().astype(np.float32),
+        token_grid=tuple(adapter.grid_shape) if hasattr(adapter, "grid_shape") else (),
+        stride=int(getattr(adapter, "stride", 1)),
+        permutation=None if permutation is None else permutation.cpu().numpy(),
+    )
+
+
+def save(capture_: Capture, folder: Path) -> Path:
+    """Write atomically (temp file + rename) as attention/epoch_NNNN.npz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / FILE_PATTERN.format(capture_.epoch)
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh, epoch=np.int64(capture_.epoch), weights=capture_.weights, inputs=capture_.inputs,
+            labels=capture_.labels, predictions=capture_.predictions, probabilities=capture_.probabilities,
+            token_grid=np.array(capture_.token_grid, dtype=np.int64), stride=np.int64(capture_.stride),
+            permutation=np.array([] if capture_.permutation is None else capture_.permutation, dtype=np.int64),
+        )
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: Path) -> Capture:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            permutation = data["permutation"]
+            return Capture(
+                epoch=int(data["epoch"]), weights=data["weights"], inputs=data["inputs"], labels=data["labels"],
+                predictions=data["predictions"], probabilities=data["probabilities"],
+                token_grid=tuple(int(v) for v in data["token_grid"]), stride=int(data["stride"]),
+                permutation=permutation if permutation.size else None,
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: not a readable attention capture ({exc}); capture it again") from None
+
+
+def saved_epochs(run_dir: Path) -> dict[int, Path]:
+    """{epoch: file} of the captures saved in a run directory."""
+    found = {}
+    for path in sorted((Path(run_dir) / "attention").glob("epoch_*.npz")):
+        try:
+            found[int(path.stem.split("_")[1])] = path
+        except (IndexError, ValueError):
+            continue
+    return found

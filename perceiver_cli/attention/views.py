@@ -1,0 +1,200 @@
+"""What `perceiver attention` does: pick (or capture) the attention of a run, draw it, measure it.
+
+Pictures and `stats.json` go to `runs/<name>/attention/`: `epoch_NNNN_stage_S.<fmt>` per saved epoch
+and cross-attend, `evolution_stage_S.<fmt>` with --evolution, `input_<name>_stage_S.<fmt>` for --input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import checkpoint as checkpoints
+from ..engine.checkpoint import write_text_atomic
+from ..engine.runtime import InputTransform, resolve_device
+from ..errors import UserError
+from . import capture as captures
+from .render import FORMATS, check_colormap, render, render_evolution, selected
+from .stats import map_stats
+
+HOW_TO_GET_MAPS = ("train with --set train.save_attention_maps=true (every train.attention_interval epochs), "
+                   "or capture them now from a checkpoint: perceiver attention {run} --checkpoint best")
+
+
+@dataclass
+class ViewOptions:
+    epoch: str = "last"  # N, last or all
+    samples: int = 4
+    colormap: str = "viridis"
+    alpha: float = 0.6
+    stage: int | None = None  # None = every cross-attend
+    head: int | None = None  # None = all heads summed
+    evolution: bool = False
+    checkpoint: str | None = None  # best, last or a .pt file: capture from it now
+    input: Path | None = None  # a user's own image
+    format: str = "png"
+
+
+@dataclass
+class ViewResult:
+    files: list[Path] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)  # epoch -> stage -> {"samples": [...], "mean": {...}}
+    stats_path: Path | None = None
+
+
+def probe_samples(x: np.ndarray, y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    index = captures.probe_indices(np.asarray(y), per_class, seed)
+    return np.asarray(x[index]), np.asarray(y[index])
+
+
+def view(run_dir: Path, options: ViewOptions) -> ViewResult:
+    run_dir = Path(run_dir)
+    check_colormap(options.colormap)
+    if options.format not in FORMATS:
+        raise UserError(f"--format {options.format!r}: use one of {', '.join(FORMATS)}")
+    if not 0 <= options.alpha <= 1:
+        raise UserError(f"--alpha {options.alpha}: must be between 0 and 1")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    folder = run_dir / "attention"
+    classes = _classes(run_dir)
+
+    if options.input is not None:
+        captured = _capture_input(run_dir, options)
+        return _draw([captured], classes, folder, options, prefix=f"input_{Path(options.input).stem}")
+    if options.checkpoint is not None:
+        captured = _capture_from_checkpoint(run_dir, options.checkpoint)
+        captures.save(captured, folder)
+    saved = captures.saved_epochs(run_dir)
+    if not saved:
+        raise UserError(f"{run_dir} has no saved attention maps: " + HOW_TO_GET_MAPS.format(run=run_dir))
+    epochs = _pick_epochs(saved, "all" if options.evolution and options.epoch == "last" else options.epoch, run_dir)
+    loaded = [captures.load(saved[e]) for e in epochs]
+    result = _draw(loaded, classes, folder, options, prefix=None)
+    if options.evolution:
+        for stage in _stages(loaded[0], options.stage):
+            path = folder / f"evolution_stage_{stage}.{options.format}"
+            stage_stats = {e: result.stats[e][stage] for e in epochs}
+            result.files.append(render_evolution(loaded, stage_stats, path, stage, options.head, options.samples,
+                                                 options.colormap, options.alpha))
+    return result
+
+
+def _draw(loaded: list[captures.Capture], classes, folder: Path, options: ViewOptions, prefix: str | None) -> ViewResult:
+    result = ViewResult()
+    folder.mkdir(parents=True, exist_ok=True)
+    for captured in loaded:
+        _check_head(captured, options.head)
+        result.stats[captured.epoch] = {}
+        for stage in _stages(captured, options.stage):
+            name = f"{prefix}_stage_{stage}" if prefix else f"epoch_{captured.epoch:04d}_stage_{stage}"
+            path = folder / f"{name}.{options.format}"
+            result.files.append(render(captured, classes, path, stage, options.head, options.samples,
+                                       options.colormap, options.alpha))
+            per_sample = [map_stats(selected(captured, i, stage, options.head), _grid(captured))
+                          for i in range(len(captured.labels))]
+            result.stats[captured.epoch][stage] = {"samples": per_sample, "mean": _mean(per_sample)}
+    result.stats_path = folder / (f"{prefix}_stats.json" if prefix else "stats.json")
+    report = {"head": "all (summed)" if options.head is None else options.head,
+              "epochs": {str(e): {str(s): v for s, v in stages.items()} for e, stages in result.stats.items()}}
+    write_text_atomic(result.stats_path, json.dumps(report, indent=2) + "\n")
+    return result
+
+
+def _grid(captured: captures.Capture) -> tuple[int, ...]:
+    return captured.token_grid if len(captured.token_grid) == 2 else ()
+
+
+def _mean(per_sample: list[dict]) -> dict:
+    keys = ("entropy", "top5_mass", "latents_used", "effective_latents")
+    return {k: round(float(np.mean([s[k] for s in per_sample])), 4) for k in keys}
+
+
+def _stages(captured: captures.Capture, stage: int | None) -> list[int]:
+    count = captured.weights.shape[0]
+    if stage is None:
+        return list(range(count))
+    if not 0 <= stage < count:
+        raise UserError(f"--stage {stage}: the model has {count} cross-attend(s), numbered 0 to {count - 1}")
+    return [stage]
+
+
+def _check_head(captured: captures.Capture, head: int | None) -> None:
+    heads = captured.weights.shape[2]
+    if head is not None and not 0 <= head < heads:
+        raise UserError(f"--head {head}: the cross-attention has {heads} head(s), numbered 0 to {heads - 1}")
+
+
+def _pick_epochs(saved: dict[int, Path], choice: str, run_dir: Path) -> list[int]:
+    if choice == "all":
+        return sorted(saved)
+    if choice == "last":
+        return [max(saved)]
+    if not choice.isdigit() or int(choice) not in saved:
+        have = ", ".join(map(str, sorted(saved)))
+        raise UserError(f"--epoch {choice}: no attention maps saved for it in {run_dir} (saved epochs: {have}; or last, all)")
+    return [int(choice)]
+
+
+def _classes(run_dir: Path) -> list[str]:
+    try:
+        state = checkpoints.load(checkpoints.find(run_dir))
+        return list(state["classes"])
+    except UserError:
+        return []
+
+
+# --- capturing now -------------------------------------------------------------------------------
+
+def _checkpoint_path(run_dir: Path, which: str) -> Path:
+    if which in ("best", "last"):
+        return checkpoints.find(run_dir, prefer=which)
+    path = Path(which)
+    if not path.is_file():
+        raise UserError(f"--checkpoint {which}: no such file; give best, last or a .pt file")
+    return path
+
+
+def _capture_from_checkpoint(run_dir: Path, which: str) -> captures.Capture:
+    """The run's probe samples (its validation data, a few per class) through a checkpoint."""
+    from ..evaluate import load_trained, split_samples
+
+    device = resolve_device("auto")
+    model, recipe, state = load_trained(_checkpoint_path(run_dir, which), device)
+    x, y, _ = split_samples(recipe, state, "val")
+    x, y = probe_samples(x, y, recipe.train.attention_samples, recipe.train.seed)
+    transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
+    return captures.capture(model, x, y, transform, device, epoch=state["epoch"])
+
+
+def _capture_input(run_dir: Path, options: ViewOptions) -> captures.Capture:
+    """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..evaluate import _match_channels, load_trained
+
+    device = resolve_device("auto")
+    model, recipe, state = load_trained(_checkpoint_path(run_dir, options.checkpoint or "best"), device)
+    if state["input_spec"]["kind"] != "image":
+        raise UserError(f"--input {options.input}: this model reads {state['input_spec']['kind']}, not images")
+    height, width, channels = state["input_spec"]["shape"]
+    try:
+        with Image.open(options.input) as img:
+            rgb = np.asarray(img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UserError(f"--input {options.input}: not a readable image ({exc})") from None
+    x = _match_channels(rgb, channels)[None]
+    transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
+    return captures.capture(model, x, np.array([-1]), transform, device, epoch=state["epoch"])
+
+
+def capture_for_training(model, probe_x: np.ndarray, probe_y: np.ndarray, transform, device: torch.device,
+                         epoch: int, run_dir: Path, bf16: bool) -> captures.Capture:
+    """Called by the engine at the attention interval: capture and save attention/epoch_NNNN.npz."""
+    captured = captures.capture(model, probe_x, probe_y, transform, device, epoch=epoch, bf16=bf16)
+    captures.save(captured, run_dir / "attention")
+    return captured
