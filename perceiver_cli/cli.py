@@ -314,6 +314,39 @@ def attention(
     console.print(f"wrote {result.stats_path}", highlight=False)
 
 
+# --- report ----------------------------------------------------------------------------------------
+
+@app.command("report")
+@user_errors
+def report_command(
+    run_dirs: List[Path] = typer.Argument(..., help="One or more run directories (several are overlaid)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Path of the report without extension (.png and .json are written).  \\[default: RUN_DIR/report, or report_<a>_vs_<b> beside the runs]"),
+):
+    """A training dashboard (accuracy, loss, lr, throughput, generalisation gap) and a summary table per run."""
+    from .report import FORMULAS, report
+
+    result = report(run_dirs, out)
+    # one row per figure, one column per run: stays readable in a narrow terminal
+    table = Table(title="summary", header_style="bold")
+    table.add_column("")
+    for run in result.runs:
+        table.add_column(run.name, justify="right")
+    pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = (("best val accuracy", "best_val_accuracy", pct), ("at epoch", "best_epoch", str),
+            ("test accuracy (eval)", "test_accuracy", pct), ("min train loss", "min_train_loss", num),
+            ("min val loss", "min_val_loss", num), ("overfitting", "overfitting", num),
+            ("generalisation", "generalisation", num), ("stability", "stability", num),
+            ("convergence", "convergence", num), ("improvement", "improvement", num), ("epochs", "epochs", str),
+            ("wall time", "wall_time_s", lambda v: f"{v:.0f} s"))
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt(run.summary[key]) if run.summary[key] is not None else "-" for run in result.runs))
+    console.print(table)
+    for name, formula in FORMULAS.items():
+        info(f"  {name} = {formula}", highlight=False)
+    console.print(f"wrote {result.png_path} and {result.json_path}", highlight=False)
+
+
 def main():
     app()
 

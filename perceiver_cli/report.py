@@ -1,0 +1,136 @@
+"""`perceiver report`: how one or several runs learned, from their metrics.jsonl.
+
+A dashboard PNG (accuracy, loss, learning rate, throughput, generalisation gap over epochs; several
+runs overlaid) and a summary per run, with the seed-000 dashboard scores, each defined in FORMULAS.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine.checkpoint import write_text_atomic
+from .engine.train import read_metrics
+from .errors import UserError
+
+FORMULAS = {
+    "overfitting": "max(0, train_acc - val_acc) at the last epoch",
+    "generalisation": "1 - |train_acc - val_acc| at the last epoch",
+    "stability": "1 - std(val_acc over the last 10 epochs)",
+    "convergence": "1 - |final train_loss - previous train_loss|",
+    "improvement": "final val_acc - first val_acc",
+}
+
+
+@dataclass
+class RunReport:
+    name: str
+    run_dir: Path
+    rows: list[dict]
+    summary: dict
+
+
+@dataclass
+class ReportResult:
+    runs: list[RunReport]
+    png_path: Path
+    json_path: Path
+
+
+def summarise(rows: list[dict], run_dir: Path) -> dict:
+    first, last = rows[0], rows[-1]
+    val = [r["val_accuracy"] for r in rows if r["val_accuracy"] == r["val_accuracy"]]
+    best = max(rows, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
+    gap = last["train_accuracy"] - last["val_accuracy"]
+    previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
+    test = run_dir / "eval_test.json"
+    test_accuracy = json.loads(test.read_text()).get("accuracy") if test.is_file() else None
+    recent = val[-10:]
+    return {
+        "epochs": last["epoch"],
+        "wall_time_s": round(last.get("elapsed_s", 0.0), 1),
+        "best_val_accuracy": best["val_accuracy"] if val else None,
+        "best_epoch": best["epoch"] if val else None,
+        "final_val_accuracy": last["val_accuracy"] if val else None,
+        "test_accuracy": test_accuracy,
+        "min_train_loss": min(r["train_loss"] for r in rows),
+        "min_val_loss": min((r["val_loss"] for r in rows if r["val_loss"] == r["val_loss"]), default=None),
+        "overfitting": round(max(0.0, gap), 6) if val else None,
+        "generalisation": round(1 - abs(gap), 6) if val else None,
+        "stability": round(1 - (statistics.pstdev(recent) if len(recent) > 1 else 0.0), 6) if val else None,
+        "convergence": round(1 - abs(last["train_loss"] - previous_loss), 6),
+        "improvement": round(last["val_accuracy"] - first["val_accuracy"], 6) if val else None,
+    }
+
+
+def load_run(run_dir: Path) -> RunReport:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise UserError(f"{run_dir}: no metrics.jsonl with a finished epoch; train it first (perceiver train ...)")
+    return RunReport(run_dir.name, run_dir, rows, summarise(rows, run_dir))
+
+
+def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
+    if not run_dirs:
+        raise UserError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    if out is None:
+        out = runs[0].run_dir / "report" if len(runs) == 1 else runs[0].run_dir.parent / ("report_" + "_vs_".join(r.name for r in runs))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png_path, json_path = out.with_suffix(".png"), out.with_suffix(".json")
+    plot_dashboard(runs, png_path)
+    document = {"formulas": FORMULAS, "runs": {str(r.run_dir): r.summary for r in runs}}
+    write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
+    return ReportResult(runs, png_path, json_path)
+
+
+def plot_dashboard(runs: list[RunReport], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    (acc, loss, lr), (speed, gap, text) = axes
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(runs):
+        colour = colours[i % len(colours)]
+        epochs = [r["epoch"] for r in run.rows]
+        column = lambda key: [r.get(key, float("nan")) for r in run.rows]  # noqa: E731
+        label = run.name if len(runs) > 1 else None
+        acc.plot(epochs, column("train_accuracy"), "--", color=colour)
+        acc.plot(epochs, column("val_accuracy"), "-", color=colour, label=label)
+        loss.plot(epochs, column("train_loss"), "--", color=colour)
+        loss.plot(epochs, column("val_loss"), "-", color=colour, label=label)
+        lr.plot(epochs, column("lr"), color=colour, label=label)
+        speed.plot(epochs, column("samples_per_s"), color=colour, label=label)
+        gap.plot(epochs, [t - v for t, v in zip(column("train_accuracy"), column("val_accuracy"))], color=colour, label=label)
+    acc.set_title("accuracy (dashed: train, solid: validation)")
+    loss.set_title("loss (dashed: train, solid: validation)")
+    if all(r["train_loss"] > 0 for run in runs for r in run.rows):
+        loss.set_yscale("log")
+    lr.set_title("learning rate")
+    speed.set_title("throughput (train samples/s)")
+    gap.set_title("generalisation gap (train acc - val acc)")
+    gap.axhline(0, color="grey", linewidth=0.5)
+    for ax in (acc, loss, lr, speed, gap):
+        ax.set_xlabel("epoch")
+        if len(runs) > 1:
+            ax.legend(fontsize=7)
+    text.set_axis_off()
+    lines = []
+    for run in runs:
+        s = run.summary
+        best = f"{s['best_val_accuracy']:.2%} @ {s['best_epoch']}" if s["best_val_accuracy"] is not None else "-"
+        test = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "not evaluated"
+        lines.append(f"{run.name}: best val {best}, test {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
+    text.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
