@@ -17,15 +17,20 @@ COLUMNS = [
     ("val_loss", "val loss", "{:.4f}"),
     ("val_accuracy", "val acc", "{:.2%}"),
     ("lr", "lr", "{:.2e}"),
-    ("samples_per_s", "samples/s", "{:.0f}"),
+    ("samples_per_s", "samples/s", "rate"),
     ("epoch_time_s", "time", "{:.1f}s"),
 ]
+
+
+def format_rate(value: float) -> str:
+    """Samples per second: whole numbers, but a slow model on CPU (0.3/s) still shows a figure."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def format_value(fmt: str, value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
-    return fmt.format(value)
+    return format_rate(value) if fmt == "rate" else fmt.format(value)
 
 
 def epoch_table(rows: list[dict], title: str | None = None) -> Table:
@@ -78,7 +83,7 @@ class TrainingDisplay:
 
     def step(self, loss: float, accuracy: float, rate: float) -> None:
         if self.live_mode and self.task is not None:
-            stats = f"loss {loss:.4f}  acc {accuracy:.2%}  {rate:.0f} samples/s"
+            stats = f"loss {loss:.4f}  acc {accuracy:.2%}  {format_rate(rate)} samples/s"
             self.progress.update(self.task, advance=1, stats=stats)
 
     def advance(self) -> None:

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, recipe_from_dict
 from . import checkpoint
-from .display import TrainingDisplay
+from .display import TrainingDisplay, format_rate
 from .optim import build_optimizer, build_scheduler
 from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
                       resolve_device, use_bf16)
@@ -309,7 +309,7 @@ def _tensorboard_writer(run_dir: Path):
 def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.3e} "
-            f"{row['samples_per_s']:.0f} samples/s {row['epoch_time_s']:.1f}s")
+            f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")
 
 
 def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
