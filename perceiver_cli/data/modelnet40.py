@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import trimesh  # imported here, before the worker processes fork: each would otherwise spend ~1 s importing it
 
 from ..console import track
 from ..errors import UserError
@@ -138,8 +139,6 @@ def parse_triangle_off(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
 
 def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
     """(points x 3 float32 cloud centred at zero inside the unit sphere, None), or (None, why not)."""
-    import trimesh
-
     data = MERGED_HEADER.sub(rb"OFF\n\1", data, count=1)
     try:
         plain = parse_triangle_off(data)
