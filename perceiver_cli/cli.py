@@ -347,6 +347,99 @@ def report_command(
     console.print(f"wrote {result.png_path} and {result.json_path}", highlight=False)
 
 
+# --- bench -----------------------------------------------------------------------------------------
+
+class BenchMode(str, Enum):
+    train = "train"
+    infer = "infer"
+    both = "both"
+
+
+class Dtype(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@app.command()
+@user_errors
+def bench(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe whose model is measured.  \\[default: recipes/digits.yaml]"),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set model.num_latents=256 (repeatable)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input size: HEIGHTxWIDTH for images, N for points/sequences.  \\[default: the recipe's data]"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Samples per step.  \\[default: train.batch_size]"),
+    steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first."),
+    mode: BenchMode = typer.Option(BenchMode.both, "--mode", help="Training steps (forward, backward, optimizer), inference forwards, or both."),
+    device: Device = typer.Option(Device.auto, "--device", help="Device to measure on."),
+    dtype: Optional[Dtype] = typer.Option(None, "--dtype", help="Precision.  \\[default: the recipe's train.precision, auto]"),
+    sweep_sizes: bool = typer.Option(False, "--sweep", help="Also scale the input (images 32² → 256², points 1k → 64k) and fit how time grows."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="lucidrains: measure lucidrains/perceiver-pytorch (pip install perceiver-pytorch) at the same architecture, in turns."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure, with the environment, to this JSON file."),
+):
+    """Throughput, step-time spread, peak memory, FLOPs and MFU of a recipe's model on synthetic inputs."""
+    import json
+
+    from .bench.run import BenchOptions, run_bench
+    from .engine.checkpoint import write_text_atomic
+    from .recipe import load_recipe
+
+    loaded, _ = load_recipe(recipe, overrides)
+    document = run_bench(loaded, BenchOptions(input_size=input_size, batch=batch, steps=steps, warmup=warmup, mode=mode.value,
+                                              device=device.value, dtype=dtype.value if dtype else None,
+                                              sweep=sweep_sizes, compare=compare))
+    _print_bench(document)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
+        console.print(f"wrote {json_path}", highlight=False)
+
+
+def _memory_text(value) -> str:
+    return value if isinstance(value, str) else ("-" if value is None else f"{value:,.0f} MB")
+
+
+def _print_bench(document: dict) -> None:
+    env = document["environment"]
+    flops = document["flops_per_sample"]
+    console.print(
+        f"{env['device']} · {env['dtype']} · {env['threads']} threads · torch {env['torch']} · input {document['input']['shape']} · "
+        f"batch {document['batch']} · {document['parameters']:,} parameters · {flops['forward'] / 1e9:.3f} GFLOP/sample forward · "
+        f"matmul peak {document['matmul_peak_tflops']:.3f} TFLOP/s", highlight=False, soft_wrap=True)
+    table = Table(title="step time", header_style="bold")
+    for column in ("mode", "median", "p10", "p90", "samples/s", "peak memory", "TFLOP/s", "MFU"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, r in document["results"].items():
+        table.add_row(mode + (f" (compile {r['compile_s']} s)" if "compile_s" in r else ""), f"{r['median_s'] * 1000:.1f} ms",
+                      f"{r['p10_s'] * 1000:.1f} ms", f"{r['p90_s'] * 1000:.1f} ms", f"{r['samples_per_s']:,.1f}",
+                      _memory_text(r["peak_memory_mb"]), f"{r['tflops']:.3f}", f"{r['mfu']:.1%}")
+    console.print(table)
+    if "sweep" in document:
+        sweep = Table(title=f"input sweep (train): growth exponent {document['sweep']['growth_exponent']}", header_style="bold")
+        for column in ("size", "tokens", "median", "samples/s", "peak memory"):
+            sweep.add_column(column, justify="right")
+        for r in document["sweep"]["rows"]:
+            if "error" in r:
+                sweep.add_row(str(r["size"]), str(r.get("tokens", "-")), r["error"], "-", "-")
+            else:
+                sweep.add_row(str(r["size"]), f"{r['tokens']:,}", f"{r['median_s'] * 1000:.1f} ms", f"{r['samples_per_s']:,.1f}",
+                              _memory_text(r["peak_memory_mb"]))
+        console.print(sweep)
+    if "compare" in document:
+        c = document["compare"]
+        p = c["parameters"]
+        console.print(f"parameters: ours {p['ours']:,} · lucidrains {p['lucidrains']:,} ({p['difference']:+.3%})", highlight=False)
+        versus = Table(title=f"vs lucidrains/perceiver-pytorch, same architecture, {env['dtype']}", header_style="bold")
+        for column in ("mode", "ours samples/s", "lucidrains samples/s", "speedup", "ours memory", "lucidrains memory"):
+            versus.add_column(column, justify="left" if column == "mode" else "right")
+        for mode, pair in c["same_dtype"].items():
+            versus.add_row(mode, f"{pair['ours']['samples_per_s']:,.1f}", f"{pair['lucidrains']['samples_per_s']:,.1f}",
+                           f"{c['speedup'][mode]:.2f}x", _memory_text(pair["ours"]["peak_memory_mb"]),
+                           _memory_text(pair["lucidrains"]["peak_memory_mb"]))
+        console.print(versus)
+        d = c["defaults"]
+        console.print(f"at defaults (train): ours {d['ours_samples_per_s']:,.1f} samples/s ({d['ours_dtype']}) vs lucidrains "
+                      f"{d['lucidrains_samples_per_s']:,.1f} ({d['lucidrains_dtype']}): {d['speedup']:.2f}x", highlight=False)
+
+
 def main():
     app()
 

@@ -38,6 +38,7 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after attention and MLP outputs")
     attention_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights")
     share_weights: bool = Field(True, description="cross-attends after the first share weights; latent Transformers share (paper)")
+    share_first_latent: bool = Field(True, description="with share_weights: the first latent Transformer is shared too (paper); false gives the first cross-attend + latent Transformer block its own weights and the later blocks one shared set (lucidrains' weight_tie_layers)")
     position_encoding: Literal["fourier", "learned"] = Field("fourier", description="how positions are given to the model")
     num_bands: int = Field(6, gt=0, description="Fourier frequency bands per axis")
     max_freq: float = Field(10.0, gt=0, description="Fourier maximum frequency (Nyquist of the grid, e.g. its size)")

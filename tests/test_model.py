@@ -72,6 +72,15 @@ def test_weight_sharing_shares_parameters():
     assert shared.cross_blocks[1].attention.to_q.weight.grad is not None
 
 
+def test_lucidrains_style_sharing_gives_the_first_block_its_own_latent_transformer():
+    tied = build_model(small(cross_attends=4, share_first_latent=False), IMAGE, 5)
+    assert len(tied.cross_blocks) == 2 and len(tied.latent_blocks) == 2
+    assert tied.cross_index == [0, 1, 1, 1] and tied.latent_index == [0, 1, 1, 1]
+    paper = build_model(small(cross_attends=4), IMAGE, 5)
+    one_latent_block = sum(p.numel() for p in paper.latent_blocks[0].parameters())
+    assert count_parameters(tied) == count_parameters(paper) + one_latent_block
+
+
 def test_fourier_features_shape_and_values():
     # bands 2, max_freq 4 -> frequencies linspace(1, 2, 2) = [1, 2]
     pos = torch.tensor([[0.5, -1.0]])

@@ -49,11 +49,16 @@ class Perceiver(nn.Module):
         )
         # Weight sharing as in the paper: the first cross-attend has its own weights (sharing it was
         # unstable), all later ones share one set; every latent Transformer shares one set.
+        later = 1 if config.cross_attends > 1 else 0
         if config.share_weights:
-            self.cross_blocks = nn.ModuleList([make_cross()] + ([make_cross()] if config.cross_attends > 1 else []))
-            self.latent_blocks = nn.ModuleList([make_latent()])
+            self.cross_blocks = nn.ModuleList([make_cross()] + ([make_cross()] if later else []))
             self.cross_index = [0] + [1] * (config.cross_attends - 1)
-            self.latent_index = [0] * config.cross_attends
+            if config.share_first_latent:
+                self.latent_blocks = nn.ModuleList([make_latent()])
+                self.latent_index = [0] * config.cross_attends
+            else:  # block 0 (cross + latent) on its own, blocks 1.. share one set
+                self.latent_blocks = nn.ModuleList([make_latent()] + ([make_latent()] if later else []))
+                self.latent_index = list(self.cross_index)
         else:
             self.cross_blocks = nn.ModuleList(make_cross() for _ in range(config.cross_attends))
             self.latent_blocks = nn.ModuleList(make_latent() for _ in range(config.cross_attends))

@@ -1,0 +1,80 @@
+"""FLOPs of one Perceiver forward pass, counted from the model's shapes (matmuls only: 2 per
+multiply-add; norms, softmax and activations are a few percent and left out, as in MFU practice).
+
+`executed` counts what this implementation runs: the position part of the key/value projection
+once per batch when positions are shared (images, sequences), and a shared cross-attend's keys and
+values once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
+cross-attend, which is what a straightforward implementation (e.g. lucidrains') executes.
+A training step is counted as 3x the forward (backward: gradients for inputs and for weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Flops:
+    executed: float  # per sample, forward
+    nominal: float  # per sample, forward
+
+    def train(self) -> float:
+        return 3 * self.executed
+
+
+def _mlp(tokens: int, dim: int, widening: int, geglu: bool) -> float:
+    hidden = widening * dim
+    return tokens * dim * hidden * (2 if geglu else 1) + tokens * hidden * dim
+
+
+def forward_flops(model, batch: int) -> Flops:
+    """Per-sample forward FLOPs of a built Perceiver at its adapter's input size."""
+    config = model.config
+    adapter = model.adapter
+    n = model.latents.shape[0]
+    d = config.latent_dim
+    geglu = config.activation == "geglu"
+    cross = model.cross_blocks[0].attention
+    inner_c = cross.heads * cross.head_dim
+    latent_attention = model.latent_blocks[0].attentions[0]
+    inner_l = latent_attention.to_qkv.out_features // 3
+    tokens = _tokens(model)
+    c_x, c_pe = adapter.x_channels, adapter.pe_channels
+    pe_shared = model.input_spec["kind"] != "points"
+
+    stem = 0.0
+    if getattr(adapter, "stem", None) is not None:
+        conv = adapter.stem[0]
+        height, width = model.input_spec["shape"][:2]
+        stem = height * width * conv.in_channels * conv.out_channels * 9
+
+    def cross_attend_macs(project: bool, nominal: bool) -> float:
+        macs = n * d * inner_c + 2 * n * tokens * inner_c + n * inner_c * d + _mlp(n, d, config.widening_factor, geglu)
+        if project:
+            if nominal:
+                macs += tokens * (c_x + c_pe) * 2 * inner_c
+            else:  # [x, mean] per sample; the position part once per batch when it is shared
+                macs += tokens * (c_x + 1) * 2 * inner_c + tokens * c_pe * 2 * inner_c / (batch if pe_shared else 1)
+        return macs
+
+    latent_layer = n * d * 3 * inner_l + 2 * n * n * inner_l + n * inner_l * d + _mlp(n, d, config.widening_factor, geglu)
+    latent_macs = config.latent_blocks * latent_layer * config.cross_attends
+    seen, executed, nominal = set(), stem, stem
+    for index in model.cross_index:
+        executed += cross_attend_macs(project=index not in seen, nominal=False)
+        nominal += cross_attend_macs(project=True, nominal=True)
+        seen.add(index)
+    head = d * model.num_classes
+    if config.output == "query":
+        head += n * d * 2 * inner_c + d * inner_c + 2 * n * inner_c + inner_c * d + _mlp(1, d, config.widening_factor, geglu)
+    return Flops(executed=2 * (executed + latent_macs + head), nominal=2 * (nominal + latent_macs + head))
+
+
+def _tokens(model) -> int:
+    spec = model.input_spec
+    if spec["kind"] == "points":
+        return int(spec["shape"][0])
+    size = 1
+    for side in model.adapter.grid_shape:
+        size *= side
+    return size

@@ -1,0 +1,158 @@
+"""Timing and memory of training and inference steps on synthetic inputs.
+
+GPU steps are timed with CUDA events; CPU steps with perf_counter. Peak memory: CUDA's max
+allocated bytes; on CPU the process's peak resident memory (VmHWM, reset before each measurement
+through /proc/self/clear_refs) above what was resident before the steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.runtime import autocast
+
+
+@dataclass
+class StepTimes:
+    seconds: list[float]
+    peak_memory_bytes: int | None
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def synthetic_batch(input_spec: dict, batch: int, device: torch.device, generator_seed: int = 0) -> torch.Tensor:
+    """Random inputs of the model's input shape: normalised pixels, or xyz in the unit sphere + features."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    shape = (batch, *input_spec["shape"])
+    if input_spec["kind"] == "points":
+        x = torch.rand(shape, generator=generator) * 2 - 1
+        x[..., :3] /= x[..., :3].norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+        return x.to(device)
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _rss_bytes(field: str) -> int | None:
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _reset_peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:  # writing 5 resets the peak resident size (VmHWM) to the current one (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _rss_bytes("VmRSS")
+
+
+def _peak_above(device: torch.device, baseline: int | None) -> int | None:
+    if baseline is None:
+        return None
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) - baseline
+    peak = _rss_bytes("VmHWM")
+    return None if peak is None else max(0, peak - baseline)
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf16: bool, device: torch.device):
+    """One training step (forward, backward, optimizer) or one inference forward, as a closure."""
+    if mode == "train":
+        def step():
+            with autocast(device, bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        def step():
+            with torch.no_grad(), autocast(device, bf16):
+                model(x)
+    return step
+
+
+def time_steps(step, device: torch.device, steps: int, warmup: int) -> StepTimes:
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    baseline = _reset_peak(device)
+    seconds = []
+    for _ in range(steps):
+        with _Timer(device) as timer:
+            step()
+        seconds.append(timer.seconds)
+    return StepTimes(seconds, _peak_above(device, baseline))
+
+
+def time_alternating(steps_by_name: dict, device: torch.device, steps: int, warmup: int) -> dict[str, StepTimes]:
+    """Several step closures measured in turns (a, b, a, b, ...) so that load changes on a shared
+    machine hit all of them alike; memory is measured for each in a separate pass afterwards."""
+    for step in steps_by_name.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps_by_name}
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            with _Timer(device) as timer:
+                step()
+            times[name].append(timer.seconds)
+    result = {}
+    for name, step in steps_by_name.items():
+        baseline = _reset_peak(device)
+        step()
+        result[name] = StepTimes(times[name], _peak_above(device, baseline))
+    return result
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a large square matmul at this dtype: the device's practical peak."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        with _Timer(device) as timer:
+            a @ b
+        best = min(best, timer.seconds)
+    return 2 * size**3 / best

@@ -1,0 +1,259 @@
+"""`perceiver bench`: what one recipe's model costs per step, how that grows with the input, and how
+it compares with lucidrains/perceiver-pytorch in the same process.
+
+Every figure goes into one JSON document (returned, and written with --json) with the environment.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.optim import build_optimizer
+from ..engine.runtime import cpu_has_bf16_units, keep_freed_memory, resolve_device, use_bf16
+from ..errors import UserError
+from ..model import build_model, count_parameters
+from . import lucidrains
+from .flops import forward_flops
+from .measure import StepTimes, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
+from .memory import OUT_OF_MEMORY, peak_memory_in_fresh_process
+
+# input shapes of the datasets we know, for recipes whose data is not prepared here
+KNOWN_INPUTS = {
+    "digits": {"kind": "image", "shape": [8, 8, 1]},
+    "mnist": {"kind": "image", "shape": [28, 28, 1]},
+    "cifar10": {"kind": "image", "shape": [32, 32, 3]},
+    "modelnet40": {"kind": "points", "shape": [2048, 3], "coords": 3, "features": 0},
+    "akoa": {"kind": "image", "shape": [228, 260, 1]},
+}
+KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "modelnet40": 40, "akoa": 2}
+IMAGE_SWEEP = (32, 64, 128, 256)  # 1k -> 64k pixels
+POINT_SWEEP = (1024, 4096, 16384, 65536)
+
+
+@dataclass
+class BenchOptions:
+    input_size: str | None = None
+    batch: int | None = None
+    steps: int = 10
+    warmup: int = 3
+    mode: str = "both"  # train | infer | both
+    device: str = "auto"
+    dtype: str | None = None  # fp32 | bf16 | None = the recipe's precision (auto)
+    sweep: bool = False
+    compare: str | None = None
+
+
+def input_spec_for(recipe, size: str | None) -> tuple[dict, int]:
+    """(input spec, classes) of the recipe's data, resized by --input-size (HxW for images, N for points)."""
+    from ..data.prepared import read_manifest
+    from ..data.sources import default_root
+
+    root = Path(recipe.data.root) if recipe.data.root else default_root(recipe.data.dataset)
+    if (root / "manifest.json").is_file():
+        manifest = read_manifest(root)
+        spec, classes = dict(manifest["input"]), len(manifest["classes"])
+    elif recipe.data.dataset in KNOWN_INPUTS:
+        spec, classes = dict(KNOWN_INPUTS[recipe.data.dataset]), KNOWN_CLASSES[recipe.data.dataset]
+    else:
+        spec, classes = None, 10
+    if size is not None:
+        spec = resize_spec(spec or {"kind": "image", "shape": [32, 32, 3]}, size)
+    if spec is None:
+        raise UserError(f"bench: the input shape of dataset '{recipe.data.dataset}' is unknown (not prepared here); give --input-size")
+    return spec, classes
+
+
+def resize_spec(spec: dict, size: str) -> dict:
+    spec = {**spec, "shape": list(spec["shape"])}
+    if spec["kind"] == "image":
+        match = re.fullmatch(r"(\d+)[x×](\d+)", size.strip())
+        if not match:
+            raise UserError(f"--input-size {size!r}: images take HEIGHTxWIDTH, e.g. 224x224")
+        spec["shape"][:2] = [int(match.group(1)), int(match.group(2))]
+    else:
+        if not size.strip().isdigit():
+            raise UserError(f"--input-size {size!r}: {spec['kind']} take a number of tokens/points, e.g. 4096")
+        spec["shape"][0] = int(size)
+    return spec
+
+
+def environment(device: torch.device, bf16: bool) -> dict:
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next((line for line in cpuinfo.read_text(errors="ignore").splitlines() if line.startswith("flags")), "")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_type": device.type,
+        "dtype": "bf16" if bf16 else "fp32",
+        "threads": torch.get_num_threads(),
+        "cpu_flags": [f for f in wanted if re.search(rf"\b{f}\b", flags)],
+        "cpu_bf16_units": cpu_has_bf16_units(),
+    }
+
+
+def _summary(times: StepTimes, batch: int, flops_per_sample: float, peak_flops: float) -> dict:
+    achieved = flops_per_sample * batch / times.median
+    memory = times.peak_memory_bytes
+    return {
+        "median_s": round(times.median, 6), "p10_s": round(times.quantile(0.1), 6), "p90_s": round(times.quantile(0.9), 6),
+        "samples_per_s": round(batch / times.median, 3),
+        "peak_memory_mb": memory if isinstance(memory, str) or memory is None else round(memory / 2**20, 1),
+        "tflops": round(achieved / 1e12, 4), "mfu": round(achieved / peak_flops, 4),
+    }
+
+
+class _Subject:
+    """One model ready to step: ours or lucidrains', with its optimizer and a synthetic batch."""
+
+    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, compile_: bool):
+        torch.manual_seed(0)
+        self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
+        model = lucidrains.build(model_config, spec, classes) if which == "lucidrains" else build_model(model_config, spec, classes)
+        self.model = model.to(device).train()
+        self.parameters = count_parameters(self.model)
+        from ..recipe import OptimConfig
+        self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
+        self.forward = torch.compile(self.model) if compile_ else self.model
+        self.x = synthetic_batch(spec, batch, device)
+        self.y = torch.zeros(batch, dtype=torch.long, device=device)
+        self.device = device
+
+    def step(self, mode: str):
+        return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device)
+
+    def memory(self, mode: str) -> int | str | None:
+        """CPU: in a fresh process (see memory.py); CUDA: measured in place by time_steps."""
+        spec = {"which": self.which, "model": self.config.model_dump(), "input_spec": self.spec, "classes": self.classes,
+                "batch": self.batch, "mode": mode, "bf16": self.bf16}
+        return peak_memory_in_fresh_process(spec)
+
+
+def run_bench(recipe, options: BenchOptions) -> dict:
+    device = resolve_device(options.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    bf16 = use_bf16(options.dtype or recipe.train.precision, device)
+    spec, classes = input_spec_for(recipe, options.input_size)
+    batch = options.batch or recipe.train.batch_size
+    modes = ["train", "infer"] if options.mode == "both" else [options.mode]
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_peak(device, dtype)
+
+    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train.compile)
+    flops = forward_flops(ours.model, batch)
+    document = {
+        "recipe": recipe.to_dict(),
+        "environment": environment(device, bf16),
+        "input": spec, "batch": batch, "steps": options.steps, "warmup": options.warmup,
+        "parameters": ours.parameters,
+        "flops_per_sample": {"forward": flops.executed, "train": flops.train(), "nominal_forward": flops.nominal},
+        "matmul_peak_tflops": round(peak / 1e12, 4),
+        "results": {},
+    }
+    for mode in modes:
+        per_sample = flops.train() if mode == "train" else flops.executed
+        compile_s = None
+        if recipe.train.compile:  # the first call compiles: timed apart from the steps
+            started = time.perf_counter()
+            ours.step(mode)()
+            compile_s = round(time.perf_counter() - started, 2)
+        times = time_steps(ours.step(mode), device, options.steps, options.warmup)
+        if device.type == "cpu":
+            times.peak_memory_bytes = ours.memory(mode)
+        document["results"][mode] = _summary(times, batch, per_sample, peak)
+        if compile_s is not None:
+            document["results"][mode]["compile_s"] = compile_s
+    if options.sweep:
+        document["sweep"] = sweep(recipe, spec, classes, batch, device, bf16, options, peak)
+    if options.compare:
+        document["compare"] = compare(recipe, spec, classes, batch, device, bf16, options, modes, peak)
+    return document
+
+
+def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, options: BenchOptions, peak: float) -> dict:
+    """Train-step time and memory as the input grows (images 32^2 -> 256^2, points 1k -> 64k), with
+    the exponent of a power-law fit: time ~ tokens^k (k = 1: linear in the input)."""
+    sizes = POINT_SWEEP if spec["kind"] != "image" else IMAGE_SWEEP
+    rows = []
+    for size in sizes:
+        sized = resize_spec(spec, f"{size}x{size}" if spec["kind"] == "image" else str(size))
+        row = {"size": size}
+        try:
+            subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16, False)
+            row["tokens"] = int(np.prod(subject.model.adapter.grid_shape)) if spec["kind"] == "image" else size
+            memory = subject.memory("train") if device.type == "cpu" else None
+            if memory == OUT_OF_MEMORY:
+                rows.append({**row, "error": OUT_OF_MEMORY})
+                continue
+            times = time_steps(subject.step("train"), device, max(3, options.steps // 2), 1)
+        except torch.OutOfMemoryError:
+            rows.append({**row, "error": OUT_OF_MEMORY})
+            torch.cuda.empty_cache()
+            continue
+        if device.type == "cpu":
+            times.peak_memory_bytes = memory
+        rows.append({**row, **_summary(times, batch, forward_flops(subject.model, batch).train(), peak)})
+        del subject
+    ran = [r for r in rows if "error" not in r]
+    exponent = None
+    if len(ran) >= 2:
+        exponent = round(growth_exponent([r["tokens"] for r in ran], [r["median_s"] for r in ran]), 3)
+    return {"rows": rows, "growth_exponent": exponent}
+
+
+def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, options: BenchOptions, modes, peak: float) -> dict:
+    """Ours and lucidrains' at the same architecture and dtype, stepped in turns in this process;
+    then ours at its defaults against lucidrains at its defaults (fp32): what a switching user sees."""
+    if options.compare != "lucidrains":
+        raise UserError(f"--compare {options.compare!r}: only lucidrains is supported")
+    matched = lucidrains.matched_config(recipe.model)
+    theirs = _Subject("lucidrains", recipe.model, spec, classes, batch, device, bf16, False)
+    ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train.compile)
+    result = {
+        "architecture": matched.model_dump(),
+        "parameters": {"ours": ours.parameters, "lucidrains": theirs.parameters,
+                       "difference": round(ours.parameters / theirs.parameters - 1, 6)},
+        "same_dtype": {}, "speedup": {},
+    }
+    for mode in modes:
+        times = time_alternating({"ours": ours.step(mode), "lucidrains": theirs.step(mode)}, device, options.steps, options.warmup)
+        if device.type == "cpu":
+            times["ours"].peak_memory_bytes, times["lucidrains"].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
+        per_sample = {"ours": forward_flops(ours.model, batch)}
+        summary = {name: _summary(t, batch, (per_sample["ours"].train() if mode == "train" else per_sample["ours"].executed), peak)
+                   for name, t in times.items()}
+        result["same_dtype"][mode] = summary
+        result["speedup"][mode] = round(times["lucidrains"].median / times["ours"].median, 3)
+        memory = [summary[n]["peak_memory_mb"] for n in ("ours", "lucidrains")]
+        if all(isinstance(m, (int, float)) and m for m in memory):
+            result.setdefault("memory_ratio", {})[mode] = round(memory[0] / memory[1], 3)
+    # what a user switching tools sees: our defaults (the recipe's precision, auto) vs theirs in fp32
+    ours_default = _Subject("ours", matched, spec, classes, batch, device, use_bf16(recipe.train.precision, device), recipe.train.compile)
+    theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False, False)
+    times = time_alternating({"ours": ours_default.step("train"), "lucidrains": theirs_fp32.step("train")}, device,
+                             options.steps, options.warmup)
+    result["defaults"] = {
+        "ours_dtype": "bf16" if ours_default.bf16 else "fp32", "lucidrains_dtype": "fp32",
+        "ours_samples_per_s": round(batch / times["ours"].median, 3),
+        "lucidrains_samples_per_s": round(batch / times["lucidrains"].median, 3),
+        "speedup": round(times["lucidrains"].median / times["ours"].median, 3),
+    }
+    return result
+
+
+def growth_exponent(tokens: list[float], seconds: list[float]) -> float:
+    """Slope of log(seconds) against log(tokens)."""
+    slope, _ = np.polyfit(np.log(tokens), np.log(seconds), 1)
+    return float(slope) if math.isfinite(slope) else float("nan")
