@@ -202,3 +202,33 @@ def test_bf16_autocast_forward_and_backward_track_fp32():
         loss = model(x).float().logsumexp(-1).sum()
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _saved_bytes(model, x) -> int:
+    """Bytes of the tensors autograd keeps from one forward for its backward pass."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).sum()
+    loss.backward()
+    return total
+
+
+def test_activation_checkpointing_keeps_gradients_and_stores_less():
+    torch.manual_seed(0)
+    model = build_model(small(cross_attends=3, latent_blocks=2, dropout=0.0), IMAGE, 5)
+    x = torch.randn(4, 6, 5, 3)
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    plain_bytes = _saved_bytes(model, x)
+    model.zero_grad()
+    model.activation_checkpointing = True
+    model(x).sum().backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
+    assert _saved_bytes(model, x) < 0.5 * plain_bytes

@@ -46,6 +46,7 @@ def _measure(spec: dict) -> int | str:
         model = lucidrains.build(config, spec["input_spec"], spec["classes"])
     else:
         model = build_model(config, spec["input_spec"], spec["classes"])
+        model.activation_checkpointing = spec.get("checkpointing", False)
     optimizer = build_optimizer(model, OptimConfig(name="adamw"), device)
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)
     y = torch.zeros(spec["batch"], dtype=torch.long)

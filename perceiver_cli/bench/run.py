@@ -117,11 +117,13 @@ def _summary(times: StepTimes, batch: int, flops_per_sample: float, peak_flops: 
 class _Subject:
     """One model ready to step: ours or lucidrains', with its optimizer and a synthetic batch."""
 
-    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, compile_: bool):
+    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, compile_: bool,
+                 checkpointing: bool = False):
         torch.manual_seed(0)
         self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
         model = lucidrains.build(model_config, spec, classes) if which == "lucidrains" else build_model(model_config, spec, classes)
         self.model = model.to(device).train()
+        self.model.activation_checkpointing = which == "ours" and checkpointing
         self.parameters = count_parameters(self.model)
         from ..recipe import OptimConfig
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
@@ -136,11 +138,13 @@ class _Subject:
     def memory(self, mode: str) -> int | str | None:
         """CPU: in a fresh process (see memory.py); CUDA: measured in place by time_steps."""
         spec = {"which": self.which, "model": self.config.model_dump(), "input_spec": self.spec, "classes": self.classes,
-                "batch": self.batch, "mode": mode, "bf16": self.bf16}
+                "batch": self.batch, "mode": mode, "bf16": self.bf16, "checkpointing": self.model.activation_checkpointing}
         return peak_memory_in_fresh_process(spec)
 
 
 def run_bench(recipe, options: BenchOptions) -> dict:
+    if options.compare not in (None, "lucidrains"):
+        raise UserError(f"--compare {options.compare!r}: only lucidrains is supported")
     device = resolve_device(options.device)
     if device.type == "cpu":
         keep_freed_memory()
@@ -151,7 +155,8 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak(device, dtype)
 
-    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train.compile)
+    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train.compile,
+                    recipe.train.activation_checkpointing)
     flops = forward_flops(ours.model, batch)
     document = {
         "recipe": recipe.to_dict(),
@@ -191,7 +196,8 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
         sized = resize_spec(spec, f"{size}x{size}" if spec["kind"] == "image" else str(size))
         row = {"size": size}
         try:
-            subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16, False)
+            subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16, False,
+                               recipe.train.activation_checkpointing)
             row["tokens"] = int(np.prod(subject.model.adapter.grid_shape)) if spec["kind"] == "image" else size
             memory = subject.memory("train") if device.type == "cpu" else None
             if memory == OUT_OF_MEMORY:
@@ -216,8 +222,6 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
 def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, options: BenchOptions, modes, peak: float) -> dict:
     """Ours and lucidrains' at the same architecture and dtype, stepped in turns in this process;
     then ours at its defaults against lucidrains at its defaults (fp32): what a switching user sees."""
-    if options.compare != "lucidrains":
-        raise UserError(f"--compare {options.compare!r}: only lucidrains is supported")
     matched = lucidrains.matched_config(recipe.model)
     theirs = _Subject("lucidrains", recipe.model, spec, classes, batch, device, bf16, False)
     ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train.compile)

@@ -105,6 +105,7 @@ class Trainer:
         self.input_kind = dataset.input_spec["kind"]
 
         self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
         self.parameters = count_parameters(self.model)
         self.steps_per_epoch = math.ceil(len(self.train_y) / t.batch_size)
         self.optimizer = build_optimizer(self.model, recipe.optim, self.device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MLP, CrossAttendBlock, CrossAttention, LatentTransformer
 from .inputs import build_adapter
@@ -69,6 +70,7 @@ class Perceiver(nn.Module):
             nn.init.trunc_normal_(self.query, std=0.02)
             self.decoder = CrossAttention(dim, dim, 0, config.cross_heads, cross_head_dim, 0.0, 0.0)
             self.decoder_mlp = MLP(dim, config.widening_factor, config.activation, config.dropout)
+        self.activation_checkpointing = False  # set by the engine from train.activation_checkpointing
         self.head_norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, num_classes)
 
@@ -83,12 +85,19 @@ class Perceiver(nn.Module):
             block = self.cross_blocks[cross_i]
             if cross_i not in kv_cache:
                 kv_cache[cross_i] = block.attention.keys_values(tokens, pe)
-            latents, weights = block(latents, kv_cache[cross_i], mask, need_weights=return_attention)
-            latents = self.latent_blocks[latent_i](latents)
+            latents, weights = self._run(block, latents, kv_cache[cross_i], mask, return_attention)
+            latents = self._run(self.latent_blocks[latent_i], latents)
             if return_attention:
                 maps.append(weights)
         logits = self.classifier(self.head_norm(self._pool(latents)))
         return PerceiverOutput(logits, maps) if return_attention else logits
+
+    def _run(self, block, *args):
+        """A block, or with activation checkpointing (training only) the same block with its inner
+        activations recomputed in the backward pass instead of stored: memory for very large inputs."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def _pool(self, latents: torch.Tensor) -> torch.Tensor:
         if self.config.output == "mean":
