@@ -57,6 +57,28 @@ def test_split_input_projection_is_exact(shared_pe, x_channels):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("permuted", [False, True])
+def test_separable_grid_positions_project_exactly_like_the_dense_features(permuted):
+    """Grid features kept per axis give the same projection (values and gradients) as the dense
+    (H*W, C) features on the concatenation."""
+    torch.manual_seed(0)
+    encoding = FourierGridEncoding(2, 3, 6.0)
+    order = torch.randperm(5 * 7) if permuted else None
+    separable = encoding.separable((5, 7), torch.device("cpu"), order=order)
+    dense = encoding((5, 7), torch.device("cpu"))
+    torch.testing.assert_close(separable.dense(), dense if order is None else dense[order])
+    proj = InputProjection(2, encoding.channels, 16)
+    with torch.no_grad():
+        proj.norm.weight.uniform_(0.5, 1.5)
+        proj.norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 35, 2) * 2 + 1).requires_grad_()
+    fast, reference = proj(x, separable), proj.reference(x, separable.dense())
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    params = [proj.norm.weight, proj.norm.bias, proj.proj.weight, proj.proj.bias, x]
+    for a, b in zip(torch.autograd.grad(fast.square().sum(), params), torch.autograd.grad(reference.square().sum(), params)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_weight_sharing_shares_parameters():
     shared = build_model(small(cross_attends=4), IMAGE, 5)
     unshared = build_model(small(cross_attends=4, share_weights=False), IMAGE, 5)

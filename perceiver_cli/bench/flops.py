@@ -2,8 +2,9 @@
 multiply-add; norms, softmax and activations are a few percent and left out, as in MFU practice).
 
 `executed` counts what this implementation runs: the position part of the key/value projection
-once per batch when positions are shared (images, sequences), and a shared cross-attend's keys and
-values once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
+once per batch when positions are shared (images, sequences), per axis on a Fourier grid (H + W rows
+instead of H * W; the broadcast sum is not a matmul), and a shared cross-attend's keys and values
+once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
 cross-attend, which is what a straightforward implementation (e.g. lucidrains') executes.
 A training step is counted as 3x the forward (backward: gradients for inputs and for weights).
 """
@@ -41,6 +42,11 @@ def forward_flops(model, batch: int) -> Flops:
     tokens = _tokens(model)
     c_x, c_pe = adapter.x_channels, adapter.pe_channels
     pe_shared = model.input_spec["kind"] != "points"
+    # a Fourier grid of 2+ axes is projected per axis (SeparablePositions): H + W rows of one axis' channels
+    grid = getattr(adapter, "grid_shape", ())
+    separable = pe_shared and config.position_encoding == "fourier" and len(grid) > 1
+    position_rows = sum(grid) if separable else tokens
+    c_axis = c_pe // len(grid) if separable else c_pe
 
     stem = 0.0
     if getattr(adapter, "stem", None) is not None:
@@ -54,7 +60,7 @@ def forward_flops(model, batch: int) -> Flops:
             if nominal:
                 macs += tokens * (c_x + c_pe) * 2 * inner_c
             else:  # [x, mean] per sample; the position part once per batch when it is shared
-                macs += tokens * (c_x + 1) * 2 * inner_c + tokens * c_pe * 2 * inner_c / (batch if pe_shared else 1)
+                macs += tokens * (c_x + 1) * 2 * inner_c + position_rows * c_axis * 2 * inner_c / (batch if pe_shared else 1)
         return macs
 
     latent_layer = n * d * 3 * inner_l + 2 * n * n * inner_l + n * inner_l * d + _mlp(n, d, config.widening_factor, geglu)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .position import SeparablePositions
+
 
 class _TokenLinear(torch.autograd.Function):
     """x @ w^T + b for many tokens with few channels (B M C, C ~ 4), as batched matmuls.
@@ -48,8 +50,9 @@ class InputProjection(nn.Module):
         self.norm = nn.LayerNorm(x_channels + pe_channels)
         self.proj = nn.Linear(x_channels + pe_channels, out_features)
 
-    def reference(self, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, pe) -> torch.Tensor:
         """The plain computation on the concatenation (for tests and as documentation)."""
+        pe = pe.dense() if isinstance(pe, SeparablePositions) else pe
         pe = pe.expand(x.shape[0], *pe.shape[-2:]) if pe.dim() == 2 else pe
         return self.proj(self.norm(torch.cat([x, pe], dim=-1)))
 
@@ -62,9 +65,14 @@ class InputProjection(nn.Module):
         w_x, w_pe = w[:, : self.x_channels], w[:, self.x_channels :]
         bias = self.proj.weight @ self.norm.bias + self.proj.bias  # out
 
-        xf, pef = x.float(), pe.float()  # statistics in fp32, also under autocast
-        mean = (xf.sum(-1) + pef.sum(-1)) / channels  # B M
-        sq_mean = (xf.square().sum(-1) + pef.square().sum(-1)) / channels
+        if isinstance(pe, SeparablePositions):  # a grid: the position part costs H + W rows, not H * W
+            pe_sum, pe_sq, pe_proj = pe.project(w_pe)
+        else:
+            pef = pe.float()
+            pe_sum, pe_sq, pe_proj = pef.sum(-1), pef.square().sum(-1), F.linear(pe, w_pe)
+        xf = x.float()  # statistics in fp32, also under autocast
+        mean = (xf.sum(-1) + pe_sum) / channels  # B M
+        sq_mean = (xf.square().sum(-1) + pe_sq) / channels
         rstd = torch.rsqrt((sq_mean - mean.square()).clamp_min(0) + self.norm.eps)[..., None]  # B M 1
 
         # rstd * (W'_x x - mean W'1) + b is one small matmul: the per-token scalars ride along as an
@@ -73,7 +81,7 @@ class InputProjection(nn.Module):
         w_aug = torch.cat([w_x, -w.sum(dim=1, keepdim=True)], dim=1)  # out C_x+1
         out = _TokenLinear.apply(x_aug, w_aug, bias)  # B M out
         # + rstd * (W'_pe pe): the position part is projected once per batch when shared
-        return torch.addcmul(out, rstd.to(out.dtype), F.linear(pe, w_pe).to(out.dtype))
+        return torch.addcmul(out, rstd.to(out.dtype), pe_proj.to(out.dtype))
 
 
 class MLP(nn.Module):

@@ -46,12 +46,16 @@ class InputAdapter(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         grid = self.grid(x)
         tokens = self.tokens(x)  # B M C_x
-        pe = self.position(grid, x.device)  # M C_pe, built once per grid shape
-        if self.permutation is not None:
-            if tokens.shape[1] != self.permutation.numel():
-                raise ValueError(f"pixel permutation was built for {self.permutation.numel()} positions, input has {tokens.shape[1]}")
-            # pixels and their positions move together: the model sees a scrambled order
-            tokens, pe = tokens[:, self.permutation], pe[self.permutation]
+        if self.permutation is not None and tokens.shape[1] != self.permutation.numel():
+            raise ValueError(f"pixel permutation was built for {self.permutation.numel()} positions, input has {tokens.shape[1]}")
+        if isinstance(self.position, FourierGridEncoding) and len(grid) > 1:
+            # kept per axis (cached per grid shape): the projection then costs H + W rows, not H * W
+            pe = self.position.separable(grid, x.device, order=self.permutation)
+        else:
+            pe = self.position(grid, x.device)  # M C_pe, built once per grid shape
+            pe = pe if self.permutation is None else pe[self.permutation]
+        if self.permutation is not None:  # pixels and their positions move together: a scrambled order
+            tokens = tokens[:, self.permutation]
         return tokens, pe, mask
 
 

@@ -44,6 +44,57 @@ class FourierGridEncoding(nn.Module):
             self._cache[key] = fourier_features(grid_positions(grid_shape, device), self.num_bands, self.max_freq)
         return self._cache[key]  # M C_pe
 
+    def separable(self, grid_shape: tuple[int, ...], device: torch.device, order: torch.Tensor | None = None) -> "SeparablePositions":
+        """The same features, kept per axis (each axis' channels depend on that coordinate only)."""
+        key = ("axes", tuple(grid_shape), str(device))
+        if key not in self._cache:
+            self._cache[key] = [fourier_features(torch.linspace(-1.0, 1.0, n, device=device)[:, None], self.num_bands, self.max_freq)
+                                for n in grid_shape]
+        return SeparablePositions(self._cache[key], tuple(grid_shape), order)
+
+
+class SeparablePositions:
+    """Grid position features stored per axis: position m = (i, j, ...) has the features
+    [f_0(i); f_1(j); ...], in the channel order of FourierGridEncoding. A linear map of them is
+    W pe_m = W_0 f_0(i) + W_1 f_1(j) + ..., so projecting costs (H + W) rows instead of H * W.
+    `order`: a fixed permutation of the positions (token t sits at grid position order[t])."""
+
+    def __init__(self, per_axis: list[torch.Tensor], grid: tuple[int, ...], order: torch.Tensor | None = None):
+        self.per_axis, self.grid, self.order = per_axis, grid, order
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(positions, channels): the shape of the dense features."""
+        return math.prod(self.grid), sum(f.shape[-1] for f in self.per_axis)
+
+    def _grid_sum(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """sum_i parts[i] broadcast along axis i: (M, ...) in token order."""
+        total = None
+        for axis, part in enumerate(parts):
+            view = [1] * len(parts) + list(part.shape[1:])
+            view[axis] = part.shape[0]
+            total = part.reshape(view) if total is None else total + part.reshape(view)
+        total = total.expand(*self.grid, *total.shape[len(parts):]).reshape(-1, *total.shape[len(parts):])
+        return total if self.order is None else total[self.order]
+
+    def project(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum over channels, sum of squares) per position (M,) and weight @ pe (M, out)."""
+        start, projected = 0, []
+        for features in self.per_axis:
+            channels = features.shape[-1]
+            projected.append(torch.nn.functional.linear(features, weight[:, start : start + channels]))
+            start += channels
+        floats = [f.float() for f in self.per_axis]
+        sums = self._grid_sum([f.sum(-1) for f in floats])
+        squares = self._grid_sum([f.square().sum(-1) for f in floats])
+        return sums, squares, self._grid_sum(projected)
+
+    def dense(self) -> torch.Tensor:
+        """The (M, C) features, as FourierGridEncoding.forward gives them (for reference and tests)."""
+        grids = torch.meshgrid(*[torch.arange(n, device=self.per_axis[0].device) for n in self.grid], indexing="ij")
+        dense = torch.cat([f[g.reshape(-1)] for f, g in zip(self.per_axis, grids)], dim=-1)
+        return dense if self.order is None else dense[self.order]
+
 
 class FourierPointEncoding(nn.Module):
     """Fourier features of per-sample coordinates (point clouds): positions differ per sample."""
