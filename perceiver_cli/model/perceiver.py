@@ -83,21 +83,25 @@ class Perceiver(nn.Module):
         maps = []
         for cross_i, latent_i in zip(self.cross_index, self.latent_index):
             block = self.cross_blocks[cross_i]
-            if cross_i not in kv_cache:
-                kv_cache[cross_i] = block.attention.keys_values(tokens, pe)
-            latents, weights = self._run(block, latents, kv_cache[cross_i], mask, return_attention)
+            if self._checkpointing():  # keys/values recomputed in the backward pass, never stored
+                latents, weights = checkpoint(_cross_attend, block, latents, tokens, pe, mask, use_reentrant=False)
+            else:
+                if cross_i not in kv_cache:
+                    kv_cache[cross_i] = block.attention.keys_values(tokens, pe)
+                latents, weights = block(latents, kv_cache[cross_i], mask, return_attention)
             latents = self._run(self.latent_blocks[latent_i], latents)
             if return_attention:
                 maps.append(weights)
         logits = self.classifier(self.head_norm(self._pool(latents)))
         return PerceiverOutput(logits, maps) if return_attention else logits
 
+    def _checkpointing(self) -> bool:
+        return self.activation_checkpointing and self.training and torch.is_grad_enabled()
+
     def _run(self, block, *args):
         """A block, or with activation checkpointing (training only) the same block with its inner
         activations recomputed in the backward pass instead of stored: memory for very large inputs."""
-        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        return checkpoint(block, *args, use_reentrant=False) if self._checkpointing() else block(*args)
 
     def _pool(self, latents: torch.Tensor) -> torch.Tensor:
         if self.config.output == "mean":
@@ -108,6 +112,11 @@ class Perceiver(nn.Module):
         update, _ = self.decoder(query, self.decoder.keys_values(latents, None))
         query = query + update
         return (query + self.decoder_mlp(query))[:, 0]
+
+
+def _cross_attend(block, latents, tokens, pe, mask):
+    """Project the input and cross-attend, as one unit for activation checkpointing."""
+    return block(latents, block.attention.keys_values(tokens, pe), mask, False)
 
 
 def build_model(config, input_spec: dict, num_classes: int) -> Perceiver:
