@@ -54,6 +54,7 @@ class AugmentConfig(Section):
     random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels and crop back at random (a random shift); 0 = off")
     padding_mode: Literal["reflect", "zeros"] = Field("reflect", description="what the crop pads with: mirrored pixels, or black (digits on a black background)")
     horizontal_flip: bool = Field(False, description="flip images left-right with probability 0.5")
+    mixup: float = Field(0.0, ge=0, description="mix pairs of training samples and their labels with a Beta(a, a) weight (Zhang et al. 2018); a = this value, 0 = off")
     point_scale: Optional[tuple[float, float]] = Field(None, description="points: scale each point by its own random factor in [low, high] (paper: [0.99, 1.01]); null = off")
     rotate: bool = Field(False, description="points: rotate each cloud by a random angle about the up axis")
     up_axis: Literal["x", "y", "z"] = Field("z", description="points: the up axis for rotate (ModelNet40's OFF files: z)")

@@ -41,3 +41,22 @@ def test_augmentation_off_is_identity_and_seeded_on_is_reproducible():
     a = augment_images(images, config, torch.Generator().manual_seed(3))
     b = augment_images(images, config, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_mixup_blends_pairs_with_one_beta_weight_and_is_reproducible():
+    from perceiver_cli.data.augment import mix
+
+    x = torch.randn(8, 4, 4, 1)
+    mixed, partner, weight = mix(x, 0.4, torch.Generator().manual_seed(1))
+    assert 0 <= weight <= 1 and sorted(partner.tolist()) == list(range(8))
+    torch.testing.assert_close(mixed, weight * x + (1 - weight) * x[partner])
+    again, partner2, weight2 = mix(x, 0.4, torch.Generator().manual_seed(1))
+    assert weight2 == weight and torch.equal(partner2, partner)
+    assert mix(x, 0.0, torch.Generator())[1] is None
+
+
+def test_training_with_mixup_runs(cli, workdir, tiny):
+    from conftest import set_args
+
+    result = cli("train", *set_args(tiny + ["data.augment.mixup=0.2"]))
+    assert result.exit_code == 0, result.output

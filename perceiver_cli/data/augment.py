@@ -4,6 +4,7 @@ They work on the stored batch (uint8 images, B H W C) before it is turned into f
 pure indexing, so it costs nothing but a gather.
 """
 
+import numpy as np
 import torch
 
 
@@ -107,3 +108,14 @@ def augment_points(points: torch.Tensor, config, generator: torch.Generator) -> 
     if config.point_dropout:
         points = drop_points(points, config.point_dropout, generator)
     return points
+
+
+def mix(inputs: torch.Tensor, alpha: float, generator: torch.Generator):
+    """Mixup (Zhang et al. 2018) on model inputs: (w * x + (1 - w) * x[partner], partner, w) with one
+    w ~ Beta(alpha, alpha) per batch, drawn from `generator`; (inputs, None, 1.0) when alpha is 0."""
+    if not alpha:
+        return inputs, None, 1.0
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+    weight = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = torch.randperm(inputs.shape[0], generator=generator, device=generator.device).to(inputs.device)
+    return weight * inputs + (1 - weight) * inputs[partner], partner, weight

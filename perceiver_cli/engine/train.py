@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from ..data import prepared
-from ..data.augment import augment_images, augment_points, subsample_points
+from ..data.augment import augment_images, augment_points, mix, subsample_points
 from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, recipe_from_dict
@@ -190,9 +190,10 @@ class Trainer:
         seen, start = 0, time.perf_counter()
         for step, index in enumerate(batches):
             x, y = self.training_inputs(self.train_x[index], generator), self.train_y[index]
+            x, partner, weight = mix(x, self.recipe.data.augment.mixup, generator)
             with autocast(self.device, self.bf16):
                 logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
+            loss = self._loss(logits.float(), y, partner, weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.recipe.optim.grad_clip:
@@ -217,6 +218,14 @@ class Trainer:
             self._diverged(epoch)
         return {"train_loss": train_loss, "train_accuracy": correct.item() / seen,
                 "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, partner, weight: float) -> torch.Tensor:
+        """Cross-entropy; with mixup, weighted between the labels of the two mixed samples."""
+        smoothing = self.recipe.optim.label_smoothing
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        if partner is None:
+            return loss
+        return weight * loss + (1 - weight) * F.cross_entropy(logits, y[partner], label_smoothing=smoothing)
 
     def _diverged(self, epoch: int):
         saved = self.run_dir / "checkpoints" / "last.pt"
