@@ -38,7 +38,7 @@ def load_trained(checkpoint_path: Path, device: torch.device):
     return model.to(device).eval(), recipe, state
 
 
-def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
+def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if x.shape[-1] == channels:
         return x
     if channels == 1:  # RGB -> luminance (ITU-R 601), as PIL's convert("L")
@@ -61,7 +61,7 @@ def folder_samples(data: Path, state: dict) -> tuple[np.ndarray, np.ndarray]:
     remap = np.array([known[name] for name in folder.classes], dtype=np.int64)
     x = np.concatenate([s.x for s in folder.splits.values()])
     y = np.concatenate([remap[s.y] for s in folder.splits.values()])
-    return _match_channels(x, channels), y
+    return match_channels(x, channels), y
 
 
 def split_samples(recipe, state: dict, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:

@@ -175,7 +175,7 @@ def _capture_input(run_dir: Path, options: ViewOptions) -> captures.Capture:
     """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..evaluate import _match_channels, load_trained
+    from ..evaluate import load_trained, match_channels
 
     device = resolve_device("auto")
     model, recipe, state = load_trained(_checkpoint_path(run_dir, options.checkpoint or "best"), device)
@@ -187,7 +187,7 @@ def _capture_input(run_dir: Path, options: ViewOptions) -> captures.Capture:
             rgb = np.asarray(img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError(f"--input {options.input}: not a readable image ({exc})") from None
-    x = _match_channels(rgb, channels)[None]
+    x = match_channels(rgb, channels)[None]
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
     return captures.capture(model, x, np.array([-1]), transform, device, epoch=state["epoch"])
 
