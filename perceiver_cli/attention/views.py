@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..engine import checkpoint as checkpoints
 from ..engine.checkpoint import write_text_atomic
@@ -191,10 +190,3 @@ def _capture_input(run_dir: Path, options: ViewOptions) -> captures.Capture:
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
     return captures.capture(model, x, np.array([-1]), transform, device, epoch=state["epoch"])
 
-
-def capture_for_training(model, probe_x: np.ndarray, probe_y: np.ndarray, transform, device: torch.device,
-                         epoch: int, run_dir: Path, bf16: bool) -> captures.Capture:
-    """Called by the engine at the attention interval: capture and save attention/epoch_NNNN.npz."""
-    captured = captures.capture(model, probe_x, probe_y, transform, device, epoch=epoch, bf16=bf16)
-    captures.save(captured, run_dir / "attention")
-    return captured

@@ -95,6 +95,19 @@ class _Timer:
             self.seconds = time.perf_counter() - self.t0
 
 
+def make_model(which: str, config, input_spec: dict, classes: int, checkpointing: bool = False):
+    """Ours (with optional activation checkpointing) or lucidrains' Perceiver, seeded the same way."""
+    from ..model import build_model
+    from . import lucidrains
+
+    torch.manual_seed(0)
+    if which == "lucidrains":
+        return lucidrains.build(config, input_spec, classes)
+    model = build_model(config, input_spec, classes)
+    model.activation_checkpointing = checkpointing
+    return model
+
+
 def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf16: bool, device: torch.device):
     """One training step (forward, backward, optimizer) or one inference forward, as a closure."""
     if mode == "train":
@@ -128,7 +141,8 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> StepTimes
 
 def time_alternating(steps_by_name: dict, device: torch.device, steps: int, warmup: int) -> dict[str, StepTimes]:
     """Several step closures measured in turns (a, b, a, b, ...) so that load changes on a shared
-    machine hit all of them alike; memory is measured for each in a separate pass afterwards."""
+    machine hit all of them alike. On CUDA, memory is measured for each in one more step afterwards;
+    on CPU the in-process peak says nothing per model (see memory.py), so it is left to the caller."""
     for step in steps_by_name.values():
         for _ in range(warmup):
             step()
@@ -138,6 +152,8 @@ def time_alternating(steps_by_name: dict, device: torch.device, steps: int, warm
             with _Timer(device) as timer:
                 step()
             times[name].append(timer.seconds)
+    if device.type != "cuda":
+        return {name: StepTimes(seconds, None) for name, seconds in times.items()}
     result = {}
     for name, step in steps_by_name.items():
         baseline = _reset_peak(device)

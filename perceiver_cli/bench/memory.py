@@ -16,37 +16,25 @@ OUT_OF_MEMORY = "out of memory"
 
 
 def peak_memory_in_fresh_process(spec: dict) -> int | str:
-    """Bytes, or OUT_OF_MEMORY. spec: {"which", "model", "input_spec", "classes", "batch", "mode", "bf16"}."""
+    """Bytes, or OUT_OF_MEMORY. spec: {"which", "model", "input_spec", "classes", "batch", "mode", "bf16", "checkpointing"}."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_measure, spec).result()
     except BrokenProcessPool:  # killed, most likely by the kernel's out-of-memory killer
         return OUT_OF_MEMORY
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
-            return OUT_OF_MEMORY
-        raise
 
 
 def _measure(spec: dict) -> int | str:
     import torch
 
-    from ..recipe import ModelConfig
-    from . import lucidrains
-    from .measure import make_step, synthetic_batch, time_steps
     from ..engine.optim import build_optimizer
-    from ..recipe import OptimConfig
-    from ..model import build_model
+    from ..recipe import ModelConfig, OptimConfig
+    from .measure import make_model, make_step, synthetic_batch, time_steps
 
     torch.set_num_threads(1)  # memory does not depend on threads; leave the cores to the parent
-    torch.manual_seed(0)
-    config = ModelConfig(**spec["model"])
     device = torch.device("cpu")
-    if spec["which"] == "lucidrains":
-        model = lucidrains.build(config, spec["input_spec"], spec["classes"])
-    else:
-        model = build_model(config, spec["input_spec"], spec["classes"])
-        model.activation_checkpointing = spec.get("checkpointing", False)
+    model = make_model(spec["which"], ModelConfig(**spec["model"]), spec["input_spec"], spec["classes"],
+                       spec.get("checkpointing", False))
     optimizer = build_optimizer(model, OptimConfig(name="adamw"), device)
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)
     y = torch.zeros(spec["batch"], dtype=torch.long)

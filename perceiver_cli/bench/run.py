@@ -19,10 +19,10 @@ import torch
 from ..engine.optim import build_optimizer
 from ..engine.runtime import cpu_has_bf16_units, keep_freed_memory, resolve_device, use_bf16
 from ..errors import UserError
-from ..model import build_model, count_parameters
+from ..model import count_parameters
 from . import lucidrains
 from .flops import forward_flops
-from .measure import StepTimes, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
+from .measure import StepTimes, make_model, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
 from .memory import OUT_OF_MEMORY, peak_memory_in_fresh_process
 
 # input shapes of the datasets we know, for recipes whose data is not prepared here
@@ -119,13 +119,12 @@ class _Subject:
 
     def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, compile_: bool,
                  checkpointing: bool = False):
-        torch.manual_seed(0)
-        self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
-        model = lucidrains.build(model_config, spec, classes) if which == "lucidrains" else build_model(model_config, spec, classes)
-        self.model = model.to(device).train()
-        self.model.activation_checkpointing = which == "ours" and checkpointing
-        self.parameters = count_parameters(self.model)
         from ..recipe import OptimConfig
+
+        self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
+        self.checkpointing = which == "ours" and checkpointing
+        self.model = make_model(which, model_config, spec, classes, self.checkpointing).to(device).train()
+        self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
         self.forward = torch.compile(self.model) if compile_ else self.model
         self.x = synthetic_batch(spec, batch, device)
@@ -136,9 +135,9 @@ class _Subject:
         return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device)
 
     def memory(self, mode: str) -> int | str | None:
-        """CPU: in a fresh process (see memory.py); CUDA: measured in place by time_steps."""
+        """CPU only: in a fresh process (see memory.py); on CUDA the timing functions measure it in place."""
         spec = {"which": self.which, "model": self.config.model_dump(), "input_spec": self.spec, "classes": self.classes,
-                "batch": self.batch, "mode": mode, "bf16": self.bf16, "checkpointing": self.model.activation_checkpointing}
+                "batch": self.batch, "mode": mode, "bf16": self.bf16, "checkpointing": self.checkpointing}
         return peak_memory_in_fresh_process(spec)
 
 
@@ -231,25 +230,32 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
                        "difference": round(ours.parameters / theirs.parameters - 1, 6)},
         "same_dtype": {}, "speedup": {},
     }
+    flops = forward_flops(ours.model, batch)
+    measured = {}
     for mode in modes:
-        times = time_alternating({"ours": ours.step(mode), "lucidrains": theirs.step(mode)}, device, options.steps, options.warmup)
+        times = measured[mode] = time_alternating({"ours": ours.step(mode), "lucidrains": theirs.step(mode)}, device,
+                                                  options.steps, options.warmup)
         if device.type == "cpu":
             times["ours"].peak_memory_bytes, times["lucidrains"].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
-        per_sample = {"ours": forward_flops(ours.model, batch)}
-        summary = {name: _summary(t, batch, (per_sample["ours"].train() if mode == "train" else per_sample["ours"].executed), peak)
-                   for name, t in times.items()}
+        per_sample = flops.train() if mode == "train" else flops.executed  # the same work for both
+        summary = {name: _summary(t, batch, per_sample, peak) for name, t in times.items()}
         result["same_dtype"][mode] = summary
         result["speedup"][mode] = round(times["lucidrains"].median / times["ours"].median, 3)
         memory = [summary[n]["peak_memory_mb"] for n in ("ours", "lucidrains")]
         if all(isinstance(m, (int, float)) and m for m in memory):
             result.setdefault("memory_ratio", {})[mode] = round(memory[0] / memory[1], 3)
-    # what a user switching tools sees: our defaults (the recipe's precision, auto) vs theirs in fp32
-    ours_default = _Subject("ours", matched, spec, classes, batch, device, use_bf16(recipe.train.precision, device), recipe.train.compile)
-    theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False, False)
-    times = time_alternating({"ours": ours_default.step("train"), "lucidrains": theirs_fp32.step("train")}, device,
-                             options.steps, options.warmup)
+    # what a user switching tools sees: our defaults (the recipe's precision, auto) vs theirs in fp32;
+    # when that is the pair just measured (fp32 both, e.g. on a CPU without bf16 units), it is not timed again
+    default_bf16 = use_bf16(recipe.train.precision, device)
+    if "train" in measured and not default_bf16 and not bf16:
+        times = measured["train"]
+    else:
+        ours_default = _Subject("ours", matched, spec, classes, batch, device, default_bf16, recipe.train.compile)
+        theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False, False)
+        times = time_alternating({"ours": ours_default.step("train"), "lucidrains": theirs_fp32.step("train")}, device,
+                                 options.steps, options.warmup)
     result["defaults"] = {
-        "ours_dtype": "bf16" if ours_default.bf16 else "fp32", "lucidrains_dtype": "fp32",
+        "ours_dtype": "bf16" if default_bf16 else "fp32", "lucidrains_dtype": "fp32",
         "ours_samples_per_s": round(batch / times["ours"].median, 3),
         "lucidrains_samples_per_s": round(batch / times["lucidrains"].median, 3),
         "speedup": round(times["lucidrains"].median / times["ours"].median, 3),

@@ -281,15 +281,15 @@ class Trainer:
     def _after_epoch(self, epoch: int, row: dict) -> None:
         """Attention capture at the interval, TensorBoard scalars every epoch."""
         t = self.recipe.train
-        captured = None
         if self.probe is not None and (epoch % t.attention_interval == 0 or epoch == t.epochs):
-            from ..attention.views import capture_for_training
-            captured = capture_for_training(self.model, *self.probe, self.transform, self.device, epoch,
-                                            self.run_dir, self.bf16) if t.save_attention_maps else None
+            from ..attention import capture as captures
+
+            captured = captures.capture(self.model, *self.probe, self.transform, self.device, epoch, self.bf16)
+            if t.save_attention_maps:
+                captures.save(captured, self.run_dir / "attention")
             if self.tensorboard is not None:
-                from ..attention import capture as captures
                 from ..attention.render import tensorboard_image
-                captured = captured or captures.capture(self.model, *self.probe, self.transform, self.device, epoch, self.bf16)
+
                 self.tensorboard.add_image("attention/stage_0", tensorboard_image(captured, self.dataset.classes),
                                            epoch, dataformats="HWC")
         if self.tensorboard is not None:
