@@ -403,7 +403,8 @@ def _print_bench(document: dict) -> None:
     console.print(
         f"{env['device']} · {env['dtype']} · {env['threads']} threads · torch {env['torch']} · input {document['input']['shape']} · "
         f"batch {document['batch']} · {document['parameters']:,} parameters · {flops['forward'] / 1e9:.3f} GFLOP/sample forward · "
-        f"matmul peak {document['matmul_peak_tflops']:.3f} TFLOP/s", highlight=False, soft_wrap=True)
+        f"matmul peak {document['matmul_peak_tflops']:.3f} TFLOP/s (MFU against {document['mfu_peak_tflops']:.3f}, "
+        f"{document['mfu_peak_source']})", highlight=False, soft_wrap=True)
     table = Table(title="step time", header_style="bold")
     for column in ("mode", "median", "p10", "p90", "samples/s", "peak memory", "TFLOP/s", "MFU"):
         table.add_column(column, justify="left" if column == "mode" else "right")

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import TINY, set_args
 from perceiver_cli.bench import lucidrains
 from perceiver_cli.bench.flops import forward_flops
+from perceiver_cli.bench.measure import datasheet_peak
 from perceiver_cli.bench.run import growth_exponent
 from perceiver_cli.model import build_model, count_parameters
 from perceiver_cli.recipe import ModelConfig, load_recipe
@@ -55,7 +56,20 @@ def test_bench_reports_time_memory_flops_and_environment(cli, workdir):
         assert r["p10_s"] <= r["median_s"] <= r["p90_s"]
         assert r["samples_per_s"] == pytest.approx(4 / r["median_s"], rel=1e-3)
         assert r["peak_memory_mb"] > 0 and 0 < r["mfu"]
+        # on a CPU, MFU is against the matmul measured in the same run
+        assert r["mfu"] == pytest.approx(r["tflops"] / document["matmul_peak_tflops"], rel=0.05, abs=2e-3)  # both rounded
+    assert document["mfu_peak_source"] == "measured matmul"
     assert "samples/s" in result.stdout and "MFU" in result.stdout
+
+
+def test_gpu_mfu_is_against_the_datasheet_peak_of_known_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert datasheet_peak(torch.device("cuda"), torch.bfloat16) == pytest.approx(989.4e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert datasheet_peak(torch.device("cuda"), torch.bfloat16) == pytest.approx(756e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert datasheet_peak(torch.device("cuda"), torch.bfloat16) is None  # falls back to a measured matmul
+    assert datasheet_peak(torch.device("cpu"), torch.float32) is None
 
 
 def test_sweep_fits_a_growth_exponent_and_reports_out_of_memory(cli, workdir, monkeypatch):

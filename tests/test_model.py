@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perceiver_cli.model import build_model, count_parameters
-from perceiver_cli.model.attention import InputProjection
+from perceiver_cli.model.attention import InputProjection, explicit_attention
 from perceiver_cli.model.position import FourierGridEncoding, fourier_features, grid_positions
 from perceiver_cli.recipe import ModelConfig
 
@@ -33,6 +33,36 @@ def test_sdpa_path_equals_eager_path(output, cross_attends):
         assert weights.shape == (4, 2, model.latents.shape[0], 30)  # B heads latents inputs
         assert (weights >= 0).all()
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_matches_sdpa_in_outputs_and_gradients(masked):
+    """The explicit path (GPU heads wider than 256) computes what SDPA computes, gradients included."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])[:, None, None, :] if masked else None
+    k7, v7 = (t[:, :, :1].expand(-1, -1, 7, -1) + torch.randn(2, 3, 7, 8) for t in (k, v))
+    fast = torch.nn.functional.scaled_dot_product_attention(q, k7, v7, attn_mask=mask)
+    fast_grads = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    explicit, weights = explicit_attention(q, k7, v7, mask, 0.0)
+    explicit_grads = torch.autograd.grad(explicit.square().sum(), (q, k, v))
+    torch.testing.assert_close(explicit, fast, atol=1e-5, rtol=1e-5)
+    for a, b in zip(explicit_grads, fast_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if masked:  # padded tokens get no weight
+        assert (weights[1, ..., 4:] == 0).all()
+
+
+def test_explicit_attention_keeps_bf16_scores_under_autocast():
+    """Under autocast the weights stay bf16 (a softmax widened to fp32 doubles their memory) and
+    the result stays close to fp32."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 4, 300) for _ in range(3))
+    reference, _ = explicit_attention(q, k, v, None, 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, weights = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, 0.0)
+    assert weights.dtype == out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
 
 
 @pytest.mark.parametrize("shared_pe", [True, False])
