@@ -1,6 +1,6 @@
 """Train one recipe with several seeds and report test accuracy as mean +- std (one seed is noise).
 
-    python benchmarks/seeds.py digits --seeds 4 [--set key=value ...] [--json out.json]
+    python benchmarks/seeds.py digits --seeds 4 [--first-seed 0] [--set key=value ...] [--json out.json]
 
 Each seed is a real `perceiver train` run under runs/ (named <recipe>-seed<k>), evaluated like
 `perceiver eval` on the test split (val when there is none).
@@ -23,13 +23,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     set_quiet(True)
 
     results = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         recipe, path = load_recipe(args.recipe, args.overrides + [f"train.seed={seed}"])
         recipe.train.name = f"{path.stem}-seed{seed}"
         started = time.perf_counter()
