@@ -47,11 +47,12 @@ accuracy() {
 train() {
   prepare
   # as many epochs as fit in TRAIN_MINUTES, from the measured step time (cosine schedule over them)
-  local step_ms epochs
+  local step_ms steps epochs
   perceiver bench cifar10_fourier --device cuda --dtype bf16 --mode train --batch 64 --steps 20 --warmup 5 \
     --json "$OUT/fourier_step.json" >/dev/null
   step_ms=$(python3 -c "import json;print(json.load(open('$OUT/fourier_step.json'))['results']['train']['median_s']*1000)")
-  epochs=$(python3 -c "print(max(1, int(${TRAIN_MINUTES:-7} * 60 / (704 * $step_ms / 1000 * 1.1 + 2))))")
+  steps=$(python3 -c "import json,math;print(math.ceil(json.load(open('$DATA/manifest.json'))['splits']['train']['count'] / 64))")
+  epochs=$(python3 -c "print(max(1, int(${TRAIN_MINUTES:-7} * 60 / ($steps * $step_ms / 1000 * 1.1 + 2))))")
   log "cifar10_fourier: $epochs epochs at $step_ms ms/step"
   perceiver train recipes/cifar10_fourier.yaml --device cuda --set data.root="$DATA" --set train.epochs=$epochs \
     --set optim.scheduler=cosine --set optim.warmup_epochs=1 --name gpu_cifar10_fourier
