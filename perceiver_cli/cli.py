@@ -211,7 +211,11 @@ def train(
     info(describe(trainer), soft_wrap=True)
     result = trainer.fit()
     best = result.best
-    if best and best["value"] == best["value"]:
+    if best and best["metric"] == "last":
+        accuracy = result.rows[-1]["val_accuracy"]
+        shown = f" · val_accuracy {accuracy:.2%}" if accuracy == accuracy else ""
+        console.print(f"best.pt is the last epoch ({best['epoch']}){shown} · {result.run_dir}", highlight=False)
+    elif best and best["value"] == best["value"]:
         value = f"{best['value']:.2%}" if best["metric"] == "val_accuracy" else f"{best['value']:.4f}"
         console.print(f"best {best['metric']} {value} at epoch {best['epoch']} · {result.run_dir}", highlight=False)
     else:

@@ -52,8 +52,11 @@ class ModelConfig(Section):
 
 class AugmentConfig(Section):
     random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels and crop back at random (a random shift); 0 = off")
-    padding_mode: Literal["reflect", "zeros"] = Field("reflect", description="what the crop pads with: mirrored pixels, or black (digits on a black background)")
+    padding_mode: Literal["reflect", "zeros"] = Field("reflect", description="what the crop and the affine augmentation fill in from outside the image: mirrored pixels, or black (digits on a black background)")
     horizontal_flip: bool = Field(False, description="flip images left-right with probability 0.5")
+    affine_degrees: float = Field(0.0, ge=0, le=180, description="images: rotate each by a random angle in [-d, d] degrees (bilinear, sub-pixel); 0 = off")
+    affine_scale: float = Field(0.0, ge=0, lt=1, description="images: scale each by a random factor in [1 - s, 1 + s]; 0 = off")
+    affine_translate: float = Field(0.0, ge=0, le=0.5, description="images: shift each by up to this fraction of its size, in sub-pixel steps; 0 = off")
     mixup: float = Field(0.0, ge=0, description="mix pairs of training samples and their labels with a Beta(a, a) weight (Zhang et al. 2018); a = this value, 0 = off")
     point_scale: Optional[tuple[float, float]] = Field(None, description="points: scale each point by its own random factor in [low, high] (paper: [0.99, 1.01]); null = off")
     rotate: bool = Field(False, description="points: rotate each cloud by a random angle about the up axis")
@@ -101,7 +104,7 @@ class TrainConfig(Section):
     attention_interval: int = Field(10, gt=0, description="capture every this many epochs (and after the last one)")
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/")
-    best_metric: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="what best.pt keeps the best of")
+    best_metric: Literal["val_accuracy", "val_loss", "last"] = Field("val_accuracy", description="which epoch best.pt (what perceiver eval reads) keeps: highest val accuracy, lowest val loss, or simply the last one (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance)")
     name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
     runs_dir: str = Field("runs", description="where run directories are created")
 

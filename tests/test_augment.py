@@ -60,3 +60,40 @@ def test_training_with_mixup_runs(cli, workdir, tiny):
 
     result = cli("train", *set_args(tiny + ["data.augment.mixup=0.2"]))
     assert result.exit_code == 0, result.output
+
+
+def _centre_of_mass(images: torch.Tensor) -> torch.Tensor:
+    """(B, 2) row/column centre of the brightness of B H W 1 images."""
+    weights = images[..., 0].float()
+    rows = torch.arange(images.shape[1]).float()[None, :, None]
+    cols = torch.arange(images.shape[2]).float()[None, None, :]
+    total = weights.sum((1, 2))
+    return torch.stack([(weights * rows).sum((1, 2)) / total, (weights * cols).sum((1, 2)) / total], 1)
+
+
+def test_affine_translation_moves_a_blob_by_sub_pixel_amounts_within_the_limit():
+    from perceiver_cli.data.augment import random_affine
+
+    images = torch.zeros(64, 16, 16, 1, dtype=torch.uint8)
+    images[:, 6:10, 6:10] = 240
+    out = random_affine(images, 0.0, 0.0, 0.125, "zeros", torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    shift = _centre_of_mass(out) - _centre_of_mass(images)
+    assert shift.abs().max() <= 0.125 * 16 + 0.05  # never beyond 2 pixels
+    fractional = (shift - shift.round()).abs()
+    assert (fractional > 0.1).float().mean() > 0.5  # most shifts fall between whole pixels
+    assert out.float().sum((1, 2, 3)).sub(images.float().sum((1, 2, 3))).abs().max() < 0.02 * images[0].float().sum()
+
+
+def test_affine_rotation_and_scale_keep_the_centre_and_change_the_shape():
+    from perceiver_cli.data.augment import random_affine
+
+    images = torch.zeros(32, 16, 16, 1, dtype=torch.uint8)
+    images[:, 7:9, 3:13] = 255  # a horizontal bar through the centre
+    out = random_affine(images, 30.0, 0.2, 0.0, "zeros", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_centre_of_mass(out), _centre_of_mass(images), atol=0.1, rtol=0)
+    changed = [not torch.equal(o, i) for o, i in zip(out, images)]
+    assert sum(changed) >= 30
+    a = augment_images(images, AugmentConfig(affine_degrees=30, affine_scale=0.2), torch.Generator().manual_seed(5))
+    b = augment_images(images, AugmentConfig(affine_degrees=30, affine_scale=0.2), torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)

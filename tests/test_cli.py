@@ -118,6 +118,16 @@ def test_train_writes_a_complete_run_directory(digits_session_run):
     assert best["epoch"] == best_epoch
 
 
+def test_best_metric_last_keeps_the_final_epoch_for_eval(cli, workdir, tiny):
+    result = cli("train", *set_args(tiny + ["train.epochs=3", "train.best_metric=last", "train.name=last"]))
+    assert result.exit_code == 0, result.output
+    assert "best.pt is the last epoch (3)" in result.stdout
+    best = torch.load(Path("runs/last/checkpoints/best.pt"), weights_only=True)
+    assert best["epoch"] == 3 and best["best"]["metric"] == "last"
+    evaluated = cli("eval", "runs/last")
+    assert evaluated.exit_code == 0 and "epoch 3" in evaluated.stdout
+
+
 def test_second_run_never_reuses_a_run_directory(cli, digits_run, tiny):
     before = snapshot(digits_run)
     result = cli("train", *set_args(tiny + ["train.epochs=1"]))

@@ -4,8 +4,11 @@ They work on the stored batch (uint8 images, B H W C) before it is turned into f
 pure indexing, so it costs nothing but a gather.
 """
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def _shifted_index(size: int, shift: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +42,32 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(2), images)
 
 
+def random_affine(images: torch.Tensor, degrees: float, scale: float, translate: float, mode: str,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Rotate by up to +-degrees, scale by a factor in [1 - scale, 1 + scale] and shift by up to
+    +-translate of the image size, per sample, with bilinear resampling (sub-pixel shifts: on
+    small images such as 8x8 digits a whole-pixel shift is already a large change)."""
+    b, h, w, _ = images.shape
+
+    def uniform() -> torch.Tensor:  # B values in [-1, 1]
+        return (torch.rand(b, generator=generator, device=generator.device) * 2 - 1).to(images.device)
+
+    angle, factor = uniform() * math.radians(degrees), 1 + uniform() * scale
+    shift_x, shift_y = uniform() * 2 * translate, uniform() * 2 * translate  # grid coordinates span 2
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], -1), torch.stack([sin, cos, shift_y], -1)], 1)
+    x = images.permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    padding = "reflection" if mode == "reflect" else "zeros"
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    out = out.permute(0, 2, 3, 1)
+    return out.round_().clamp_(0, 255).to(images.dtype) if images.dtype == torch.uint8 else out.to(images.dtype)
+
+
 def augment_images(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    if config.affine_degrees or config.affine_scale or config.affine_translate:
+        images = random_affine(images, config.affine_degrees, config.affine_scale, config.affine_translate,
+                               config.padding_mode, generator)
     if config.random_crop_padding:
         images = random_crop(images, config.random_crop_padding, config.padding_mode, generator)
     if config.horizontal_flip:

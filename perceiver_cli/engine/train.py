@@ -244,6 +244,8 @@ class Trainer:
 
     def _improved(self, row: dict) -> bool:
         key = self.recipe.train.best_metric
+        if key == "last":
+            return True
         value = row[key]
         if value != value:  # no validation data: the latest epoch is the best we know
             return True
@@ -265,7 +267,8 @@ class Trainer:
                 self.rows.append(row)
                 improved = self._improved(row)
                 if improved:
-                    self.best = {"epoch": epoch, "metric": t.best_metric, "value": row[t.best_metric]}
+                    value = row[t.best_metric] if t.best_metric != "last" else epoch
+                    self.best = {"epoch": epoch, "metric": t.best_metric, "value": value}
                 state = self.state(epoch)  # built once, written to one or both files
                 if improved:
                     checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt")
