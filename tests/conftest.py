@@ -28,6 +28,7 @@ TINY = [
     "model.num_bands=2",
     "train.epochs=2",
     "train.batch_size=64",
+    "train.best_metric=val_accuracy",  # the tests check how best.pt follows validation
 ]
 
 # The colours of the easy image-folder classes: a class is recognisable from its dominant channel.
