@@ -413,7 +413,7 @@ def _print_bench(document: dict) -> None:
     for column in ("mode", "median", "p10", "p90", "samples/s", "peak memory", "TFLOP/s", "MFU"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for mode, r in document["results"].items():
-        table.add_row(mode + (f" (compile {r['compile_s']} s)" if "compile_s" in r else ""), f"{r['median_s'] * 1000:.1f} ms",
+        table.add_row(mode + (f" (compile/capture {r['compile_s']} s)" if "compile_s" in r else ""), f"{r['median_s'] * 1000:.1f} ms",
                       f"{r['p10_s'] * 1000:.1f} ms", f"{r['p90_s'] * 1000:.1f} ms", f"{r['samples_per_s']:,.1f}",
                       _memory_text(r["peak_memory_mb"]), f"{r['tflops']:.3f}", f"{r['mfu']:.1%}")
     console.print(table)

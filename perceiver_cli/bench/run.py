@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.graphs import training_forward
 from ..engine.optim import build_optimizer
 from ..engine.runtime import cpu_has_bf16_units, keep_freed_memory, resolve_device, use_bf16
 from ..errors import UserError
@@ -117,16 +118,16 @@ def _summary(times: StepTimes, batch: int, flops_per_sample: float, peak_flops: 
 class _Subject:
     """One model ready to step: ours or lucidrains', with its optimizer and a synthetic batch."""
 
-    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, compile_: bool,
-                 checkpointing: bool = False):
+    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, train_config=None):
         from ..recipe import OptimConfig
 
         self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
-        self.checkpointing = which == "ours" and checkpointing
+        ours = which == "ours" and train_config is not None  # lucidrains' runs as its users run it
+        self.checkpointing = ours and train_config.activation_checkpointing
         self.model = make_model(which, model_config, spec, classes, self.checkpointing).to(device).train()
         self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
-        self.forward = torch.compile(self.model) if compile_ else self.model
+        self.forward = training_forward(self.model, train_config, device, bf16) if ours else self.model
         self.x = synthetic_batch(spec, batch, device)
         self.y = torch.zeros(batch, dtype=torch.long, device=device)
         self.device = device
@@ -155,8 +156,7 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     measured, datasheet = matmul_peak(device, dtype), datasheet_peak(device, dtype)
     peak = datasheet or measured  # MFU's denominator
 
-    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train.compile,
-                    recipe.train.activation_checkpointing)
+    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train)
     flops = forward_flops(ours.model, batch)
     document = {
         "recipe": recipe.to_dict(),
@@ -172,7 +172,8 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     for mode in modes:
         per_sample = flops.train() if mode == "train" else flops.executed
         compile_s = None
-        if recipe.train.compile:  # the first call compiles: timed apart from the steps
+        graphed = recipe.train.cuda_graphs and device.type == "cuda" and mode == "train"
+        if recipe.train.compile or graphed:  # the first call compiles or captures: timed apart from the steps
             started = time.perf_counter()
             ours.step(mode)()
             compile_s = round(time.perf_counter() - started, 2)
@@ -198,8 +199,8 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
         sized = resize_spec(spec, f"{size}x{size}" if spec["kind"] == "image" else str(size))
         row = {"size": size}
         try:
-            subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16, False,
-                               recipe.train.activation_checkpointing)
+            subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16,
+                               recipe.train.model_copy(update={"compile": False}))
             row["tokens"] = int(np.prod(subject.model.adapter.grid_shape)) if spec["kind"] == "image" else size
             memory = subject.memory("train") if device.type == "cpu" else None
             if memory == OUT_OF_MEMORY:
@@ -225,8 +226,8 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
     """Ours and lucidrains' at the same architecture and dtype, stepped in turns in this process;
     then ours at its defaults against lucidrains at its defaults (fp32): what a switching user sees."""
     matched = lucidrains.matched_config(recipe.model)
-    theirs = _Subject("lucidrains", recipe.model, spec, classes, batch, device, bf16, False)
-    ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train.compile)
+    theirs = _Subject("lucidrains", recipe.model, spec, classes, batch, device, bf16)
+    ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train)
     result = {
         "architecture": matched.model_dump(),
         "parameters": {"ours": ours.parameters, "lucidrains": theirs.parameters,
@@ -253,8 +254,8 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
     if "train" in measured and not default_bf16 and not bf16:
         times = measured["train"]
     else:
-        ours_default = _Subject("ours", matched, spec, classes, batch, device, default_bf16, recipe.train.compile)
-        theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False, False)
+        ours_default = _Subject("ours", matched, spec, classes, batch, device, default_bf16, recipe.train)
+        theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False)
         times = time_alternating({"ours": ours_default.step("train"), "lucidrains": theirs_fp32.step("train")}, device,
                                  options.steps, options.warmup)
     result["defaults"] = {

@@ -27,6 +27,7 @@ from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, recipe_from_dict
 from . import checkpoint
 from .display import TrainingDisplay, format_rate
+from .graphs import training_forward
 from .optim import build_optimizer, build_scheduler
 from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
                       resolve_device, use_bf16)
@@ -110,7 +111,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_y) / t.batch_size)
         self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = training_forward(self.model, t, self.device, self.bf16)
 
         self.start_epoch, self.best, self.rows = 1, None, []
         if resume_state is not None:

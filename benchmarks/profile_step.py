@@ -1,0 +1,57 @@
+"""Where a GPU training step's time goes: wall time against the sum of its kernels, and the top kernels.
+
+    python benchmarks/profile_step.py cifar10_fourier --input-size 224x224 --batch 16 [--set k=v ...]
+
+A step whose kernels add up to much less than its wall time is bound by launching them (see
+train.cuda_graphs); one whose kernels fill it is bound by the kernels listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from perceiver_cli.bench.run import _Subject, input_spec_for
+from perceiver_cli.engine.runtime import use_bf16
+from perceiver_cli.recipe import load_recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("recipe")
+    parser.add_argument("--input-size")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    recipe, _ = load_recipe(args.recipe, args.overrides)
+    device = torch.device("cuda")
+    spec, classes = input_spec_for(recipe, args.input_size)
+    subject = _Subject("ours", recipe.model, spec, classes, args.batch, device, use_bf16(args.dtype, device), recipe.train)
+    step = subject.step("train")
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start.record()
+        for _ in range(args.steps):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+    wall_ms = start.elapsed_time(end) / args.steps
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_ms = sum(e.self_device_time_total for e in kernels) / 1000 / args.steps
+    launches = sum(e.count for e in kernels) / args.steps
+    print(f"step {wall_ms:.1f} ms wall, {kernel_ms:.1f} ms of kernels ({kernel_ms / wall_ms:.0%}), "
+          f"{launches:.0f} kernels per step")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[: args.top]:
+        print(f"{e.self_device_time_total / 1000 / args.steps:8.2f} ms  x{e.count // args.steps:<5d} {e.key[:110]}")
+
+
+if __name__ == "__main__":
+    main()
