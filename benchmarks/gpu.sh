@@ -2,7 +2,7 @@
 # The GPU figures of issues 3 and 6, in parts that each fit a 10-minute slot on one GPU:
 #   benchmarks/gpu.sh bench     ours vs lucidrains (bf16 and fp32, 32^2 and 224^2), the input sweep,
 #                               MFU at the paper's ImageNet configuration
-#   benchmarks/gpu.sh compiled  torch.compile at 32^2 (compile time and step time)
+#   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
 # Everything lands in $OUT (default bench_results/gpu). Needs a CUDA GPU and '.[compare]'.
@@ -11,22 +11,26 @@ OUT=${OUT:-bench_results/gpu}
 DATA=${CIFAR10_DATA:-data/cifar10}
 mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*"; }
+# Perceiver (ImageNet): 512 x 1024 latents, 8 cross-attends (1 head), 6 latent blocks (8 heads), 224^2, 64 bands
+IMAGENET="--set model.num_latents=512 --set model.latent_dim=1024 --set model.cross_attends=8 --set model.latent_blocks=6
+  --set model.latent_heads=8 --set model.max_freq=224 --set model.dropout=0.0"
 
 bench() {
   DEVICE=cuda DTYPE=bf16 BATCH_32=64 BATCH_224=16 STEPS=20 OUT="$OUT" timeout 170 bash benchmarks/vs_lucidrains.sh
   DEVICE=cuda DTYPE=fp32 BATCH_32=64 BATCH_224=16 STEPS=10 SWEEP=0 OUT="$OUT" timeout 120 bash benchmarks/vs_lucidrains.sh
-  # Perceiver (ImageNet): 512 x 1024 latents, 8 cross-attends (1 head), 6 latent blocks (8 heads), 224^2, 64 bands
   log "ImageNet configuration"
-  timeout 90 perceiver bench cifar10_fourier --set model.num_latents=512 --set model.latent_dim=1024 \
-    --set model.cross_attends=8 --set model.latent_blocks=6 --set model.latent_heads=8 --set model.max_freq=224 \
-    --set model.dropout=0.0 --input-size 224x224 --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 \
+  timeout 90 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 \
     --mode train --steps 10 --warmup 3 --json "$OUT/imagenet.json"
 }
 
 compiled() {
-  log "torch.compile, 32^2"
-  timeout 150 perceiver bench cifar10_fourier --set train.compile=true --input-size 32x32 --batch 64 --device cuda \
-    --dtype bf16 --mode train --steps 20 --warmup 3 --json "$OUT/compiled32.json"
+  # torch.compile with CUDA graphs (train.cuda_graphs is on by default): its reduce-overhead mode
+  log "torch.compile, 224^2, vs lucidrains"
+  timeout 280 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 --device cuda \
+    --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/compiled224.json"
+  log "torch.compile, ImageNet configuration"
+  timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
+    --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/imagenet_compiled.json"
 }
 
 prepare() {

@@ -99,7 +99,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA and on CPUs with bf16 matrix units, else fp32")
     compile: bool = Field(False, description="torch.compile the model (the first steps compile it; bench reports that time apart)")
-    cuda_graphs: bool = Field(False, description="on CUDA, capture the training forward and backward once and replay them as CUDA graphs: one launch instead of thousands of small ones per step (ignored on CPU)")
+    cuda_graphs: bool = Field(True, description="on CUDA, capture the training forward and backward once and replay them as CUDA graphs: one launch instead of thousands of small ones per step (ignored on CPU and with activation_checkpointing)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward pass instead of storing them: less memory for very large inputs, about a third more compute")
     save_attention_maps: bool = Field(False, description="capture the cross-attention of a fixed probe batch (a few validation samples per class) into attention/epoch_NNNN.npz")
     attention_interval: int = Field(10, gt=0, description="capture every this many epochs (and after the last one)")

@@ -53,7 +53,7 @@ def _rss_bytes(field: str) -> int | None:
     return None
 
 
-def _reset_peak(device: torch.device) -> int | None:
+def reset_peak(device: torch.device) -> int | None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -65,7 +65,7 @@ def _reset_peak(device: torch.device) -> int | None:
     return _rss_bytes("VmRSS")
 
 
-def _peak_above(device: torch.device, baseline: int | None) -> int | None:
+def peak_above(device: torch.device, baseline: int | None) -> int | None:
     if baseline is None:
         return None
     if device.type == "cuda":
@@ -130,13 +130,13 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> StepTimes
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    baseline = _reset_peak(device)
+    baseline = reset_peak(device)
     seconds = []
     for _ in range(steps):
         with _Timer(device) as timer:
             step()
         seconds.append(timer.seconds)
-    return StepTimes(seconds, _peak_above(device, baseline))
+    return StepTimes(seconds, peak_above(device, baseline))
 
 
 def time_alternating(steps_by_name: dict, device: torch.device, steps: int, warmup: int) -> dict[str, StepTimes]:
@@ -156,9 +156,9 @@ def time_alternating(steps_by_name: dict, device: torch.device, steps: int, warm
         return {name: StepTimes(seconds, None) for name, seconds in times.items()}
     result = {}
     for name, step in steps_by_name.items():
-        baseline = _reset_peak(device)
+        baseline = reset_peak(device)
         step()
-        result[name] = StepTimes(times[name], _peak_above(device, baseline))
+        result[name] = StepTimes(times[name], peak_above(device, baseline))
     return result
 
 

@@ -57,7 +57,12 @@ class GraphedTraining(nn.Module):
 def training_forward(model: nn.Module, train_config, device: torch.device, bf16: bool) -> nn.Module:
     """What the training loop calls: the model, compiled (train.compile), replayed as CUDA graphs
     (train.cuda_graphs), or both: torch.compile's own graph mode, which also fuses the kernels."""
-    graphs = train_config.cuda_graphs and device.type == "cuda"
+    graphs = uses_cuda_graphs(train_config, device)
     if train_config.compile:
         return torch.compile(model, mode="reduce-overhead" if graphs else None)
     return GraphedTraining(model, bf16) if graphs else model
+
+
+def uses_cuda_graphs(train_config, device: torch.device) -> bool:
+    """Recomputing activations (activation_checkpointing) inside a captured graph is untested: eager."""
+    return train_config.cuda_graphs and device.type == "cuda" and not train_config.activation_checkpointing

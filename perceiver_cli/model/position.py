@@ -41,15 +41,21 @@ class FourierGridEncoding(nn.Module):
     def forward(self, grid_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         key = (tuple(grid_shape), str(device))
         if key not in self._cache:
-            self._cache[key] = fourier_features(grid_positions(grid_shape, device), self.num_bands, self.max_freq)
+            self._fill(key, lambda: fourier_features(grid_positions(grid_shape, device), self.num_bands, self.max_freq))
         return self._cache[key]  # M C_pe
+
+    @torch.compiler.disable
+    def _fill(self, key, build) -> None:
+        """Built eagerly, also under torch.compile: a tensor made inside a compiled CUDA graph would
+        be overwritten by its next replay."""
+        self._cache[key] = build()
 
     def separable(self, grid_shape: tuple[int, ...], device: torch.device, order: torch.Tensor | None = None) -> "SeparablePositions":
         """The same features, kept per axis (each axis' channels depend on that coordinate only)."""
         key = ("axes", tuple(grid_shape), str(device))
         if key not in self._cache:
-            self._cache[key] = [fourier_features(torch.linspace(-1.0, 1.0, n, device=device)[:, None], self.num_bands, self.max_freq)
-                                for n in grid_shape]
+            self._fill(key, lambda: [fourier_features(torch.linspace(-1.0, 1.0, n, device=device)[:, None], self.num_bands,
+                                                      self.max_freq) for n in grid_shape])
         return SeparablePositions(self._cache[key], tuple(grid_shape), order)
 
 
