@@ -8,7 +8,7 @@ import torch
 from perceiver_cli.model import build_model, count_parameters
 from perceiver_cli.model.attention import InputProjection, explicit_attention
 from perceiver_cli.model.position import FourierGridEncoding, fourier_features, grid_positions
-from perceiver_cli.recipe import ModelConfig
+from perceiver_cli.recipe import ModelConfig, load_recipe
 
 IMAGE = {"kind": "image", "shape": [6, 5, 3]}
 POINTS = {"kind": "points", "coords": 3, "features": 2}
@@ -284,3 +284,58 @@ def test_activation_checkpointing_keeps_gradients_and_stores_less():
     for a, p in zip(plain, model.parameters()):
         torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
     assert _saved_bytes(model, x) < 0.5 * plain_bytes
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_grid_keys_values_read_by_several_cross_attends_are_exact(heads, monkeypatch):
+    """The CPU grid path (each use's backward folded into the projection's small gradients, a slab
+    of rows at a time) gives the keys/values and gradients of LayerNorm + Linear on [x; pe]."""
+    from perceiver_cli.model import grid_projection
+
+    monkeypatch.setattr(grid_projection, "_SLAB_ELEMENTS", 64)  # several slabs even on a 5 x 7 grid
+    torch.manual_seed(0)
+    encoding = FourierGridEncoding(2, 3, 6.0)
+    separable = encoding.separable((5, 7), torch.device("cpu"))
+    proj = InputProjection(3, encoding.channels, 2 * heads * 4)
+    with torch.no_grad():
+        proj.norm.weight.uniform_(0.5, 1.5)
+        proj.norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 35, 3) * 2 + 1).requires_grad_()
+    upstream = [torch.randn(2, heads, 35, 4) for _ in range(6)]  # (dk, dv) for each of 3 uses
+
+    store = proj.grid_keys_values(x, separable, heads)
+    uses = [store.for_use() for _ in range(3)]
+    fast_loss = sum((k * upstream[2 * i]).sum() + (v * upstream[2 * i + 1]).sum() for i, (k, v) in enumerate(uses))
+
+    k_ref, v_ref = (t.reshape(2, 35, heads, 4).transpose(1, 2) for t in proj.reference(x, separable.dense()).chunk(2, -1))
+    for k, v in uses:
+        torch.testing.assert_close(k, k_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, v_ref, atol=1e-5, rtol=1e-5)
+    ref_loss = sum((k_ref * upstream[2 * i]).sum() + (v_ref * upstream[2 * i + 1]).sum() for i in range(3))
+    params = [proj.norm.weight, proj.norm.bias, proj.proj.weight, proj.proj.bias, x]
+    for a, b in zip(torch.autograd.grad(fast_loss, params), torch.autograd.grad(ref_loss, params)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
+    """A whole model with shared cross-attends on an image: the CPU grid path and the plain
+    projection give the same logits and parameter gradients."""
+    from perceiver_cli.model import attention
+
+    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
+                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=2",
+                                   "model.num_bands=3", "model.dropout=0.0"])
+    torch.manual_seed(0)
+    model = build_model(recipe.model, {"kind": "image", "shape": [6, 5, 3]}, 4)
+    x = torch.randn(3, 6, 5, 3)
+
+    def loss_and_grads():
+        logits = model(x)
+        return logits, torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+
+    grid_logits, grid_grads = loss_and_grads()
+    monkeypatch.setattr(attention, "uses_grid_projection", lambda x, pe: False)
+    plain_logits, plain_grads = loss_and_grads()
+    torch.testing.assert_close(grid_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grid_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

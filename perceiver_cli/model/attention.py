@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .grid_projection import GridKeysValues
 from .position import SeparablePositions
 
 
@@ -59,17 +60,16 @@ class InputProjection(nn.Module):
         pe = pe.expand(x.shape[0], *pe.shape[-2:]) if pe.dim() == 2 else pe
         return self.proj(self.norm(torch.cat([x, pe], dim=-1)))
 
-    def forward(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
-        # x: B M C_x, pe: M C_pe (shared) or B M C_pe (per sample, e.g. point coordinates)
-        if pe is None:  # nothing to split (e.g. the Perceiver IO decoder reading the latents)
-            return self.proj(self.norm(x))
+    def _parts(self, x: torch.Tensor, pe, per_axis: bool = False):
+        """The small pieces the keys/values are made of: x_aug (B M C_x+1), w_aug (out C_x+1), bias
+        (out), rstd (B M 1) and the projected positions (M out; with per_axis, a list of per-axis tables)."""
         channels = self.x_channels + self.pe_channels
         w = self.proj.weight * self.norm.weight  # W' = W diag(gamma): out C
         w_x, w_pe = w[:, : self.x_channels], w[:, self.x_channels :]
         bias = self.proj.weight @ self.norm.bias + self.proj.bias  # out
 
         if isinstance(pe, SeparablePositions):  # a grid: the position part costs H + W rows, not H * W
-            pe_sum, pe_sq, pe_proj = pe.project(w_pe)
+            pe_sum, pe_sq, pe_proj = pe.project(w_pe, per_axis=per_axis)
         else:
             pef = pe.float()
             pe_sum, pe_sq, pe_proj = pef.sum(-1), pef.square().sum(-1), F.linear(pe, w_pe)
@@ -82,9 +82,27 @@ class InputProjection(nn.Module):
         # extra input channel ([x, mean] @ [W'_x, -W'1]^T), scaled by rstd before the product.
         x_aug = torch.cat([x, mean[..., None].to(x.dtype)], dim=-1) * rstd.to(x.dtype)  # B M C_x+1
         w_aug = torch.cat([w_x, -w.sum(dim=1, keepdim=True)], dim=1)  # out C_x+1
+        return x_aug, w_aug, bias, rstd, pe_proj
+
+    def forward(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
+        # x: B M C_x, pe: M C_pe (shared) or B M C_pe (per sample, e.g. point coordinates)
+        if pe is None:  # nothing to split (e.g. the Perceiver IO decoder reading the latents)
+            return self.proj(self.norm(x))
+        x_aug, w_aug, bias, rstd, pe_proj = self._parts(x, pe)
         out = _TokenLinear.apply(x_aug, w_aug, bias)  # B M out
         # + rstd * (W'_pe pe): the position part is projected once per batch when shared
         return torch.addcmul(out, rstd.to(out.dtype), pe_proj.to(out.dtype))
+
+    def grid_keys_values(self, x: torch.Tensor, pe: SeparablePositions, heads: int) -> GridKeysValues:
+        """The same projection (as keys and values of `heads` heads) for an image grid, whose every
+        use has its own backward (see grid_projection.py)."""
+        x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
+        return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads)
+
+
+def uses_grid_projection(x: torch.Tensor, pe) -> bool:
+    """On a CPU, where memory is scarcer than launches are costly: an unpermuted 2D grid."""
+    return (not x.is_cuda and isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2)
 
 
 class MLP(nn.Module):
@@ -155,12 +173,17 @@ class CrossAttention(nn.Module):
         self.attention_dropout = attention_dropout
 
     def keys_values(self, x, pe):
+        """The input's keys and values, projected once: a function that gives them (B H M d) to
+        each cross-attend reading this input."""
+        if uses_grid_projection(x, pe):
+            return self.to_kv.grid_keys_values(x, pe, self.heads).for_use
         k, v = self.to_kv(x, pe).chunk(2, dim=-1)
         split = lambda t: rearrange(t, "b m (h d) -> b h m d", h=self.heads)  # noqa: E731
-        return split(k), split(v)
+        k, v = split(k), split(v)
+        return lambda: (k, v)
 
-    def forward(self, latents, kv, mask=None, need_weights=False):
-        k, v = kv
+    def forward(self, latents, keys_values, mask=None, need_weights=False):
+        k, v = keys_values()
         q = rearrange(self.to_q(self.latent_norm(latents)), "b n (h d) -> b h n d", h=self.heads)
         k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.attention_dropout if self.training else 0.0

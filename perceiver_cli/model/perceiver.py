@@ -79,7 +79,7 @@ class Perceiver(nn.Module):
         PerceiverOutput with the cross-attention weights when `return_attention` (eager path)."""
         tokens, pe, mask = self.adapter(x, mask)
         latents = repeat(self.latents, "n d -> b n d", b=x.shape[0])
-        kv_cache: dict[int, tuple] = {}  # a shared cross-attend sees the same input: project it once
+        kv_cache: dict = {}  # a shared cross-attend sees the same input: project it once
         maps = []
         for cross_i, latent_i in zip(self.cross_index, self.latent_index):
             block = self.cross_blocks[cross_i]

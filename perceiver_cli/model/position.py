@@ -83,8 +83,9 @@ class SeparablePositions:
         total = total.expand(*self.grid, *total.shape[len(parts):]).reshape(-1, *total.shape[len(parts):])
         return total if self.order is None else total[self.order]
 
-    def project(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sum over channels, sum of squares) per position (M,) and weight @ pe (M, out)."""
+    def project(self, weight: torch.Tensor, per_axis: bool = False):
+        """(sum over channels, sum of squares) per position (M,) and weight @ pe (M, out); with
+        per_axis, the per-axis parts of weight @ pe instead (their broadcast sum is weight @ pe)."""
         start, projected = 0, []
         for features in self.per_axis:
             channels = features.shape[-1]
@@ -93,7 +94,7 @@ class SeparablePositions:
         floats = [f.float() for f in self.per_axis]
         sums = self._grid_sum([f.sum(-1) for f in floats])
         squares = self._grid_sum([f.square().sum(-1) for f in floats])
-        return sums, squares, self._grid_sum(projected)
+        return sums, squares, projected if per_axis else self._grid_sum(projected)
 
     def dense(self) -> torch.Tensor:
         """The (M, C) features, as FourierGridEncoding.forward gives them (for reference and tests)."""
