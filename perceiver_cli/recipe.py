@@ -105,6 +105,7 @@ class TrainConfig(Section):
     attention_interval: int = Field(10, gt=0, description="capture every this many epochs (and after the last one)")
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/")
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights (e.g. 0.99, updated every step); validation, best.pt/last.pt and perceiver eval use the averaged weights, resume continues both")
     best_metric: Literal["val_accuracy", "val_loss", "last"] = Field("val_accuracy", description="which epoch best.pt (what perceiver eval reads) keeps: highest val accuracy, lowest val loss, or simply the last one (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance)")
     name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
     runs_dir: str = Field("runs", description="where run directories are created")

@@ -195,6 +195,24 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, straight_run, monk
     assert_same_run(run_dir, straight_run)
 
 
+def test_weight_averaging_is_what_validation_and_checkpoints_hold_and_it_resumes(tmp_path):
+    """train.ema_decay: val metrics and checkpoints' "model" are the averaged weights, the trained
+    weights ride along for resume, and a resumed run ends where an uninterrupted one does."""
+    ema = RANDOM + ["train.ema_decay=0.9"]
+    straight = train(tmp_path / "a", ema + ["train.epochs=3", "train.name=straight"])
+    state = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    averaged, trained = state["model"], state["training_model"]
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)
+    assert state["ema_updates"] == 3 * math.ceil(1293 / 64)  # one update per optimiser step
+
+    first = train(tmp_path / "b", ema + ["train.epochs=2", "train.name=resumed"])
+    resume_run(first.run_dir, load_for_recipe, ["train.epochs=3"], quiet=True, device="cpu").fit()
+    assert_same_run(first.run_dir, straight)
+    resumed = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=True)["training_model"]
+    assert max((resumed[k] - trained[k]).abs().max().item() for k in trained) <= 1e-5
+
+
 # --- learning-rate schedules -----------------------------------------------------------------------
 
 def optim(**values) -> OptimConfig:

@@ -112,6 +112,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
         self.forward = training_forward(self.model, t, self.device, self.bf16)
+        self.ema = None  # the averaged weights (torch's AveragedModel: a copy of the model)
+        if t.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
 
         self.start_epoch, self.best, self.rows = 1, None, []
         if resume_state is not None:
@@ -132,8 +136,11 @@ class Trainer:
                 f"the data has {len(self.dataset.classes)} classes {self.dataset.classes[:5]}...: they do not match"
             )
         try:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(state.get("training_model", state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and "training_model" in state:
+                self.ema.module.load_state_dict(state["model"])
+                self.ema.n_averaged.fill_(state["ema_updates"])
         except (RuntimeError, ValueError) as exc:
             raise UserError(
                 f"{self.run_dir}: the checkpoint does not fit this model ({str(exc).splitlines()[0][:120]}); "
@@ -144,10 +151,18 @@ class Trainer:
         self.best = state.get("best")
         self.rows = [row for row in read_metrics(self.run_dir) if row["epoch"] <= state["epoch"]]
 
+    def evaluated_model(self):
+        """What validation and the checkpoints' "model" hold: the averaged weights when kept."""
+        return self.ema.module if self.ema is not None else self.model
+
     def state(self, epoch: int) -> dict:
+        extra = {}
+        if self.ema is not None:  # resume needs the weights being trained as well as the average
+            extra = {"training_model": self.model.state_dict(), "ema_updates": int(self.ema.n_averaged)}
         return {
             "format": "perceiver-checkpoint/1",
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model().state_dict(),
+            **extra,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
@@ -201,6 +216,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -240,7 +257,7 @@ class Trainer:
         if len(self.val_y) == 0:
             return float("nan"), float("nan")
         t = self.recipe.train
-        logits = predict(self.forward, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
+        logits = predict(self.ema.module if self.ema is not None else self.forward, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
         return loss_and_accuracy(logits, self.val_y)
 
     def _improved(self, row: dict) -> bool:
