@@ -25,7 +25,7 @@ def test_cuda_graphs_are_ignored_on_cpu(tmp_path):
     recipe, _ = load_recipe(None, ["train.cuda_graphs=true"])
     model = torch.nn.Linear(3, 2)
     assert training_forward(model, recipe.train, torch.device("cpu"), bf16=False) is model
-    _, plain = train(tmp_path / "plain", "cpu", ["train.epochs=1"])
+    _, plain = train(tmp_path / "plain", "cpu", ["train.epochs=1", "train.cuda_graphs=false"])
     _, graphed = train(tmp_path / "graphed", "cpu", ["train.epochs=1", "train.cuda_graphs=true"])
     for name, value in plain.items():
         assert torch.equal(value, graphed[name]), name
@@ -47,7 +47,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_graphed_training_matches_eager_training_on_cuda(tmp_path):
     # digits' 1,293 training images in batches of 64: 20 graphed steps and a short eager one per epoch
     settings = ["train.epochs=2", "train.precision=fp32", "optim.name=adamw"]
-    eager, eager_weights = train(tmp_path / "eager", "cuda", settings)
+    eager, eager_weights = train(tmp_path / "eager", "cuda", settings + ["train.cuda_graphs=false"])
     graphed, graphed_weights = train(tmp_path / "graphed", "cuda", settings + ["train.cuda_graphs=true"])
     for name, value in eager_weights.items():
         torch.testing.assert_close(graphed_weights[name], value, atol=2e-4, rtol=1e-3, msg=name)
@@ -57,6 +57,6 @@ def test_graphed_training_matches_eager_training_on_cuda(tmp_path):
 @needs_cuda
 def test_graphed_bf16_training_learns_like_eager(tmp_path):
     settings = ["train.epochs=3", "train.precision=bf16"]
-    eager, _ = train(tmp_path / "eager", "cuda", settings)
+    eager, _ = train(tmp_path / "eager", "cuda", settings + ["train.cuda_graphs=false"])
     graphed, _ = train(tmp_path / "graphed", "cuda", settings + ["train.cuda_graphs=true"])
     assert graphed.rows[-1]["val_loss"] == pytest.approx(eager.rows[-1]["val_loss"], abs=0.05)
