@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..model import count_parameters
 from . import lucidrains
 from .flops import forward_flops
-from .measure import StepTimes, peak_above, reset_peak, datasheet_peak, make_model, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
+from .measure import StepTimes, datasheet_peak, peak_above, reset_peak, make_model, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
 from .memory import OUT_OF_MEMORY, peak_memory_in_fresh_process
 
 # input shapes of the datasets we know, for recipes whose data is not prepared here
@@ -129,6 +129,7 @@ class _Subject:
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
         self.forward = training_forward(self.model, train_config, device, bf16) if ours else self.model
         self.graphed = ours and uses_cuda_graphs(train_config, device)
+        self.compiled = ours and train_config.compile
         self.first_call_peak = None
         self.x = synthetic_batch(spec, batch, device)
         self.y = torch.zeros(batch, dtype=torch.long, device=device)
@@ -137,11 +138,13 @@ class _Subject:
     def step(self, mode: str):
         return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device)
 
-    def first_call(self, mode: str) -> float:
-        """The first step, which compiles or captures, timed apart. A captured graph keeps its
-        activations in a private pool that later steps reuse without allocating, so on CUDA its
-        memory is the peak of this call (counting, conservatively, the gradients and optimizer
-        state it creates)."""
+    def first_call(self, mode: str) -> float | None:
+        """Seconds of the first step when it compiles or captures (then timed apart from the
+        steps), else None. A captured graph keeps its activations in a private pool that later
+        steps reuse without allocating, so on CUDA its memory is the peak of this call (counting,
+        conservatively, the gradients and optimizer state it creates)."""
+        if not (self.compiled or (self.graphed and mode == "train")):
+            return None
         baseline = reset_peak(self.device) if self.device.type == "cuda" else None
         started = time.perf_counter()
         self.step(mode)()
@@ -149,6 +152,11 @@ class _Subject:
             torch.cuda.synchronize()
             self.first_call_peak = peak_above(self.device, baseline)
         return time.perf_counter() - started
+
+    def include_capture_memory(self, mode: str, times: StepTimes) -> None:
+        """A graphed step's memory is its capture's (see first_call), not the replays' ~0."""
+        if self.graphed and mode == "train" and self.first_call_peak is not None:
+            times.peak_memory_bytes = max(self.first_call_peak, times.peak_memory_bytes or 0)
 
     def memory(self, mode: str) -> int | str | None:
         """CPU only: in a fresh process (see memory.py); on CUDA the timing functions measure it in place."""
@@ -186,18 +194,14 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     }
     for mode in modes:
         per_sample = flops.train() if mode == "train" else flops.executed
-        compile_s = None
-        graphed = ours.graphed and mode == "train"
-        if recipe.train.compile or graphed:  # the first call compiles or captures: timed apart from the steps
-            compile_s = round(ours.first_call(mode), 2)
+        compile_s = ours.first_call(mode)
         times = time_steps(ours.step(mode), device, options.steps, options.warmup)
         if device.type == "cpu":
             times.peak_memory_bytes = ours.memory(mode)
-        elif graphed:
-            times.peak_memory_bytes = max(ours.first_call_peak or 0, times.peak_memory_bytes or 0)
+        ours.include_capture_memory(mode, times)
         document["results"][mode] = _summary(times, batch, per_sample, peak)
         if compile_s is not None:
-            document["results"][mode]["compile_s"] = compile_s
+            document["results"][mode]["compile_s"] = round(compile_s, 2)
     if options.sweep:
         document["sweep"] = sweep(recipe, spec, classes, batch, device, bf16, options, peak)
     if options.compare:
@@ -221,7 +225,9 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
             if memory == OUT_OF_MEMORY:
                 rows.append({**row, "error": OUT_OF_MEMORY})
                 continue
+            subject.first_call("train")
             times = time_steps(subject.step("train"), device, max(3, options.steps // 2), 1)
+            subject.include_capture_memory("train", times)
         except torch.OutOfMemoryError:
             rows.append({**row, "error": OUT_OF_MEMORY})
             torch.cuda.empty_cache()
@@ -252,14 +258,12 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
     flops = forward_flops(ours.model, batch)
     measured = {}
     for mode in modes:
-        if ours.graphed and mode == "train":
-            ours.first_call(mode)
+        ours.first_call(mode)
         times = measured[mode] = time_alternating({"ours": ours.step(mode), "lucidrains": theirs.step(mode)}, device,
                                                   options.steps, options.warmup)
         if device.type == "cpu":
             times["ours"].peak_memory_bytes, times["lucidrains"].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
-        elif ours.graphed and mode == "train":
-            times["ours"].peak_memory_bytes = max(ours.first_call_peak or 0, times["ours"].peak_memory_bytes or 0)
+        ours.include_capture_memory(mode, times["ours"])
         per_sample = flops.train() if mode == "train" else flops.executed  # the same work for both
         summary = {name: _summary(t, batch, per_sample, peak) for name, t in times.items()}
         result["same_dtype"][mode] = summary

@@ -257,7 +257,8 @@ class Trainer:
         if len(self.val_y) == 0:
             return float("nan"), float("nan")
         t = self.recipe.train
-        logits = predict(self.ema.module if self.ema is not None else self.forward, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
+        model = self.ema.module if self.ema is not None else self.forward  # forward: compiled when asked
+        logits = predict(model, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
         return loss_and_accuracy(logits, self.val_y)
 
     def _improved(self, row: dict) -> bool:
