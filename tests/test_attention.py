@@ -121,7 +121,7 @@ def quadrant_dataset(n: int = 240, seed: int = 0) -> prepared.PreparedDataset:
 def test_a_trained_model_puts_its_attention_on_the_informative_quadrant(workdir, cli):
     prepared.write(quadrant_dataset(), workdir / "data" / "quadrant")
     overrides = ["data.dataset=quadrant", "model.num_latents=4", "model.latent_dim=32", "model.latent_blocks=1",
-                 "model.latent_heads=2", "model.num_bands=4", "model.max_freq=8", "model.dropout=0",
+                 "model.latent_heads=2", "model.num_bands=4", "model.max_freq=8", "model.dropout=0", "model.patch_size=1",
                  "train.epochs=8", "train.batch_size=16", "optim.lr=0.003", "optim.scheduler=constant"] + MAPS
     result = cli("train", *set_args(overrides), "--name", "quadrant")
     assert result.exit_code == 0, result.output

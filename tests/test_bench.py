@@ -79,7 +79,7 @@ def test_sweep_fits_a_growth_exponent_and_reports_out_of_memory(cli, workdir, mo
     real = run.peak_memory_in_fresh_process
     monkeypatch.setattr(run, "peak_memory_in_fresh_process",
                         lambda spec: run.OUT_OF_MEMORY if spec["input_spec"]["shape"][0] == 32 else real(spec))
-    result = cli("bench", *set_args(TINY), *TINY_BENCH, "--mode", "train", "--sweep", "--json", "bench.json")
+    result = cli("bench", *set_args(TINY + ["model.patch_size=1"]), *TINY_BENCH, "--mode", "train", "--sweep", "--json", "bench.json")
     assert result.exit_code == 0, result.output
     sweep = json.loads((workdir / "bench.json").read_text())["sweep"]
     assert [r["tokens"] for r in sweep["rows"][:2]] == [64, 256]

@@ -324,7 +324,7 @@ def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
 
     recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
                                    "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=2",
-                                   "model.num_bands=3", "model.dropout=0.0"])
+                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
     torch.manual_seed(0)
     model = build_model(recipe.model, {"kind": "image", "shape": [6, 5, 3]}, 4)
     x = torch.randn(3, 6, 5, 3)
