@@ -3,6 +3,8 @@
 #   benchmarks/gpu.sh bench     ours vs lucidrains (bf16 and fp32, 32^2 and 224^2), the input sweep,
 #                               MFU at the paper's ImageNet configuration
 #   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
+#   benchmarks/gpu.sh grid      the grid projection's Triton kernels (PERCEIVER_GRID_KERNELS=1) against the plain
+#                               path: CUDA tests, 224^2 vs lucidrains (speed, memory), the ImageNet configuration
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
 # Everything lands in $OUT (default bench_results/gpu). Needs a CUDA GPU and '.[compare]'.
@@ -31,6 +33,22 @@ compiled() {
   log "torch.compile, ImageNet configuration"
   timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/imagenet_compiled.json"
+}
+
+grid() {
+  log "CUDA tests of the kernels and graphs"
+  timeout 150 python3 -m pytest -q tests/test_model.py tests/test_grid_kernels.py tests/test_graphs.py 2>&1 | tail -5
+  for kernels in 0 1; do
+    log "224^2 vs lucidrains, PERCEIVER_GRID_KERNELS=$kernels"
+    PERCEIVER_GRID_KERNELS=$kernels timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
+      --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid${kernels}_224.json"
+    log "ImageNet configuration, PERCEIVER_GRID_KERNELS=$kernels"
+    PERCEIVER_GRID_KERNELS=$kernels timeout 100 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
+      --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid${kernels}_imagenet.json"
+  done
+  log "profile, ImageNet configuration, kernels on"
+  PERCEIVER_GRID_KERNELS=1 timeout 90 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
+    --batch "${IMAGENET_BATCH:-16}" --top 15
 }
 
 prepare() {

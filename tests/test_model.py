@@ -339,3 +339,29 @@ def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
     torch.testing.assert_close(grid_logits, plain_logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(grid_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_triton_grid_path_on_a_gpu_gives_the_plain_logits_and_gradients(monkeypatch):
+    pytest.importorskip("triton")
+    from perceiver_cli.model import attention
+
+    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
+                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=2",
+                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
+    torch.manual_seed(0)
+    model = build_model(recipe.model, {"kind": "image", "shape": [12, 10, 3]}, 4).cuda()
+    x = torch.randn(3, 12, 10, 3, device="cuda")
+
+    def loss_and_grads(kernels: bool, dtype=None):
+        monkeypatch.setattr(attention, "GPU_GRID_KERNELS", kernels)
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        return logits.float(), torch.autograd.grad(logits.float().square().sum(), list(model.parameters()))
+
+    for dtype, tolerance in ((None, 1e-4), (torch.bfloat16, 5e-2)):
+        grid_logits, grid_grads = loss_and_grads(True, dtype)
+        plain_logits, plain_grads = loss_and_grads(False, dtype)
+        torch.testing.assert_close(grid_logits, plain_logits, atol=tolerance, rtol=tolerance)
+        for a, b in zip(grid_grads, plain_grads):
+            assert (a - b).abs().max() <= tolerance * (1 + b.abs().max()), (dtype, (a - b).abs().max(), b.abs().max())

@@ -5,6 +5,9 @@ softmax(q k^T / sqrt(d)) v with the weights in memory, when they are asked for (
 on a GPU for heads too wide for its fused kernels (see `explicit_is_faster`).
 """
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -97,12 +100,36 @@ class InputProjection(nn.Module):
         """The same projection (as keys and values of `heads` heads) for an image grid, whose every
         use has its own backward (see grid_projection.py)."""
         x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
-        return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads)
+        # on a GPU, kv in the autocast dtype, as the plain path's matmuls would give it
+        dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else None
+        return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads, dtype)
+
+
+# The GPU kernels are checked against the CPU math (through Triton's interpreter) but not yet timed
+# on a GPU, so they are opt-in: PERCEIVER_GRID_KERNELS=1 (benchmarks/gpu.sh grid compares both).
+GPU_GRID_KERNELS = os.environ.get("PERCEIVER_GRID_KERNELS") == "1"
+# x_aug channels up to which the GPU kernels keep their tiles in registers (RGB pixels: 4)
+GRID_KERNEL_MAX_CHANNELS = 64
 
 
 def uses_grid_projection(x: torch.Tensor, pe) -> bool:
-    """On a CPU, where memory is scarcer than launches are costly: an unpermuted 2D grid."""
-    return (not x.is_cuda and isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2)
+    """An unpermuted 2D grid: on a CPU; on a GPU with Triton's kernels when opted in, outside
+    torch.compile (which fuses the plain path itself) and for inputs of few channels."""
+    if not (isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2):
+        return False
+    if not x.is_cuda:
+        return True
+    return (GPU_GRID_KERNELS and not torch.compiler.is_compiling()
+            and x.shape[-1] + 1 <= GRID_KERNEL_MAX_CHANNELS and triton_available())
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class MLP(nn.Module):

@@ -11,7 +11,8 @@ the projection's backward runs (at 224^2 that sum, the newest term and the addit
 the 1,353 MB peak on a CPU). Here each use is its own autograd node whose backward turns its key and
 value gradients into the gradients of the small inputs (x_aug, W_aug, bias, rstd, the two tables)
 at once, a slab of grid rows at a time; autograd then sums only those. Nothing of size B x M x 2D is
-stored beyond kv itself, which attention keeps for its backward anyway.
+stored beyond kv itself, which attention keeps for its backward anyway. On a GPU the same math runs
+as Triton kernels (grid_kernels.py) that write kv in one pass and read each gradient once.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class GridKeysValues:
     """The projected keys/values of one input, computed at the first use; `for_use()` gives each
     cross-attend its own (k, v) of shape B H M d, connected to the projection's inputs."""
 
-    def __init__(self, x_aug, w_aug, bias, rstd, row_table, col_table, heads: int):
+    def __init__(self, x_aug, w_aug, bias, rstd, row_table, col_table, heads: int, dtype: torch.dtype | None = None):
         self.inputs = (x_aug, w_aug, bias, rstd, row_table, col_table)
         self.heads = heads
+        self.dtype = dtype or x_aug.dtype  # of kv
         self.kv = None  # B M 2D, filled by the first use
 
     def for_use(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +44,10 @@ class GridKeysValues:
 
     def compute(self) -> torch.Tensor:
         x_aug, w_aug, bias, rstd, row_table, col_table = self.inputs
+        if x_aug.is_cuda:
+            from .grid_kernels import grid_forward
+
+            return grid_forward(x_aug, w_aug, bias, rstd, row_table, col_table, self.dtype)
         batch, tokens, _ = x_aug.shape
         height, width = row_table.shape[0], col_table.shape[0]
         dtype = x_aug.dtype
@@ -69,6 +75,8 @@ class _GridProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_k, grad_v):
         x_aug, w_aug, rstd, row_table, col_table = ctx.saved_tensors
+        if x_aug.is_cuda:
+            return (None, *_cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table))
         batch, tokens, channels = x_aug.shape
         height, width = row_table.shape[0], col_table.shape[0]
         heads = ctx.heads
@@ -104,3 +112,15 @@ class _GridProjection(torch.autograd.Function):
                     grad_cols[:, cols] += weighted.sum(0)
         return (None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(w_aug.dtype),
                 grad_rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
+
+
+def _cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table):
+    from .grid_kernels import GridGradients
+
+    sums = GridGradients(x_aug, w_aug, row_table, col_table)
+    for column0, grad in ((0, grad_k), (w_aug.shape[0] // 2, grad_v)):
+        if grad is not None:
+            sums.add_half(grad, column0, x_aug, w_aug, rstd, row_table, col_table)
+    grad_rows, grad_cols = sums.tables()
+    return (sums.x[..., : x_aug.shape[-1]].to(x_aug.dtype), sums.w.to(w_aug.dtype), sums.bias.to(w_aug.dtype),
+            sums.rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
