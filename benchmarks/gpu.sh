@@ -5,6 +5,7 @@
 #   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
 #   benchmarks/gpu.sh grid      the grid projection's Triton kernels (PERCEIVER_GRID_KERNELS=1) against the plain
 #                               path: CUDA tests, 224^2 vs lucidrains (speed, memory), the ImageNet configuration
+#   benchmarks/gpu.sh gridcompiled  the same with train.compile
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
 # Everything lands in $OUT (default bench_results/gpu). Needs a CUDA GPU and '.[compare]'.
@@ -49,6 +50,15 @@ grid() {
   log "profile, ImageNet configuration, kernels on"
   PERCEIVER_GRID_KERNELS=1 timeout 90 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --top 15
+}
+
+gridcompiled() {
+  log "torch.compile, 224^2 vs lucidrains, PERCEIVER_GRID_KERNELS=1"
+  PERCEIVER_GRID_KERNELS=1 timeout 280 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 \
+    --device cuda --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/gridcompiled_224.json"
+  log "torch.compile, ImageNet configuration, PERCEIVER_GRID_KERNELS=1"
+  PERCEIVER_GRID_KERNELS=1 timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
+    --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/gridcompiled_imagenet.json"
 }
 
 prepare() {

@@ -365,3 +365,25 @@ def test_the_triton_grid_path_on_a_gpu_gives_the_plain_logits_and_gradients(monk
         torch.testing.assert_close(grid_logits, plain_logits, atol=tolerance, rtol=tolerance)
         for a, b in zip(grid_grads, plain_grads):
             assert (a - b).abs().max() <= tolerance * (1 + b.abs().max()), (dtype, (a - b).abs().max(), b.abs().max())
+
+
+def test_torch_compile_traces_the_grid_path_with_shared_cross_attends():
+    """Three cross-attends, two sharing one key/value projection (read twice): torch.compile used to
+    fail on it ('an intermediate tensor kv ... aliases an input or output')."""
+    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
+                                   "model.latent_blocks=1", "model.latent_heads=2", "model.num_bands=3",
+                                   "model.dropout=0.0", "model.patch_size=1"])
+    torch.manual_seed(0)
+    model = build_model(recipe.model, {"kind": "image", "shape": [6, 5, 3]}, 4)
+    x = torch.randn(3, 6, 5, 3)
+
+    def loss_and_grads(forward):
+        logits = forward(x)
+        return logits, torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+
+    # aot_eager: Dynamo and AOTAutograd trace as in train.compile, without Inductor's slow C++ build
+    compiled_logits, compiled_grads = loss_and_grads(torch.compile(model, backend="aot_eager"))
+    eager_logits, eager_grads = loss_and_grads(model)
+    torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

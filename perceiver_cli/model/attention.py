@@ -5,7 +5,7 @@ softmax(q k^T / sqrt(d)) v with the weights in memory, when they are asked for (
 on a GPU for heads too wide for its fused kernels (see `explicit_is_faster`).
 """
 
-import functools
+import importlib.util
 import os
 
 import torch
@@ -107,29 +107,17 @@ class InputProjection(nn.Module):
 
 # The GPU kernels are checked against the CPU math (through Triton's interpreter) but not yet timed
 # on a GPU, so they are opt-in: PERCEIVER_GRID_KERNELS=1 (benchmarks/gpu.sh grid compares both).
-GPU_GRID_KERNELS = os.environ.get("PERCEIVER_GRID_KERNELS") == "1"
+GPU_GRID_KERNELS = os.environ.get("PERCEIVER_GRID_KERNELS") == "1" and importlib.util.find_spec("triton") is not None
 # x_aug channels up to which the GPU kernels keep their tiles in registers (RGB pixels: 4)
 GRID_KERNEL_MAX_CHANNELS = 64
 
 
 def uses_grid_projection(x: torch.Tensor, pe) -> bool:
-    """An unpermuted 2D grid: on a CPU; on a GPU with Triton's kernels when opted in, outside
-    torch.compile (which fuses the plain path itself) and for inputs of few channels."""
+    """An unpermuted 2D grid: on a CPU; on a GPU with Triton's kernels when opted in, for inputs of
+    few channels."""
     if not (isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2):
         return False
-    if not x.is_cuda:
-        return True
-    return (GPU_GRID_KERNELS and not torch.compiler.is_compiling()
-            and x.shape[-1] + 1 <= GRID_KERNEL_MAX_CHANNELS and triton_available())
-
-
-@functools.cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return not x.is_cuda or (GPU_GRID_KERNELS and x.shape[-1] + 1 <= GRID_KERNEL_MAX_CHANNELS)
 
 
 class MLP(nn.Module):

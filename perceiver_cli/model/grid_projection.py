@@ -30,53 +30,53 @@ def _row_slabs(batch: int, height: int, width: int, channels: int):
 
 
 class GridKeysValues:
-    """The projected keys/values of one input, computed at the first use; `for_use()` gives each
-    cross-attend its own (k, v) of shape B H M d, connected to the projection's inputs."""
+    """The projected keys/values of one input, computed once without autograd (each use's own
+    backward stands in for it); `for_use()` gives each cross-attend its own (k, v) of shape B H M d,
+    connected to the projection's inputs. Only tensors cross the autograd.Function boundary, so
+    torch.compile can trace it."""
 
     def __init__(self, x_aug, w_aug, bias, rstd, row_table, col_table, heads: int, dtype: torch.dtype | None = None):
         self.inputs = (x_aug, w_aug, bias, rstd, row_table, col_table)
         self.heads = heads
-        self.dtype = dtype or x_aug.dtype  # of kv
-        self.kv = None  # B M 2D, filled by the first use
+        with torch.no_grad():
+            self.kv = project_grid(*(t.detach() for t in self.inputs), dtype or x_aug.dtype)  # B M 2D
 
     def for_use(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _GridProjection.apply(self, *self.inputs)
+        return _GridProjection.apply(self.kv, self.heads, *self.inputs)
 
-    def compute(self) -> torch.Tensor:
-        x_aug, w_aug, bias, rstd, row_table, col_table = self.inputs
-        if x_aug.is_cuda:
-            from .grid_kernels import grid_forward
 
-            return grid_forward(x_aug, w_aug, bias, rstd, row_table, col_table, self.dtype)
-        batch, tokens, _ = x_aug.shape
-        height, width = row_table.shape[0], col_table.shape[0]
-        dtype = x_aug.dtype
-        kv = torch.baddbmm(bias.to(dtype), x_aug, w_aug.to(dtype).t().expand(batch, -1, -1))  # B M 2D
-        grid, scale = kv.view(batch, height, width, -1), rstd.to(dtype).view(batch, height, width, 1)
-        rows_t, cols_t = row_table.to(dtype), col_table.to(dtype)
-        for rows in _row_slabs(batch, height, width, kv.shape[-1]):
-            positions = rows_t[rows, None, :] + cols_t[None, :, :]  # rows W 2D, shared by the batch
-            grid[:, rows].addcmul_(scale[:, rows], positions)
-        return kv
+def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table, dtype: torch.dtype) -> torch.Tensor:
+    """kv (B M 2D); on a CPU in x_aug's dtype, a slab of grid rows at a time for the position part."""
+    if x_aug.is_cuda:
+        from .grid_kernels import grid_forward
+
+        return grid_forward(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
+    batch, tokens, _ = x_aug.shape
+    height, width = row_table.shape[0], col_table.shape[0]
+    dtype = x_aug.dtype
+    kv = torch.baddbmm(bias.to(dtype), x_aug, w_aug.to(dtype).t().expand(batch, -1, -1))  # B M 2D
+    grid, scale = kv.view(batch, height, width, -1), rstd.to(dtype).view(batch, height, width, 1)
+    rows_t, cols_t = row_table.to(dtype), col_table.to(dtype)
+    for rows in _row_slabs(batch, height, width, kv.shape[-1]):
+        positions = rows_t[rows, None, :] + cols_t[None, :, :]  # rows W 2D, shared by the batch
+        grid[:, rows].addcmul_(scale[:, rows], positions)
+    return kv
 
 
 class _GridProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, store: GridKeysValues, x_aug, w_aug, bias, rstd, row_table, col_table):
-        if store.kv is None:
-            store.kv = store.compute()
+    def forward(ctx, kv, heads: int, x_aug, w_aug, bias, rstd, row_table, col_table):
         ctx.save_for_backward(x_aug, w_aug, rstd, row_table, col_table)
-        ctx.heads = store.heads
-        batch, tokens, out = store.kv.shape
-        head_dim = out // 2 // store.heads
-        split = store.kv.view(batch, tokens, 2, store.heads, head_dim).permute(2, 0, 3, 1, 4)  # 2 B H M d
+        ctx.heads = heads
+        batch, tokens, out = kv.shape
+        split = kv.view(batch, tokens, 2, heads, out // 2 // heads).permute(2, 0, 3, 1, 4)  # 2 B H M d
         return split[0], split[1]
 
     @staticmethod
     def backward(ctx, grad_k, grad_v):
         x_aug, w_aug, rstd, row_table, col_table = ctx.saved_tensors
         if x_aug.is_cuda:
-            return (None, *_cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table))
+            return (None, None, *_cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table))
         batch, tokens, channels = x_aug.shape
         height, width = row_table.shape[0], col_table.shape[0]
         heads = ctx.heads
@@ -110,7 +110,7 @@ class _GridProjection(torch.autograd.Function):
                     weighted = (g_slab * scale[:, rows]).sum(0)  # rows W d: summed over the batch
                     grad_rows[rows, cols] = weighted.sum(1)
                     grad_cols[:, cols] += weighted.sum(0)
-        return (None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(w_aug.dtype),
+        return (None, None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(w_aug.dtype),
                 grad_rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
 
 
