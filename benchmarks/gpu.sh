@@ -39,6 +39,8 @@ compiled() {
 grid() {
   log "CUDA tests of the kernels and graphs"
   timeout 150 python3 -m pytest -q tests/test_model.py tests/test_grid_kernels.py tests/test_graphs.py 2>&1 | tail -5
+  log "one shared cross-attend read 7 times (ImageNet sizes): plain vs kernels, block sizes"
+  timeout 120 python3 benchmarks/grid_kernels.py
   for kernels in 0 1; do
     log "224^2 vs lucidrains, PERCEIVER_GRID_KERNELS=$kernels"
     PERCEIVER_GRID_KERNELS=$kernels timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
