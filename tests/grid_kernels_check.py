@@ -1,6 +1,7 @@
 """Run by tests/test_grid_kernels.py in a fresh process with TRITON_INTERPRET=1 (Triton reads it at
 import): the GPU kernels of the grid projection, interpreted on a CPU, against the CPU path's math.
-Prints one JSON object of the largest relative errors."""
+Checks the custom operators with torch.library.opcheck, then prints one JSON object of the largest
+relative errors."""
 
 import json
 
@@ -10,7 +11,9 @@ from perceiver_cli.model import grid_kernels, grid_projection
 
 
 def relative(a, b):
-    return ((a.float() - b.float()).abs().max() / a.float().abs().max()).item()
+    assert a.numel() == b.numel(), (a.shape, b.shape)
+    a, b = a.float().reshape(-1), b.float().reshape(-1)
+    return ((a - b).abs().max() / a.abs().max()).item()
 
 
 def main():
@@ -28,15 +31,42 @@ def main():
     context = type("Context", (), {"saved_tensors": (x, w, rstd, rows, cols), "heads": heads})
     reference = grid_projection._GridProjection.backward(context, grad_k, grad_v)[2:]
     names = ["x_aug", "w_aug", "bias", "rstd", "row_table", "col_table"]
-    errors = {"fp32 kv": relative(reference_kv, grid_kernels.grid_forward(x, w, bias, rstd, rows, cols, torch.float32))}
-    for name, a, b in zip(names, reference, grid_projection._cuda_backward(grad_k, grad_v, x, w, rstd, rows, cols)):
+    errors = {"fp32 kv": relative(reference_kv, grid_kernels.grid_kv(x, w, bias, rstd, rows, cols, torch.float32))}
+    for name, a, b in zip(names, reference, grid_kernels.grid_kv_backward(grad_k, grad_v, x, w, rstd, rows, cols)):
         errors[f"fp32 grad {name}"] = relative(a, b)
     bf = torch.bfloat16  # under autocast: bf16 tables, gradients and keys/values
-    errors["bf16 kv"] = relative(reference_kv, grid_kernels.grid_forward(x, w, bias, rstd, rows.to(bf), cols.to(bf), bf))
-    bf16 = grid_projection._cuda_backward(grad_k.to(bf), grad_v.to(bf), x, w, rstd, rows.to(bf), cols.to(bf))
+    errors["bf16 kv"] = relative(reference_kv, grid_kernels.grid_kv(x, w, bias, rstd, rows.to(bf), cols.to(bf), bf))
+    bf16 = grid_kernels.grid_kv_backward(grad_k.to(bf), grad_v.to(bf), x, w, rstd, rows.to(bf), cols.to(bf))
     for name, a, b in zip(names, reference, bf16):
         errors[f"bf16 grad {name}"] = relative(a, b)
+    # the operators' declared output shapes (what torch.compile traces with) match what they return
+    torch.library.opcheck(grid_kernels.grid_kv, (x, w, bias, rstd, rows.to(bf), cols.to(bf), bf))
+    torch.library.opcheck(grid_kernels.grid_kv_backward, (grad_k.to(bf), grad_v.to(bf), x, w, rstd, rows.to(bf), cols.to(bf)))
+    errors.update(whole_model())
     print(json.dumps(errors))
+
+
+def whole_model() -> dict:
+    """A model with shared cross-attends through the operators (as on a GPU) against the CPU path,
+    eagerly and under torch.compile (aot_eager: Dynamo and AOTAutograd, as train.compile traces)."""
+    from test_model import shared_cross_attend_model  # this script's folder is tests/
+
+    model, x = shared_cross_attend_model()
+
+    def logits_and_grads(forward, kernels: bool):
+        grid_projection._use_kernels = lambda tensor: kernels
+        logits = forward(x)
+        return [logits, *torch.autograd.grad(logits.square().sum(), list(model.parameters()))]
+
+    calls = []  # the compiled model must really run the kernels, not the CPU path
+    launch = grid_kernels.grid_forward
+    grid_kernels.grid_forward = lambda *args: calls.append(1) or launch(*args)
+    reference = logits_and_grads(model, kernels=False)
+    eager = logits_and_grads(model, kernels=True)
+    compiled = logits_and_grads(torch.compile(model, backend="aot_eager"), kernels=True)
+    assert len(calls) == 4, calls  # 2 distinct cross-attend blocks, eager and compiled
+    return {"fp32 model, operators": max(relative(a, b) for a, b in zip(reference, eager)),
+            "fp32 model, operators compiled": max(relative(a, b) for a, b in zip(reference, compiled))}
 
 
 if __name__ == "__main__":

@@ -317,17 +317,22 @@ def test_grid_keys_values_read_by_several_cross_attends_are_exact(heads, monkeyp
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def shared_cross_attend_model(height: int = 6, width: int = 5, cross_heads: int = 2):
+    """A small model on an RGB image grid whose cross-attends 2 and 3 share one key/value
+    projection (read twice), and a batch of 3 inputs."""
+    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
+                                   "model.latent_blocks=1", "model.latent_heads=2", f"model.cross_heads={cross_heads}",
+                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
+    torch.manual_seed(0)
+    return build_model(recipe.model, {"kind": "image", "shape": [height, width, 3]}, 4), torch.randn(3, height, width, 3)
+
+
 def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
     """A whole model with shared cross-attends on an image: the CPU grid path and the plain
     projection give the same logits and parameter gradients."""
     from perceiver_cli.model import attention
 
-    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
-                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=2",
-                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
-    torch.manual_seed(0)
-    model = build_model(recipe.model, {"kind": "image", "shape": [6, 5, 3]}, 4)
-    x = torch.randn(3, 6, 5, 3)
+    model, x = shared_cross_attend_model()
 
     def loss_and_grads():
         logits = model(x)
@@ -346,12 +351,8 @@ def test_the_triton_grid_path_on_a_gpu_gives_the_plain_logits_and_gradients(monk
     pytest.importorskip("triton")
     from perceiver_cli.model import attention
 
-    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
-                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=2",
-                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
-    torch.manual_seed(0)
-    model = build_model(recipe.model, {"kind": "image", "shape": [12, 10, 3]}, 4).cuda()
-    x = torch.randn(3, 12, 10, 3, device="cuda")
+    model, x = shared_cross_attend_model(12, 10)
+    model, x = model.cuda(), x.cuda()
 
     def loss_and_grads(kernels: bool, dtype=None):
         monkeypatch.setattr(attention, "GPU_GRID_KERNELS", kernels)
@@ -370,12 +371,7 @@ def test_the_triton_grid_path_on_a_gpu_gives_the_plain_logits_and_gradients(monk
 def test_torch_compile_traces_the_grid_path_with_shared_cross_attends():
     """Three cross-attends, two sharing one key/value projection (read twice): torch.compile used to
     fail on it ('an intermediate tensor kv ... aliases an input or output')."""
-    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
-                                   "model.latent_blocks=1", "model.latent_heads=2", "model.num_bands=3",
-                                   "model.dropout=0.0", "model.patch_size=1"])
-    torch.manual_seed(0)
-    model = build_model(recipe.model, {"kind": "image", "shape": [6, 5, 3]}, 4)
-    x = torch.randn(3, 6, 5, 3)
+    model, x = shared_cross_attend_model(cross_heads=1)
 
     def loss_and_grads(forward):
         logits = forward(x)

@@ -13,6 +13,8 @@ its key (or value) gradient once, turning it into the small gradients directly:
 A program owns a block of tokens and of columns and loops over the batch, so the position tables
 are read once per block and the column sums (W, bias, positions) are accumulated in registers.
 Kernels are only called with CUDA tensors (tests run them through Triton's interpreter on a CPU).
+They are wrapped as two custom operators (perceiver::grid_kv and perceiver::grid_kv_backward), which
+torch.compile treats as opaque calls with known output shapes.
 """
 
 from __future__ import annotations
@@ -148,3 +150,37 @@ class GridGradients:
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         grid = self.positions.view(self.height, self.width, -1)
         return grid.sum(1), grid.sum(0)
+
+
+@torch.library.custom_op("perceiver::grid_kv", mutates_args=())
+def grid_kv(x_aug: torch.Tensor, w_aug: torch.Tensor, bias: torch.Tensor, rstd: torch.Tensor,
+            row_table: torch.Tensor, col_table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """kv (B M 2D) in `dtype`."""
+    return grid_forward(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
+
+
+@grid_kv.register_fake
+def _grid_kv_shape(x_aug, w_aug, bias, rstd, row_table, col_table, dtype):
+    return x_aug.new_empty((*x_aug.shape[:2], w_aug.shape[0]), dtype=dtype)
+
+
+@torch.library.custom_op("perceiver::grid_kv_backward", mutates_args=())
+def grid_kv_backward(grad_k: torch.Tensor, grad_v: torch.Tensor, x_aug: torch.Tensor, w_aug: torch.Tensor,
+                     rstd: torch.Tensor, row_table: torch.Tensor, col_table: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One use's key and value gradients (B heads M head_dim each) -> fp32 gradients of x_aug (B M C),
+    W_aug (2D C), bias (2D), rstd (B M) and the row and column tables (H 2D, W 2D)."""
+    sums = GridGradients(x_aug, w_aug, row_table, col_table)
+    sums.add_half(grad_k, 0, x_aug, w_aug, rstd, row_table, col_table)
+    sums.add_half(grad_v, w_aug.shape[0] // 2, x_aug, w_aug, rstd, row_table, col_table)
+    grad_rows, grad_cols = sums.tables()
+    return sums.x[..., : x_aug.shape[-1]].contiguous(), sums.w, sums.bias, sums.rstd, grad_rows, grad_cols
+
+
+@grid_kv_backward.register_fake
+def _grid_kv_backward_shapes(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table):
+    batch, tokens, channels = x_aug.shape
+    out = w_aug.shape[0]
+    empty = lambda *shape: x_aug.new_empty(shape, dtype=torch.float32)  # noqa: E731
+    return (empty(batch, tokens, channels), empty(out, channels), empty(out), empty(batch, tokens),
+            empty(row_table.shape[0], out), empty(col_table.shape[0], out))

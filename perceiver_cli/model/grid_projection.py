@@ -17,7 +17,12 @@ as Triton kernels (grid_kernels.py) that write kv in one pass and read each grad
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+
+if importlib.util.find_spec("triton") is not None:  # registers the GPU operators torch.ops.perceiver.*
+    from . import grid_kernels  # noqa: F401
 
 # elements per slab temporary (B x rows x W x head channels): ~4 MB in fp32
 _SLAB_ELEMENTS = 1 << 20
@@ -47,10 +52,8 @@ class GridKeysValues:
 
 def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table, dtype: torch.dtype) -> torch.Tensor:
     """kv (B M 2D); on a CPU in x_aug's dtype, a slab of grid rows at a time for the position part."""
-    if x_aug.is_cuda:
-        from .grid_kernels import grid_forward
-
-        return grid_forward(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
+    if _use_kernels(x_aug):
+        return torch.ops.perceiver.grid_kv(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
     batch, tokens, _ = x_aug.shape
     height, width = row_table.shape[0], col_table.shape[0]
     dtype = x_aug.dtype
@@ -67,7 +70,7 @@ class _GridProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kv, heads: int, x_aug, w_aug, bias, rstd, row_table, col_table):
         ctx.save_for_backward(x_aug, w_aug, rstd, row_table, col_table)
-        ctx.heads = heads
+        ctx.heads, ctx.bias_dtype = heads, bias.dtype
         batch, tokens, out = kv.shape
         split = kv.view(batch, tokens, 2, heads, out // 2 // heads).permute(2, 0, 3, 1, 4)  # 2 B H M d
         return split[0], split[1]
@@ -75,8 +78,12 @@ class _GridProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_k, grad_v):
         x_aug, w_aug, rstd, row_table, col_table = ctx.saved_tensors
-        if x_aug.is_cuda:
-            return (None, None, *_cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table))
+        if _use_kernels(x_aug):
+            grads = torch.ops.perceiver.grid_kv_backward(_or_zeros(grad_k, grad_v), _or_zeros(grad_v, grad_k),
+                                                         x_aug, w_aug, rstd, row_table, col_table)
+            like = (x_aug, w_aug, None, rstd, row_table, col_table)
+            return (None, None, *(g.to(t.dtype).view(t.shape) if t is not None else g.to(ctx.bias_dtype)
+                                  for g, t in zip(grads, like)))
         batch, tokens, channels = x_aug.shape
         height, width = row_table.shape[0], col_table.shape[0]
         heads = ctx.heads
@@ -114,13 +121,11 @@ class _GridProjection(torch.autograd.Function):
                 grad_rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
 
 
-def _cuda_backward(grad_k, grad_v, x_aug, w_aug, rstd, row_table, col_table):
-    from .grid_kernels import GridGradients
+def _use_kernels(tensor: torch.Tensor) -> bool:
+    """The Triton operators on a GPU (tests also run them interpreted on a CPU), torch ops on a CPU."""
+    return tensor.is_cuda
 
-    sums = GridGradients(x_aug, w_aug, row_table, col_table)
-    for column0, grad in ((0, grad_k), (w_aug.shape[0] // 2, grad_v)):
-        if grad is not None:
-            sums.add_half(grad, column0, x_aug, w_aug, rstd, row_table, col_table)
-    grad_rows, grad_cols = sums.tables()
-    return (sums.x[..., : x_aug.shape[-1]].to(x_aug.dtype), sums.w.to(w_aug.dtype), sums.bias.to(w_aug.dtype),
-            sums.rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
+
+def _or_zeros(grad, other):
+    """A gradient autograd left out (its output unused) as zeros."""
+    return grad if grad is not None else torch.zeros_like(other)
