@@ -84,9 +84,9 @@ def main() -> None:
     worst = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(grid, plain))
     print(f"projection gradients, grid vs plain: largest relative difference {worst:.2e}")
     if cuda:
-        for block_m, block_n in ((32, 64), (64, 64), (32, 128), (64, 128), (16, 128)):
-            grid_kernels.BLOCK_M, grid_kernels.BLOCK_N = block_m, block_n
-            measure(f"grid, blocks {block_m} x {block_n}", grid=True)
+        for config in ((32, 64, 4), (32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 128, 8), (16, 128, 4)):
+            grid_kernels.BLOCK_M, grid_kernels.BLOCK_N, grid_kernels.NUM_WARPS = config
+            measure("grid, blocks %d x %d, %d warps" % config, grid=True)
 
 
 if __name__ == "__main__":
