@@ -4,7 +4,7 @@
 #                               MFU at the paper's ImageNet configuration
 #   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
 #   benchmarks/gpu.sh grid      the grid projection's Triton kernels (PERCEIVER_GRID_KERNELS=1) against the plain
-#                               path: CUDA tests, 224^2 vs lucidrains (speed, memory), the ImageNet configuration
+#                               path: CUDA test, micro-benchmark, 224^2 vs lucidrains (speed, memory), ImageNet
 #   benchmarks/gpu.sh gridcompiled  the same with train.compile
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
@@ -37,20 +37,21 @@ compiled() {
 }
 
 grid() {
-  log "CUDA tests of the kernels and graphs"
-  timeout 150 python3 -m pytest -q tests/test_model.py tests/test_grid_kernels.py tests/test_graphs.py 2>&1 | tail -5
+  # about 6 minutes: fits one 10-minute slot with the machine's start
+  log "the kernels on this GPU: a model's logits and gradients against the plain path"
+  timeout 90 python3 -m pytest -q tests/test_model.py -k triton_grid_path_on_a_gpu 2>&1 | tail -3
   log "one shared cross-attend read 7 times (ImageNet sizes): plain vs kernels, block sizes"
-  timeout 120 python3 benchmarks/grid_kernels.py
+  timeout 150 python3 benchmarks/grid_kernels.py
+  log "224^2 vs lucidrains with the kernels (PERCEIVER_GRID_KERNELS=1)"
+  PERCEIVER_GRID_KERNELS=1 timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
+    --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid1_224.json"
   for kernels in 0 1; do
-    log "224^2 vs lucidrains, PERCEIVER_GRID_KERNELS=$kernels"
-    PERCEIVER_GRID_KERNELS=$kernels timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
-      --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid${kernels}_224.json"
     log "ImageNet configuration, PERCEIVER_GRID_KERNELS=$kernels"
-    PERCEIVER_GRID_KERNELS=$kernels timeout 100 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
+    PERCEIVER_GRID_KERNELS=$kernels timeout 90 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
       --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid${kernels}_imagenet.json"
   done
   log "profile, ImageNet configuration, kernels on"
-  PERCEIVER_GRID_KERNELS=1 timeout 90 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
+  PERCEIVER_GRID_KERNELS=1 timeout 75 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --top 15
 }
 
