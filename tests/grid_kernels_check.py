@@ -28,7 +28,7 @@ def main():
     grad_k = torch.randn(batch, heads, height * width, head_dim)
     grad_v = torch.randn(batch, height * width, heads, head_dim).transpose(1, 2)  # strided, as attention may give it
 
-    context = type("Context", (), {"saved_tensors": (x, w, rstd, rows, cols), "heads": heads})
+    context = type("Context", (), {"saved_tensors": (x, w, rstd, rows, cols), "heads": heads, "bias_dtype": bias.dtype})
     reference = grid_projection._GridProjection.backward(context, grad_k, grad_v)[2:]
     names = ["x_aug", "w_aug", "bias", "rstd", "row_table", "col_table"]
     errors = {"fp32 kv": relative(reference_kv, grid_kernels.grid_kv(x, w, bias, rstd, rows, cols, torch.float32))}

@@ -51,12 +51,11 @@ class GridKeysValues:
 
 
 def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table, dtype: torch.dtype) -> torch.Tensor:
-    """kv (B M 2D); on a CPU in x_aug's dtype, a slab of grid rows at a time for the position part."""
+    """kv (B M 2D) in `dtype`; on a CPU a slab of grid rows at a time for the position part."""
     if _use_kernels(x_aug):
         return torch.ops.perceiver.grid_kv(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
     batch, tokens, _ = x_aug.shape
     height, width = row_table.shape[0], col_table.shape[0]
-    dtype = x_aug.dtype
     kv = torch.baddbmm(bias.to(dtype), x_aug, w_aug.to(dtype).t().expand(batch, -1, -1))  # B M 2D
     grid, scale = kv.view(batch, height, width, -1), rstd.to(dtype).view(batch, height, width, 1)
     rows_t, cols_t = row_table.to(dtype), col_table.to(dtype)
@@ -81,44 +80,48 @@ class _GridProjection(torch.autograd.Function):
         if _use_kernels(x_aug):
             grads = torch.ops.perceiver.grid_kv_backward(_or_zeros(grad_k, grad_v), _or_zeros(grad_v, grad_k),
                                                          x_aug, w_aug, rstd, row_table, col_table)
-            like = (x_aug, w_aug, None, rstd, row_table, col_table)
-            return (None, None, *(g.to(t.dtype).view(t.shape) if t is not None else g.to(ctx.bias_dtype)
-                                  for g, t in zip(grads, like)))
-        batch, tokens, channels = x_aug.shape
-        height, width = row_table.shape[0], col_table.shape[0]
-        heads = ctx.heads
-        head_dim = w_aug.shape[0] // 2 // heads
-        dtype = grad_k.dtype if grad_k is not None else grad_v.dtype
-        x_t = x_aug.to(dtype).transpose(1, 2)  # B C M
-        w = w_aug.to(dtype)
-        rows_t, cols_t = row_table.to(dtype), col_table.to(dtype)
-        scale = rstd.to(dtype).view(batch, height, width, 1)
-
-        grad_x = torch.zeros(batch, tokens, channels, dtype=dtype, device=x_aug.device)
-        grad_w = torch.zeros(w_aug.shape, dtype=dtype, device=x_aug.device)
-        grad_bias = torch.zeros(w_aug.shape[0], dtype=dtype, device=x_aug.device)
-        grad_rstd = torch.zeros(batch, height, width, dtype=dtype, device=x_aug.device)
-        grad_rows = torch.zeros(row_table.shape, dtype=dtype, device=x_aug.device)
-        grad_cols = torch.zeros(col_table.shape, dtype=dtype, device=x_aug.device)
-        for half, grad in enumerate((grad_k, grad_v)):
-            if grad is None:
-                continue
-            for head in range(heads):
-                g = grad[:, head]  # B M d
-                cols = slice((half * heads + head) * head_dim, (half * heads + head + 1) * head_dim)
-                grad_x.baddbmm_(g, w[cols].expand(batch, -1, -1))  # B M d @ d C
-                grad_w[cols] = torch.bmm(x_t, g).sum(0).t()  # (B C M @ B M d) -> d C
-                grad_bias[cols] = g.sum((0, 1))
-                g_grid = g.reshape(batch, height, width, head_dim)
-                for rows in _row_slabs(batch, height, width, head_dim):
-                    g_slab = g_grid[:, rows]
-                    positions = rows_t[rows, None, cols] + cols_t[None, :, cols]  # rows W d
-                    grad_rstd[:, rows] += (g_slab * positions).sum(-1)
-                    weighted = (g_slab * scale[:, rows]).sum(0)  # rows W d: summed over the batch
-                    grad_rows[rows, cols] = weighted.sum(1)
-                    grad_cols[:, cols] += weighted.sum(0)
-        return (None, None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(w_aug.dtype),
+        else:
+            grads = _cpu_backward(grad_k, grad_v, ctx.heads, x_aug, w_aug, rstd, row_table, col_table)
+        grad_x, grad_w, grad_bias, grad_rstd, grad_rows, grad_cols = grads
+        return (None, None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(ctx.bias_dtype),
                 grad_rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
+
+
+def _cpu_backward(grad_k, grad_v, heads: int, x_aug, w_aug, rstd, row_table, col_table):
+    """The six gradients, in the gradients' dtype, a head and a slab of grid rows at a time."""
+    batch, tokens, channels = x_aug.shape
+    height, width = row_table.shape[0], col_table.shape[0]
+    head_dim = w_aug.shape[0] // 2 // heads
+    dtype = grad_k.dtype if grad_k is not None else grad_v.dtype
+    x_t = x_aug.to(dtype).transpose(1, 2)  # B C M
+    w = w_aug.to(dtype)
+    rows_t, cols_t = row_table.to(dtype), col_table.to(dtype)
+    scale = rstd.to(dtype).view(batch, height, width, 1)
+
+    grad_x = torch.zeros(batch, tokens, channels, dtype=dtype, device=x_aug.device)
+    grad_w = torch.zeros(w_aug.shape, dtype=dtype, device=x_aug.device)
+    grad_bias = torch.zeros(w_aug.shape[0], dtype=dtype, device=x_aug.device)
+    grad_rstd = torch.zeros(batch, height, width, dtype=dtype, device=x_aug.device)
+    grad_rows = torch.zeros(row_table.shape, dtype=dtype, device=x_aug.device)
+    grad_cols = torch.zeros(col_table.shape, dtype=dtype, device=x_aug.device)
+    for half, grad in enumerate((grad_k, grad_v)):
+        if grad is None:
+            continue
+        for head in range(heads):
+            g = grad[:, head]  # B M d
+            cols = slice((half * heads + head) * head_dim, (half * heads + head + 1) * head_dim)
+            grad_x.baddbmm_(g, w[cols].expand(batch, -1, -1))  # B M d @ d C
+            grad_w[cols] = torch.bmm(x_t, g).sum(0).t()  # (B C M @ B M d) -> d C
+            grad_bias[cols] = g.sum((0, 1))
+            g_grid = g.reshape(batch, height, width, head_dim)
+            for rows in _row_slabs(batch, height, width, head_dim):
+                g_slab = g_grid[:, rows]
+                positions = rows_t[rows, None, cols] + cols_t[None, :, cols]  # rows W d
+                grad_rstd[:, rows] += (g_slab * positions).sum(-1)
+                weighted = (g_slab * scale[:, rows]).sum(0)  # rows W d: summed over the batch
+                grad_rows[rows, cols] = weighted.sum(1)
+                grad_cols[:, cols] += weighted.sum(0)
+    return grad_x, grad_w, grad_bias, grad_rstd, grad_rows, grad_cols
 
 
 def _use_kernels(tensor: torch.Tensor) -> bool:
