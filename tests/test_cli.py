@@ -266,6 +266,12 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(cli, digits_run, workd
         assert not (workdir / "data" / args[1]).exists()
 
 
+def test_a_patch_size_that_does_not_divide_the_images_is_a_user_error(cli, workdir):
+    message = assert_user_error(cli("train", "--set", "model.patch_size=3"))
+    assert "model.patch_size=3" in message and "8x8" in message
+    assert not any((workdir / "runs").glob("*"))  # no run directory left behind
+
+
 def test_error_message_keeps_square_brackets(cli, workdir):
     message = assert_user_error(cli("train", "my[old].yaml"))
     assert "my[old].yaml" in message

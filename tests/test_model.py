@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from perceiver_cli.errors import UserError
 from perceiver_cli.model import build_model, count_parameters
 from perceiver_cli.model.attention import InputProjection, explicit_attention
 from perceiver_cli.model.position import FourierGridEncoding, fourier_features, grid_positions
@@ -226,7 +227,7 @@ def test_patches_are_tokens_of_neighbouring_pixels():
     assert tokens.shape == (1, 6, 12) and pe.shape == (6, model.adapter.pe_channels)  # 2x3 patches of 2*2*3
     torch.testing.assert_close(tokens[0, 1], x[0, 0:2, 2:4].reshape(-1))  # second patch: rows 0-1, cols 2-3
     assert model(x).shape == (1, 5)
-    with pytest.raises(ValueError, match="patch_size"):
+    with pytest.raises(UserError, match="patch_size"):
         build_model(small(patch_size=4), {"kind": "image", "shape": [6, 6, 3]}, 5)
 
 

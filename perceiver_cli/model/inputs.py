@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..errors import UserError
 from .position import FourierGridEncoding, FourierPointEncoding, LearnedEncoding
 
 
@@ -68,7 +69,8 @@ class ImageAdapter(InputAdapter):
         self.stem = None
         self.stride = config.patch_size * (2 if config.conv_stem else 1)
         if height % self.stride or width % self.stride:
-            raise ValueError(f"model.patch_size={config.patch_size} (x2 with conv_stem) does not divide the {height}x{width} images")
+            raise UserError(f"model.patch_size={config.patch_size} (x2 with conv_stem) does not divide the {height}x{width} "
+                            f"images: choose a patch size that divides both sides")
         token_channels = (config.conv_stem or channels) * config.patch_size**2
         super().__init__(config, (height // self.stride, width // self.stride), token_channels)
         self.patch = config.patch_size
@@ -114,6 +116,7 @@ def build_adapter(config, input_spec: dict) -> nn.Module:
         return SequenceAdapter(config, (length,), channels)
     if kind == "points":
         if config.position_encoding != "fourier":
-            raise ValueError("point sets take their positions from coordinates: use model.position_encoding=fourier")
+            raise UserError("model.position_encoding=learned does not apply to point sets (their positions come from "
+                            "coordinates): use model.position_encoding=fourier")
         return PointAdapter(config, input_spec.get("coords", 3), input_spec.get("features", 0))
     raise ValueError(f"unknown input kind {kind!r}")
