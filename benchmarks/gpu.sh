@@ -3,8 +3,9 @@
 #   benchmarks/gpu.sh bench     ours vs lucidrains (bf16 and fp32, 32^2 and 224^2), the input sweep,
 #                               MFU at the paper's ImageNet configuration
 #   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
-#   benchmarks/gpu.sh grid      the grid projection's Triton kernels (PERCEIVER_GRID_KERNELS=1) against the plain
-#                               path: CUDA test, micro-benchmark, 224^2 vs lucidrains (speed, memory), ImageNet
+#   benchmarks/gpu.sh grid      the grid paths (PERCEIVER_GPU_GRID=1: attention reading the grid in its channels,
+#                               Triton kernels for its keys/values) against the plain path: CUDA tests,
+#                               micro-benchmark, 224^2 vs lucidrains (speed, memory), ImageNet
 #   benchmarks/gpu.sh gridcompiled  the same with train.compile
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
@@ -38,29 +39,29 @@ compiled() {
 
 grid() {
   # about 6 minutes: fits one 10-minute slot with the machine's start
-  log "the kernels on this GPU: a model's logits and gradients against the plain path"
-  timeout 90 python3 -m pytest -q tests/test_model.py -k triton_grid_path_on_a_gpu 2>&1 | tail -3
-  log "one shared cross-attend read 7 times (ImageNet sizes): plain vs kernels, block sizes"
+  log "the grid paths on this GPU: a model's logits and gradients against the plain path"
+  timeout 90 python3 -m pytest -q tests/test_model.py -k grid_paths_on_a_gpu 2>&1 | tail -3
+  log "one shared cross-attend read 7 times (ImageNet sizes): plain vs grid attention vs kernels, block sizes"
   timeout 150 python3 benchmarks/grid_kernels.py
-  log "224^2 vs lucidrains with the kernels (PERCEIVER_GRID_KERNELS=1)"
-  PERCEIVER_GRID_KERNELS=1 timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
+  log "224^2 vs lucidrains with the grid paths (PERCEIVER_GPU_GRID=1)"
+  PERCEIVER_GPU_GRID=1 timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
     --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid1_224.json"
-  for kernels in 0 1; do
-    log "ImageNet configuration, PERCEIVER_GRID_KERNELS=$kernels"
-    PERCEIVER_GRID_KERNELS=$kernels timeout 90 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
-      --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid${kernels}_imagenet.json"
+  for grid in 0 1; do
+    log "ImageNet configuration, PERCEIVER_GPU_GRID=$grid"
+    PERCEIVER_GPU_GRID=$grid timeout 90 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
+      --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid${grid}_imagenet.json"
   done
-  log "profile, ImageNet configuration, kernels on"
-  PERCEIVER_GRID_KERNELS=1 timeout 75 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
+  log "profile, ImageNet configuration, grid paths on"
+  PERCEIVER_GPU_GRID=1 timeout 75 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --top 15
 }
 
 gridcompiled() {
-  log "torch.compile, 224^2 vs lucidrains, PERCEIVER_GRID_KERNELS=1"
-  PERCEIVER_GRID_KERNELS=1 timeout 280 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 \
+  log "torch.compile, 224^2 vs lucidrains, PERCEIVER_GPU_GRID=1"
+  PERCEIVER_GPU_GRID=1 timeout 280 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 \
     --device cuda --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/gridcompiled_224.json"
-  log "torch.compile, ImageNet configuration, PERCEIVER_GRID_KERNELS=1"
-  PERCEIVER_GRID_KERNELS=1 timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
+  log "torch.compile, ImageNet configuration, PERCEIVER_GPU_GRID=1"
+  PERCEIVER_GPU_GRID=1 timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/gridcompiled_imagenet.json"
 }
 

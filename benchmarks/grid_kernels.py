@@ -1,6 +1,8 @@
 """One shared cross-attend reading an image grid several times: the plain key/value projection
-against the grid path (on a GPU: the Triton kernels of perceiver_cli/model/grid_kernels.py), forward
-and backward, median step time and peak memory, and the kernels at a few block sizes.
+against the grid paths: attention that reads the grid in its own channels
+(perceiver_cli/model/grid_attention.py) and the grid's keys/values with a backward per use (on a GPU
+the Triton kernels of perceiver_cli/model/grid_kernels.py, also at a few block sizes). Forward and
+backward, median step time and peak memory.
 
     python benchmarks/grid_kernels.py [--batch 16] [--size 224] [--dim 1024] [--uses 7] [--device cuda]
 
@@ -51,11 +53,13 @@ def main() -> None:
         out.float().square().mean().backward()
         return [p.grad.float().clone() for p in block.to_kv.parameters()]
 
-    def measure(label: str, grid: bool):
-        attention.GPU_GRID_KERNELS = grid
-        original = attention.uses_grid_projection
+    def measure(label: str, grid: bool, in_channels: bool = False):
+        attention.GPU_GRID = grid
+        original, rule = attention.uses_grid_projection, CrossAttention.reads_grid_in_channels
         if not grid:
             attention.uses_grid_projection = lambda x, pe: False
+        if not in_channels:
+            CrossAttention.reads_grid_in_channels = lambda self, channels, tokens: False
         try:
             grads = step()  # warm-up (Triton compiles here)
             times = []
@@ -73,16 +77,17 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
         finally:
-            attention.uses_grid_projection = original
+            attention.uses_grid_projection, CrossAttention.reads_grid_in_channels = original, rule
         print(f"{label:28s} {statistics.median(times) * 1000:8.1f} ms  peak {peak:8.0f} MB above the inputs", flush=True)
         return grads
 
     print(f"{args.batch} x {args.size}^2 pixels, {args.latents} x {args.dim} latents, {args.heads} head(s), "
           f"{args.uses} reads, {args.device}")
     plain = measure("plain projection", grid=False)
-    grid = measure("grid path", grid=True)
-    worst = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(grid, plain))
-    print(f"projection gradients, grid vs plain: largest relative difference {worst:.2e}")
+    for label, in_channels in (("grid read in its channels", True), ("grid keys/values", False)):
+        grid = measure(label, grid=True, in_channels=in_channels)
+        worst = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(grid, plain))
+        print(f"projection gradients, {label} vs plain: largest relative difference {worst:.2e}")
     if cuda:
         for config in ((32, 64, 4), (32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 128, 8), (16, 128, 4)):
             grid_kernels.BLOCK_M, grid_kernels.BLOCK_N, grid_kernels.NUM_WARPS = config

@@ -51,6 +51,10 @@ def whole_model() -> dict:
     eagerly and under torch.compile (aot_eager: Dynamo and AOTAutograd, as train.compile traces)."""
     from test_model import shared_cross_attend_model  # this script's folder is tests/
 
+    from perceiver_cli.model import attention
+
+    # the key/value path (what the kernels serve), not the grid read in its channels
+    attention.CrossAttention.reads_grid_in_channels = lambda self, channels, tokens: False
     model, x = shared_cross_attend_model()
 
     def logits_and_grads(forward, kernels: bool):

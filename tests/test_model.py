@@ -348,15 +348,18 @@ def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_the_triton_grid_path_on_a_gpu_gives_the_plain_logits_and_gradients(monkeypatch):
-    pytest.importorskip("triton")
+@pytest.mark.parametrize("path", ["grid attention", "triton kernels"])
+def test_the_grid_paths_on_a_gpu_give_the_plain_logits_and_gradients(path, monkeypatch):
     from perceiver_cli.model import attention
 
-    model, x = shared_cross_attend_model(12, 10)
+    if path == "triton kernels":
+        pytest.importorskip("triton")
+        monkeypatch.setattr(attention.CrossAttention, "reads_grid_in_channels", lambda self, channels, tokens: False)
+    model, x = shared_cross_attend_model(16, 16)  # 256 tokens: large enough for the grid attention
     model, x = model.cuda(), x.cuda()
 
-    def loss_and_grads(kernels: bool, dtype=None):
-        monkeypatch.setattr(attention, "GPU_GRID_KERNELS", kernels)
+    def loss_and_grads(grid: bool, dtype=None):
+        monkeypatch.setattr(attention, "GPU_GRID", grid)
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
         return logits.float(), torch.autograd.grad(logits.float().square().sum(), list(model.parameters()))

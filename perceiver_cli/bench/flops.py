@@ -6,12 +6,18 @@ once per batch when positions are shared (images, sequences), per axis on a Four
 instead of H * W; the broadcast sum is not a matmul), and a shared cross-attend's keys and values
 once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
 cross-attend, which is what a straightforward implementation (e.g. lucidrains') executes.
+Where a cross-attend reads an image grid in its own channels (grid_attention.py: on a CPU, for
+grids of 256+ tokens of fewer channels than a head's width), `executed` counts that path's products instead: no
+key/value projection, C (not d) multiply-adds per (latent, token, head) for the scores and as many
+for the output.
 A training step is counted as 3x the forward (backward: gradients for inputs and for weights).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..model.attention import grid_paths_on
 
 
 @dataclass
@@ -28,8 +34,9 @@ def _mlp(tokens: int, dim: int, widening: int, geglu: bool) -> float:
     return tokens * dim * hidden * (2 if geglu else 1) + tokens * hidden * dim
 
 
-def forward_flops(model, batch: int) -> Flops:
-    """Per-sample forward FLOPs of a built Perceiver at its adapter's input size."""
+def forward_flops(model, batch: int, device_type: str = "cpu") -> Flops:
+    """Per-sample forward FLOPs of a built Perceiver at its adapter's input size, on this kind of
+    device (which decides whether an image grid is read in its channels)."""
     config = model.config
     adapter = model.adapter
     n = model.latents.shape[0]
@@ -54,8 +61,18 @@ def forward_flops(model, batch: int) -> Flops:
         height, width = model.input_spec["shape"][:2]
         stem = height * width * conv.in_channels * conv.out_channels * 9
 
+    in_channels = (separable and getattr(adapter, "permutation", None) is None and grid_paths_on(device_type, c_x)
+                   and cross.reads_grid_in_channels(c_x, tokens))
+
     def cross_attend_macs(project: bool, nominal: bool) -> float:
-        macs = n * d * inner_c + 2 * n * tokens * inner_c + n * inner_c * d + _mlp(n, d, config.widening_factor, geglu)
+        macs = n * d * inner_c + n * inner_c * d + _mlp(n, d, config.widening_factor, geglu)  # q, out, MLP
+        if in_channels and not nominal:
+            # q -> (q W_k, q R_k, q C_k); scores and a @ x over C = c_x + 1 channels; the output from them
+            macs += 2 * n * (c_x + 1 + sum(grid)) * inner_c + 2 * n * tokens * (c_x + 1) * cross.heads
+            if project:  # only the per-axis position tables
+                macs += position_rows * c_axis * 2 * inner_c / batch
+            return macs
+        macs += 2 * n * tokens * inner_c
         if project:
             if nominal:
                 macs += tokens * (c_x + c_pe) * 2 * inner_c

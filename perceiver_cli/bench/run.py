@@ -180,7 +180,7 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     peak = datasheet or measured  # MFU's denominator
 
     ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train)
-    flops = forward_flops(ours.model, batch)
+    flops = forward_flops(ours.model, batch, device.type)
     document = {
         "recipe": recipe.to_dict(),
         "environment": environment(device, bf16),
@@ -234,7 +234,7 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
             continue
         if device.type == "cpu":
             times.peak_memory_bytes = memory
-        rows.append({**row, **_summary(times, batch, forward_flops(subject.model, batch).train(), peak)})
+        rows.append({**row, **_summary(times, batch, forward_flops(subject.model, batch, device.type).train(), peak)})
         del subject
     ran = [r for r in rows if "error" not in r]
     exponent = None
@@ -255,7 +255,7 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
                        "difference": round(ours.parameters / theirs.parameters - 1, 6)},
         "same_dtype": {}, "speedup": {},
     }
-    flops = forward_flops(ours.model, batch)
+    flops = forward_flops(ours.model, batch, device.type)
     measured = {}
     for mode in modes:
         ours.first_call(mode)
@@ -264,8 +264,9 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
         if device.type == "cpu":
             times["ours"].peak_memory_bytes, times["lucidrains"].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
         ours.include_capture_memory(mode, times["ours"])
-        per_sample = flops.train() if mode == "train" else flops.executed  # the same work for both
-        summary = {name: _summary(t, batch, per_sample, peak) for name, t in times.items()}
+        # each counted as what it runs: lucidrains the paper's math as written (`nominal`)
+        executed = {"ours": flops.executed, "lucidrains": flops.nominal}
+        summary = {name: _summary(t, batch, executed[name] * (3 if mode == "train" else 1), peak) for name, t in times.items()}
         result["same_dtype"][mode] = summary
         result["speedup"][mode] = round(times["lucidrains"].median / times["ours"].median, 3)
         memory = [summary[n]["peak_memory_mb"] for n in ("ours", "lucidrains")]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .grid_attention import GridInput, grid_attention
 from .grid_projection import GridKeysValues
 from .position import SeparablePositions
 
@@ -96,6 +97,12 @@ class InputProjection(nn.Module):
         # + rstd * (W'_pe pe): the position part is projected once per batch when shared
         return torch.addcmul(out, rstd.to(out.dtype), pe_proj.to(out.dtype))
 
+    def grid_input(self, x: torch.Tensor, pe: SeparablePositions) -> GridInput:
+        """The pieces of an image grid's keys/values, for attention that never forms them
+        (see grid_attention.py)."""
+        x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
+        return GridInput(x_aug, w_aug, bias, rstd, row_table, col_table)
+
     def grid_keys_values(self, x: torch.Tensor, pe: SeparablePositions, heads: int) -> GridKeysValues:
         """The same projection (as keys and values of `heads` heads) for an image grid, whose every
         use has its own backward (see grid_projection.py)."""
@@ -105,19 +112,26 @@ class InputProjection(nn.Module):
         return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads, dtype)
 
 
-# The GPU kernels are checked against the CPU math (through Triton's interpreter) but not yet timed
-# on a GPU, so they are opt-in: PERCEIVER_GRID_KERNELS=1 (benchmarks/gpu.sh grid compares both).
-GPU_GRID_KERNELS = os.environ.get("PERCEIVER_GRID_KERNELS") == "1" and importlib.util.find_spec("triton") is not None
+# On a GPU the grid paths (reading the grid in its channels, grid_attention.py; Triton kernels where
+# the keys/values themselves are needed, grid_kernels.py) are checked against the CPU math but not yet
+# timed, so they are opt-in there: PERCEIVER_GPU_GRID=1 (benchmarks/gpu.sh grid compares them).
+GPU_GRID = os.environ.get("PERCEIVER_GPU_GRID") == "1" and importlib.util.find_spec("triton") is not None
+# grids smaller than this keep keys and values (see CrossAttention.reads_grid_in_channels)
+MIN_GRID_TOKENS = 256
 # x_aug channels up to which the GPU kernels keep their tiles in registers (RGB pixels: 4)
 GRID_KERNEL_MAX_CHANNELS = 64
 
 
+def grid_paths_on(device_type: str, channels: int) -> bool:
+    """Whether an image grid of `channels` per token takes the grid paths on this device."""
+    return device_type != "cuda" or (GPU_GRID and channels + 1 <= GRID_KERNEL_MAX_CHANNELS)
+
+
 def uses_grid_projection(x: torch.Tensor, pe) -> bool:
-    """An unpermuted 2D grid: on a CPU; on a GPU with Triton's kernels when opted in, for inputs of
-    few channels."""
+    """An unpermuted 2D grid, on a device that takes the grid paths."""
     if not (isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2):
         return False
-    return not x.is_cuda or (GPU_GRID_KERNELS and x.shape[-1] + 1 <= GRID_KERNEL_MAX_CHANNELS)
+    return grid_paths_on(x.device.type, x.shape[-1])
 
 
 class MLP(nn.Module):
@@ -187,22 +201,38 @@ class CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attention_dropout = attention_dropout
 
-    def keys_values(self, x, pe):
+    def keys_values(self, x, pe, mask=None, need_weights: bool = False):
         """The input's keys and values, projected once: a function that gives them (B H M d) to
-        each cross-attend reading this input."""
+        each cross-attend reading this input; for an image grid on a CPU, the GridInput that the
+        attention reads instead (grid_attention.py), unless the weights themselves are needed
+        (attention maps, attention dropout, a padding mask)."""
         if uses_grid_projection(x, pe):
+            dropout = self.training and self.attention_dropout > 0
+            if not (need_weights or dropout or mask is not None) and self.reads_grid_in_channels(x.shape[-1], x.shape[1]):
+                return self.to_kv.grid_input(x, pe)
             return self.to_kv.grid_keys_values(x, pe, self.heads).for_use
         k, v = self.to_kv(x, pe).chunk(2, dim=-1)
         split = lambda t: rearrange(t, "b m (h d) -> b h m d", h=self.heads)  # noqa: E731
         k, v = split(k), split(v)
         return lambda: (k, v)
 
+    def reads_grid_in_channels(self, channels: int, tokens: int) -> bool:
+        """Reading a grid in its own channels costs ~C + 5 operations per (latent, token, head)
+        against 2 d for the dot products with keys and values: it wins while C (+1 for the mean) < d,
+        on grids large enough to repay its extra small operations (a 2-core CPU's training step,
+        16 tokens: 8 % slower; 256 tokens: the same at d = 64, 5-7 % faster at d = 128-256;
+        224^2: 8x lucidrains instead of 2x)."""
+        return channels + 1 < self.head_dim and tokens >= MIN_GRID_TOKENS
+
     def forward(self, latents, keys_values, mask=None, need_weights=False):
-        k, v = keys_values()
         q = rearrange(self.to_q(self.latent_norm(latents)), "b n (h d) -> b h n d", h=self.heads)
-        k, v = k.to(q.dtype), v.to(q.dtype)
-        dropout_p = self.attention_dropout if self.training else 0.0
-        out, weights = attend(q, k, v, mask, dropout_p, need_weights)
+        if isinstance(keys_values, GridInput):
+            out, weights = grid_attention(q, keys_values), None
+        else:
+            k, v = keys_values()
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            dropout_p = self.attention_dropout if self.training else 0.0
+            out, weights = attend(q, k, v, mask, dropout_p, need_weights)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.dropout(self.to_out(out)), weights
 

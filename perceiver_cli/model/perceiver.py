@@ -87,7 +87,7 @@ class Perceiver(nn.Module):
                 latents, weights = checkpoint(_cross_attend, block, latents, tokens, pe, mask, use_reentrant=False)
             else:
                 if cross_i not in kv_cache:
-                    kv_cache[cross_i] = block.attention.keys_values(tokens, pe)
+                    kv_cache[cross_i] = block.attention.keys_values(tokens, pe, mask, return_attention)
                 latents, weights = block(latents, kv_cache[cross_i], mask, return_attention)
             latents = self._run(self.latent_blocks[latent_i], latents)
             if return_attention:
@@ -116,7 +116,7 @@ class Perceiver(nn.Module):
 
 def _cross_attend(block, latents, tokens, pe, mask):
     """Project the input and cross-attend, as one unit for activation checkpointing."""
-    return block(latents, block.attention.keys_values(tokens, pe), mask, False)
+    return block(latents, block.attention.keys_values(tokens, pe, mask), mask, False)
 
 
 def build_model(config, input_spec: dict, num_classes: int) -> Perceiver:

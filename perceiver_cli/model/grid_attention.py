@@ -1,0 +1,135 @@
+"""Cross-attention to an image grid, computed in the input's own few channels.
+
+With the split projection (see InputProjection and grid_projection.py), the key and value of grid
+token t = (i, j) are
+
+    k_t = W_k x_t + b_k + r_t (R_k[i] + C_k[j])        (v_t alike, with W_v, b_v, R_v, C_v)
+
+where x_t (x_aug) has a few channels (the pixel and its LayerNorm mean, scaled), r_t is the token's
+LayerNorm scale and R, C are the position features projected per axis. A latent's query q (already
+divided by sqrt(d)) scores token t as
+
+    q . k_t = (q W_k) . x_t + r_t (q . R_k[i] + q . C_k[j]) + q . b_k
+
+where the last term is the same for every token, so the softmax drops it. With a = softmax(scores)
+the latent's output is
+
+    sum_t a_t v_t = W_v (sum_t a_t x_t) + b_v + R_v^T (sum_j a_ij r_ij)_i + C_v^T (sum_i a_ij r_ij)_j.
+
+So nothing D channels wide is formed per token: a score costs a few multiply-adds instead of a
+D-long dot product, and keys, values and their gradients (B x M x 2D each) never exist. It is the
+same attention, exactly (up to float rounding); the weights a (B x H x N x M) are what is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GridInput:
+    """The small pieces the keys/values of an image grid are made of (InputProjection._parts)."""
+
+    x_aug: torch.Tensor  # B M C
+    w_aug: torch.Tensor  # 2HD C: keys, then values
+    bias: torch.Tensor  # 2HD
+    rstd: torch.Tensor  # B M 1
+    row_table: torch.Tensor  # Hg 2HD
+    col_table: torch.Tensor  # Wg 2HD
+
+
+def grid_attention(q: torch.Tensor, grid: GridInput) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the grid's keys/values, without forming them.
+    q: B H N d -> B H N d."""
+    heads, head_dim, dtype = q.shape[1], q.shape[-1], q.dtype
+    inner = heads * head_dim
+    per_head = lambda t: t.to(dtype).view(*t.shape[:-1], heads, head_dim)  # noqa: E731  (... 2HD) -> (... H d)
+    w = grid.w_aug.t()  # C 2HD
+    w_k, w_v = per_head(w[:, :inner]), per_head(w[:, inner:])  # C H d
+    rows_k, rows_v = per_head(grid.row_table[:, :inner]), per_head(grid.row_table[:, inner:])  # Hg H d
+    cols_k, cols_v = per_head(grid.col_table[:, :inner]), per_head(grid.col_table[:, inner:])  # Wg H d
+
+    q = q * head_dim**-0.5
+    query_x = torch.einsum("bhnd,chd->bhnc", q, w_k)
+    query_rows = torch.einsum("bhnd,ihd->bhni", q, rows_k)
+    query_cols = torch.einsum("bhnd,jhd->bhnj", q, cols_k)
+    batch = q.shape[0]
+    with torch.autocast(q.device.type, enabled=False):  # the B H N M weights stay in q's dtype
+        read_x, read_rows, read_cols = _GridAttentionWeights.apply(
+            query_x, query_rows, query_cols, grid.x_aug.to(dtype), grid.rstd.to(dtype).view(batch, -1)
+        )
+    return (
+        torch.einsum("bhnc,chd->bhnd", read_x, w_v)
+        + torch.einsum("bhni,ihd->bhnd", read_rows, rows_v)
+        + torch.einsum("bhnj,jhd->bhnd", read_cols, cols_v)
+        + per_head(grid.bias[inner:])[:, None, :]
+    )
+
+
+class _GridAttentionWeights(torch.autograd.Function):
+    """The part that touches every (latent, token) pair. With the scores
+
+        s[n, (i, j)] = query_x[n] . x[(i, j)] + rstd[(i, j)] (query_rows[n, i] + query_cols[n, j])
+
+    and a = softmax_t(s), it returns what the output is read from: a @ x (B H N C) and the row and
+    column sums of a * rstd (B H N Hg, B H N Wg). a is the only large tensor kept for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, query_x, query_rows, query_cols, x, rstd):
+        weights = _scores(query_x, query_rows, query_cols, x, rstd).softmax(dim=-1)  # B H N M
+        read_x = weights @ x[:, None]
+        read_rows, read_cols = _row_col_sums(weights, rstd, query_rows.shape[-1])
+        ctx.save_for_backward(query_x, query_rows, query_cols, x, rstd, weights, read_x, read_rows, read_cols)
+        return read_x, read_rows, read_cols
+
+    @staticmethod
+    def backward(ctx, grad_x_read, grad_rows_read, grad_cols_read):
+        query_x, query_rows, query_cols, x, rstd, weights, read_x, read_rows, read_cols = ctx.saved_tensors
+        grad_x_read = _or_zeros(grad_x_read, read_x)
+        grad_rows_read, grad_cols_read = _or_zeros(grad_rows_read, read_rows), _or_zeros(grad_cols_read, read_cols)
+        # the gradient of the weights has the scores' form, with the output gradients as "queries"
+        grad = _scores(grad_x_read, grad_rows_read, grad_cols_read, x, rstd)  # B H N M
+        # softmax backward: a * (g - sum_t a_t g_t), where sum_t a_t g_t is read off the outputs
+        expected = (read_x * grad_x_read).sum(-1) + (read_rows * grad_rows_read).sum(-1) + (read_cols * grad_cols_read).sum(-1)
+        grad_scores = grad.sub_(expected[..., None]).mul_(weights)
+
+        grad_query_x = grad_scores @ x[:, None]
+        grad_query_rows, grad_query_cols = _row_col_sums(grad_scores, rstd, query_rows.shape[-1])
+        grad_input = grad_rstd = None
+        if ctx.needs_input_grad[3]:  # only when something learned made the tokens (e.g. a conv stem)
+            grad_input = (grad_scores.transpose(-1, -2) @ query_x + weights.transpose(-1, -2) @ grad_x_read).sum(1)
+        if ctx.needs_input_grad[4]:
+            height, width = query_rows.shape[-1], query_cols.shape[-1]
+            as_grid = lambda t: t.view(*t.shape[:-1], height, width)  # noqa: E731  (B H N M) -> (B H N Hg Wg)
+            scores_g, weights_g = as_grid(grad_scores), as_grid(weights)
+            grad_rstd = (
+                torch.einsum("bhnij,bhni->bij", scores_g, query_rows) + torch.einsum("bhnij,bhnj->bij", scores_g, query_cols)
+                + torch.einsum("bhnij,bhni->bij", weights_g, grad_rows_read)
+                + torch.einsum("bhnij,bhnj->bij", weights_g, grad_cols_read)
+            ).reshape(rstd.shape)
+        return grad_query_x, grad_query_rows, grad_query_cols, grad_input, grad_rstd
+
+
+def _scores(query_x, query_rows, query_cols, x, rstd) -> torch.Tensor:
+    """query_x . x_t + rstd_t (query_rows[i] + query_cols[j]) for every token t = (i, j): B H N M."""
+    batch, heads, latents, _ = query_x.shape
+    height, width = query_rows.shape[-1], query_cols.shape[-1]
+    scores = query_x @ x[:, None].transpose(-1, -2)  # B H N M: a product over the C channels only
+    grid = scores.view(batch, heads, latents, height, width)
+    scale = rstd.view(batch, 1, 1, height, width)
+    grid.addcmul_(scale, query_rows[..., None]).addcmul_(scale, query_cols[..., None, :])
+    return scores
+
+
+def _row_col_sums(weights: torch.Tensor, rstd: torch.Tensor, height: int):
+    """(sum_j w_ij rstd_ij)_i and (sum_i w_ij rstd_ij)_j of B H N M weights."""
+    batch, heads, latents, tokens = weights.shape
+    scaled = weights.view(batch, heads, latents, height, tokens // height) * rstd.view(batch, 1, 1, height, -1)
+    return scaled.sum(-1), scaled.sum(-2)
+
+
+def _or_zeros(grad, like):
+    return grad if grad is not None else torch.zeros_like(like)

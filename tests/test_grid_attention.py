@@ -1,0 +1,113 @@
+"""Cross-attention to an image grid read in the input's own channels (grid_attention.py): the same
+attention as softmax(q k^T / sqrt(d)) v over the dense keys/values, in outputs and gradients, and
+used by a model exactly where it should be."""
+
+import pytest
+import torch
+
+from perceiver_cli.model import attention, build_model
+from perceiver_cli.model.grid_attention import GridInput, _GridAttentionWeights, grid_attention
+from perceiver_cli.recipe import load_recipe
+from test_model import _saved_bytes
+
+
+def test_the_weights_function_passes_gradcheck():
+    torch.manual_seed(0)
+    batch, heads, latents, channels, height, width = 2, 2, 3, 3, 3, 4
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    inputs = (torch.randn(batch, heads, latents, channels, **f64), torch.randn(batch, heads, latents, height, **f64),
+              torch.randn(batch, heads, latents, width, **f64), torch.randn(batch, height * width, channels, **f64),
+              (torch.rand(batch, height * width, dtype=torch.float64) + 0.5).requires_grad_())
+    assert torch.autograd.gradcheck(_GridAttentionWeights.apply, inputs)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads):
+    torch.manual_seed(0)
+    batch, latents, head_dim, channels, height, width = 2, 5, 4, 4, 3, 7
+    tokens, out = height * width, 2 * heads * head_dim
+    x_aug = torch.randn(batch, tokens, channels, requires_grad=True)
+    w_aug, bias = torch.randn(out, channels, requires_grad=True), torch.randn(out, requires_grad=True)
+    rstd = (torch.rand(batch, tokens, 1) + 0.5).requires_grad_()
+    rows, cols = torch.randn(height, out, requires_grad=True), torch.randn(width, out, requires_grad=True)
+    q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
+    inputs = [q, x_aug, w_aug, bias, rstd, rows, cols]
+
+    kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
+    k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    fast = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols))
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(dense)
+    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs), torch.autograd.grad((dense * upstream).sum(), inputs)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _model(*overrides, size=(16, 16)):
+    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
+                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=1",
+                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1", *overrides])
+    torch.manual_seed(0)
+    return build_model(recipe.model, {"kind": "image", "shape": [*size, 3]}, 4), torch.randn(3, *size, 3)
+
+
+def _logits_and_grads(model, x):
+    logits = model(x)
+    return [logits, *torch.autograd.grad(logits.square().sum(), list(model.parameters()))]
+
+
+@pytest.mark.parametrize("overrides, size", [((), (16, 16)), (("model.conv_stem=4",), (32, 32)),
+                                             (("model.cross_heads=2", "model.share_weights=false"), (16, 20))])
+def test_a_model_reading_the_grid_in_its_channels_matches_the_plain_projection(overrides, size, monkeypatch):
+    """Whole models (a conv stem makes the tokens themselves learned, so the gradients flow back
+    through the pixels' LayerNorm statistics too): same logits and parameter gradients."""
+    model, x = _model(*overrides, size=size)
+    calls = []
+    monkeypatch.setattr(attention, "grid_attention", lambda *a: calls.append(1) or grid_attention(*a))
+    fast_logits, *fast_grads = _logits_and_grads(model, x)
+    assert len(calls) == 3  # every cross-attend read the grid in its channels
+    monkeypatch.setattr(attention, "uses_grid_projection", lambda x, pe: False)
+    plain_logits, *plain_grads = _logits_and_grads(model, x)
+    assert len(calls) == 3
+    torch.testing.assert_close(fast_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_grid_is_read_in_its_channels_only_where_that_is_the_same_and_cheaper(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attention, "grid_attention", lambda *a: calls.append(1) or grid_attention(*a))
+
+    def reads_in_channels(model, x, **kwargs) -> bool:
+        calls.clear()
+        model(x, **kwargs)
+        return bool(calls)
+
+    model, x = _model()
+    assert reads_in_channels(model.train(), x)
+    assert reads_in_channels(model.eval(), x)
+    calls.clear()
+    maps = model(x, return_attention=True).cross_attention  # attention maps need the weights: plain path
+    assert not calls and len(maps) == 3 and maps[0].shape == (3, 1, 8, 256)
+    dropout, x = _model("model.attention_dropout=0.1")
+    assert not reads_in_channels(dropout.train(), x)  # dropout on the weights: plain path
+    assert reads_in_channels(dropout.eval(), x)
+    patches, x = _model("model.patch_size=4", "model.cross_heads=4", size=(64, 64))  # 49 channels > 8 per head
+    assert not reads_in_channels(patches, x)
+    small, x = _model(size=(15, 16))  # 240 tokens: the extra small operations would cost more than they save
+    assert not reads_in_channels(small, x)
+
+
+def test_torch_compile_traces_the_grid_read_in_its_channels():
+    model, x = _model()
+    compiled = _logits_and_grads(torch.compile(model, backend="aot_eager"), x)  # as train.compile traces, without Inductor
+    for a, b in zip(compiled, _logits_and_grads(model, x)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_reading_the_grid_in_its_channels_stores_far_less_for_the_backward(monkeypatch):
+    """At 32 x 32 pixels: the attention weights (B x N x M) instead of keys and values (B x M x 2D)."""
+    model, x = _model("model.cross_attends=2", size=(32, 32))
+    fast = _saved_bytes(model, x)
+    monkeypatch.setattr(attention.CrossAttention, "reads_grid_in_channels", lambda self, channels, tokens: False)
+    assert fast < 0.5 * _saved_bytes(model, x)
