@@ -111,3 +111,11 @@ def test_reading_the_grid_in_its_channels_stores_far_less_for_the_backward(monke
     fast = _saved_bytes(model, x)
     monkeypatch.setattr(attention.CrossAttention, "reads_grid_in_channels", lambda self, channels, tokens: False)
     assert fast < 0.5 * _saved_bytes(model, x)
+
+
+def test_activation_checkpointing_recomputes_the_grid_read_in_its_channels():
+    model, x = _model()
+    reference = _logits_and_grads(model, x)
+    model.activation_checkpointing = True
+    for a, b in zip(_logits_and_grads(model, x), reference):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
