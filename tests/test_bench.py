@@ -73,6 +73,8 @@ def test_bench_reports_time_memory_flops_and_environment(cli, workdir):
         assert r["peak_memory_mb"] > 0 and 0 < r["mfu"]
         # on a CPU, MFU is against the matmul measured in the same run
         assert r["mfu"] == pytest.approx(r["tflops"] / document["matmul_peak_tflops"], rel=0.05, abs=2e-3)  # both rounded
+        flops = document["flops_per_sample"]
+        assert r["mfu_paper_flops"] == pytest.approx(r["mfu"] * flops["nominal_forward"] / flops["forward"], rel=0.05, abs=2e-3)
     assert document["mfu_peak_source"] == "measured matmul"
     assert "samples/s" in result.stdout and "MFU" in result.stdout
 

@@ -200,6 +200,9 @@ def run_bench(recipe, options: BenchOptions) -> dict:
             times.peak_memory_bytes = ours.memory(mode)
         ours.include_capture_memory(mode, times)
         document["results"][mode] = _summary(times, batch, per_sample, peak)
+        # throughput in the paper's FLOPs (as lucidrains runs them): passes 1.0 where we skip work
+        paper = flops.nominal * (3 if mode == "train" else 1) * batch / times.median
+        document["results"][mode]["mfu_paper_flops"] = round(paper / peak, 4)
         if compile_s is not None:
             document["results"][mode]["compile_s"] = round(compile_s, 2)
     if options.sweep:
