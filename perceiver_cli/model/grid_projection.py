@@ -13,6 +13,10 @@ value gradients into the gradients of the small inputs (x_aug, W_aug, bias, rstd
 at once, a slab of grid rows at a time; autograd then sums only those. Nothing of size B x M x 2D is
 stored beyond kv itself, which attention keeps for its backward anyway. On a GPU the same math runs
 as Triton kernels (grid_kernels.py) that write kv in one pass and read each gradient once.
+
+Most cross-attends never form kv at all (grid_attention.py reads the grid in its own channels); this
+path serves those that need the attention weights themselves (maps, attention dropout) and grids too
+small or too wide for that.
 """
 
 from __future__ import annotations
