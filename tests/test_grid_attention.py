@@ -18,7 +18,7 @@ def test_the_weights_function_passes_gradcheck():
     inputs = (torch.randn(batch, heads, latents, channels, **f64), torch.randn(batch, heads, latents, height, **f64),
               torch.randn(batch, heads, latents, width, **f64), torch.randn(batch, height * width, channels, **f64),
               (torch.rand(batch, height * width, dtype=torch.float64) + 0.5).requires_grad_())
-    assert torch.autograd.gradcheck(_GridAttentionWeights.apply, inputs)
+    assert torch.autograd.gradcheck(_GridAttentionWeights.apply, (*inputs, 0.0))
 
 
 @pytest.mark.parametrize("heads", [1, 3])
@@ -37,6 +37,32 @@ def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads):
     k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     fast = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols))
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(dense)
+    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs), torch.autograd.grad((dense * upstream).sum(), inputs)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_dropout_drops_the_same_weights_as_on_dense_keys_and_values():
+    """With one seed both draw the same mask: same outputs and gradients, and some weights dropped."""
+    torch.manual_seed(0)
+    batch, heads, latents, head_dim, channels, height, width = 2, 2, 5, 4, 4, 3, 7
+    tokens, out = height * width, 2 * heads * head_dim
+    x_aug = torch.randn(batch, tokens, channels, requires_grad=True)
+    w_aug, bias = torch.randn(out, channels, requires_grad=True), torch.randn(out, requires_grad=True)
+    rstd = (torch.rand(batch, tokens, 1) + 0.5).requires_grad_()
+    rows, cols = torch.randn(height, out, requires_grad=True), torch.randn(width, out, requires_grad=True)
+    q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
+    inputs = [q, x_aug, w_aug, bias, rstd, rows, cols]
+
+    torch.manual_seed(1)
+    fast = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols), dropout_p=0.3)
+    kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
+    k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    torch.manual_seed(1)
+    dense, _ = attention.explicit_attention(q, k, v, None, dropout_p=0.3)
+    no_dropout = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols))
+    assert (fast - no_dropout).abs().max() > 0.1  # the mask did something
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
     upstream = torch.randn_like(dense)
     for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs), torch.autograd.grad((dense * upstream).sum(), inputs)):
@@ -90,8 +116,7 @@ def test_the_grid_is_read_in_its_channels_only_where_that_is_the_same_and_cheape
     maps = model(x, return_attention=True).cross_attention  # attention maps need the weights: plain path
     assert not calls and len(maps) == 3 and maps[0].shape == (3, 1, 8, 256)
     dropout, x = _model("model.attention_dropout=0.1")
-    assert not reads_in_channels(dropout.train(), x)  # dropout on the weights: plain path
-    assert reads_in_channels(dropout.eval(), x)
+    assert reads_in_channels(dropout.train(), x) and reads_in_channels(dropout.eval(), x)
     patches, x = _model("model.patch_size=4", "model.cross_heads=4", size=(64, 64))  # 49 channels > 8 per head
     assert not reads_in_channels(patches, x)
     small, x = _model(size=(15, 16))  # 240 tokens: the extra small operations would cost more than they save

@@ -67,8 +67,9 @@ def forward_flops(model, batch: int, device_type: str = "cpu") -> Flops:
     def cross_attend_macs(project: bool, nominal: bool) -> float:
         macs = n * d * inner_c + n * inner_c * d + _mlp(n, d, config.widening_factor, geglu)  # q, out, MLP
         if in_channels and not nominal:
-            # q -> (q W_k, q R_k, q C_k); scores and a @ x over C = c_x + 1 channels; the output from them
-            macs += 2 * n * (c_x + 1 + sum(grid)) * inner_c + 2 * n * tokens * (c_x + 1) * cross.heads
+            # q -> (q W_k, q R_k, q C_k); scores and a @ x over c_x + 2 channels (x, its mean, the
+            # constant 1 that carries the biases); the output from them
+            macs += 2 * n * (c_x + 2 + sum(grid)) * inner_c + 2 * n * tokens * (c_x + 2) * cross.heads
             if project:  # only the per-axis position tables
                 macs += position_rows * c_axis * 2 * inner_c / batch
             return macs

@@ -205,10 +205,9 @@ class CrossAttention(nn.Module):
         """The input's keys and values, projected once: a function that gives them (B H M d) to
         each cross-attend reading this input; for an image grid on a CPU, the GridInput that the
         attention reads instead (grid_attention.py), unless the weights themselves are needed
-        (attention maps, attention dropout, a padding mask)."""
+        (attention maps, a padding mask)."""
         if uses_grid_projection(x, pe):
-            dropout = self.training and self.attention_dropout > 0
-            if not (need_weights or dropout or mask is not None) and self.reads_grid_in_channels(x.shape[-1], x.shape[1]):
+            if not (need_weights or mask is not None) and self.reads_grid_in_channels(x.shape[-1], x.shape[1]):
                 return self.to_kv.grid_input(x, pe)
             return self.to_kv.grid_keys_values(x, pe, self.heads).for_use
         k, v = self.to_kv(x, pe).chunk(2, dim=-1)
@@ -226,12 +225,12 @@ class CrossAttention(nn.Module):
 
     def forward(self, latents, keys_values, mask=None, need_weights=False):
         q = rearrange(self.to_q(self.latent_norm(latents)), "b n (h d) -> b h n d", h=self.heads)
+        dropout_p = self.attention_dropout if self.training else 0.0
         if isinstance(keys_values, GridInput):
-            out, weights = grid_attention(q, keys_values), None
+            out, weights = grid_attention(q, keys_values, dropout_p), None
         else:
             k, v = keys_values()
             k, v = k.to(q.dtype), v.to(q.dtype)
-            dropout_p = self.attention_dropout if self.training else 0.0
             out, weights = attend(q, k, v, mask, dropout_p, need_weights)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.dropout(self.to_out(out)), weights

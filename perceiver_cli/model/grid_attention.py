@@ -11,10 +11,11 @@ divided by sqrt(d)) scores token t as
 
     q . k_t = (q W_k) . x_t + r_t (q . R_k[i] + q . C_k[j]) + q . b_k
 
-where the last term is the same for every token, so the softmax drops it. With a = softmax(scores)
-the latent's output is
+where the last term is the same for every token. With a = softmax(scores) the latent's output is
 
-    sum_t a_t v_t = W_v (sum_t a_t x_t) + b_v + R_v^T (sum_j a_ij r_ij)_i + C_v^T (sum_i a_ij r_ij)_j.
+    sum_t a_t v_t = W_v (sum_t a_t x_t) + b_v (sum_t a_t) + R_v^T (sum_j a_ij r_ij)_i + C_v^T (sum_i a_ij r_ij)_j
+
+(the biases ride along as one more channel of x, constant 1; sum_t a_t is 1 but for attention dropout).
 
 So nothing D channels wide is formed per token: a score costs a few multiply-adds instead of a
 D-long dot product, and keys, values and their gradients (B x M x 2D each) never exist. It is the
@@ -40,13 +41,17 @@ class GridInput:
     col_table: torch.Tensor  # Wg 2HD
 
 
-def grid_attention(q: torch.Tensor, grid: GridInput) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over the grid's keys/values, without forming them.
+def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> torch.Tensor:
+    """dropout(softmax(q k^T / sqrt(d))) v over the grid's keys/values, without forming them.
     q: B H N d -> B H N d."""
     heads, head_dim, dtype = q.shape[1], q.shape[-1], q.dtype
     inner = heads * head_dim
     per_head = lambda t: t.to(dtype).view(*t.shape[:-1], heads, head_dim)  # noqa: E731  (... 2HD) -> (... H d)
-    w = grid.w_aug.t()  # C 2HD
+    # the bias rides along as a channel of constant 1: b_v then counts sum_t k_t, which attention
+    # dropout leaves different from 1 (and q . b_k, which the softmax would drop anyway, is kept)
+    batch, tokens, _ = grid.x_aug.shape
+    x = torch.cat([grid.x_aug.to(dtype), grid.x_aug.new_ones(batch, tokens, 1, dtype=dtype)], dim=-1)  # B M C+1
+    w = torch.cat([grid.w_aug, grid.bias[:, None]], dim=1).t()  # C+1 2HD
     w_k, w_v = per_head(w[:, :inner]), per_head(w[:, inner:])  # C H d
     rows_k, rows_v = per_head(grid.row_table[:, :inner]), per_head(grid.row_table[:, inner:])  # Hg H d
     cols_k, cols_v = per_head(grid.col_table[:, :inner]), per_head(grid.col_table[:, inner:])  # Wg H d
@@ -55,16 +60,14 @@ def grid_attention(q: torch.Tensor, grid: GridInput) -> torch.Tensor:
     query_x = torch.einsum("bhnd,chd->bhnc", q, w_k)
     query_rows = torch.einsum("bhnd,ihd->bhni", q, rows_k)
     query_cols = torch.einsum("bhnd,jhd->bhnj", q, cols_k)
-    batch = q.shape[0]
     with torch.autocast(q.device.type, enabled=False):  # the B H N M weights stay in q's dtype
         read_x, read_rows, read_cols = _GridAttentionWeights.apply(
-            query_x, query_rows, query_cols, grid.x_aug.to(dtype), grid.rstd.to(dtype).view(batch, -1)
+            query_x, query_rows, query_cols, x, grid.rstd.to(dtype).view(batch, -1), dropout_p
         )
     return (
         torch.einsum("bhnc,chd->bhnd", read_x, w_v)
         + torch.einsum("bhni,ihd->bhnd", read_rows, rows_v)
         + torch.einsum("bhnj,jhd->bhnd", read_cols, cols_v)
-        + per_head(grid.bias[inner:])[:, None, :]
     )
 
 
@@ -73,26 +76,33 @@ class _GridAttentionWeights(torch.autograd.Function):
 
         s[n, (i, j)] = query_x[n] . x[(i, j)] + rstd[(i, j)] (query_rows[n, i] + query_cols[n, j])
 
-    and a = softmax_t(s), it returns what the output is read from: a @ x (B H N C) and the row and
-    column sums of a * rstd (B H N Hg, B H N Wg). a is the only large tensor kept for the backward.
+    and a = softmax_t(s) (k = dropout(a) while training with attention dropout, else a), it returns
+    what the output is read from: k @ x (B H N C) and the row and column sums of k * rstd (B H N Hg,
+    B H N Wg). a (and k) are the only large tensors kept for the backward.
     """
 
     @staticmethod
-    def forward(ctx, query_x, query_rows, query_cols, x, rstd):
+    def forward(ctx, query_x, query_rows, query_cols, x, rstd, dropout_p: float):
         weights = _scores(query_x, query_rows, query_cols, x, rstd).softmax(dim=-1)  # B H N M
-        read_x = weights @ x[:, None]
-        read_rows, read_cols = _row_col_sums(weights, rstd, query_rows.shape[-1])
-        ctx.save_for_backward(query_x, query_rows, query_cols, x, rstd, weights, read_x, read_rows, read_cols)
+        kept = torch.nn.functional.dropout(weights, dropout_p) if dropout_p else weights
+        read_x = kept @ x[:, None]
+        read_rows, read_cols = _row_col_sums(kept, rstd, query_rows.shape[-1])
+        ctx.dropout_p = dropout_p
+        ctx.save_for_backward(query_x, query_rows, query_cols, x, rstd, weights, kept if dropout_p else None,
+                              read_x, read_rows, read_cols)
         return read_x, read_rows, read_cols
 
     @staticmethod
     def backward(ctx, grad_x_read, grad_rows_read, grad_cols_read):
-        query_x, query_rows, query_cols, x, rstd, weights, read_x, read_rows, read_cols = ctx.saved_tensors
+        query_x, query_rows, query_cols, x, rstd, weights, kept, read_x, read_rows, read_cols = ctx.saved_tensors
+        kept = weights if kept is None else kept
         grad_x_read = _or_zeros(grad_x_read, read_x)
         grad_rows_read, grad_cols_read = _or_zeros(grad_rows_read, read_rows), _or_zeros(grad_cols_read, read_cols)
         # the gradient of the weights has the scores' form, with the output gradients as "queries"
-        grad = _scores(grad_x_read, grad_rows_read, grad_cols_read, x, rstd)  # B H N M
-        # softmax backward: a * (g - sum_t a_t g_t), where sum_t a_t g_t is read off the outputs
+        grad = _scores(grad_x_read, grad_rows_read, grad_cols_read, x, rstd)  # B H N M, of k
+        if ctx.dropout_p:  # through the dropout: where k kept a weight, scaled as k was (a = 0 needs no care)
+            grad.mul_(kept != 0).div_(1 - ctx.dropout_p)
+        # softmax backward: a * (g - sum_t a_t g_t), where sum_t a_t g_t = sum_t k_t dk_t is read off the outputs
         expected = (read_x * grad_x_read).sum(-1) + (read_rows * grad_rows_read).sum(-1) + (read_cols * grad_cols_read).sum(-1)
         grad_scores = grad.sub_(expected[..., None]).mul_(weights)
 
@@ -100,17 +110,17 @@ class _GridAttentionWeights(torch.autograd.Function):
         grad_query_rows, grad_query_cols = _row_col_sums(grad_scores, rstd, query_rows.shape[-1])
         grad_input = grad_rstd = None
         if ctx.needs_input_grad[3]:  # only when something learned made the tokens (e.g. a conv stem)
-            grad_input = (grad_scores.transpose(-1, -2) @ query_x + weights.transpose(-1, -2) @ grad_x_read).sum(1)
+            grad_input = (grad_scores.transpose(-1, -2) @ query_x + kept.transpose(-1, -2) @ grad_x_read).sum(1)
         if ctx.needs_input_grad[4]:
             height, width = query_rows.shape[-1], query_cols.shape[-1]
             as_grid = lambda t: t.view(*t.shape[:-1], height, width)  # noqa: E731  (B H N M) -> (B H N Hg Wg)
-            scores_g, weights_g = as_grid(grad_scores), as_grid(weights)
+            scores_g, weights_g = as_grid(grad_scores), as_grid(kept)
             grad_rstd = (
                 torch.einsum("bhnij,bhni->bij", scores_g, query_rows) + torch.einsum("bhnij,bhnj->bij", scores_g, query_cols)
                 + torch.einsum("bhnij,bhni->bij", weights_g, grad_rows_read)
                 + torch.einsum("bhnij,bhnj->bij", weights_g, grad_cols_read)
             ).reshape(rstd.shape)
-        return grad_query_x, grad_query_rows, grad_query_cols, grad_input, grad_rstd
+        return grad_query_x, grad_query_rows, grad_query_cols, grad_input, grad_rstd, None
 
 
 def _scores(query_x, query_rows, query_cols, x, rstd) -> torch.Tensor:

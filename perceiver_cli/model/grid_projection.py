@@ -15,7 +15,7 @@ stored beyond kv itself, which attention keeps for its backward anyway. On a GPU
 as Triton kernels (grid_kernels.py) that write kv in one pass and read each gradient once.
 
 Most cross-attends never form kv at all (grid_attention.py reads the grid in its own channels); this
-path serves those that need the attention weights themselves (maps, attention dropout) and grids too
+path serves those that need the attention weights themselves (maps, masks) and grids too
 small or too wide for that.
 """
 
