@@ -21,52 +21,43 @@ def test_the_weights_function_passes_gradcheck():
     assert torch.autograd.gradcheck(_GridAttentionWeights.apply, (*inputs, 0.0))
 
 
-@pytest.mark.parametrize("heads", [1, 3])
-def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads):
+def _random_grid(heads: int, head_dim: int = 4, height: int = 3, width: int = 7):
+    """A query (B H N d) and a grid's small pieces, all needing gradients, and its dense keys/values."""
     torch.manual_seed(0)
-    batch, latents, head_dim, channels, height, width = 2, 5, 4, 4, 3, 7
-    tokens, out = height * width, 2 * heads * head_dim
+    batch, latents, channels, tokens, out = 2, 5, 4, height * width, 2 * heads * head_dim
     x_aug = torch.randn(batch, tokens, channels, requires_grad=True)
     w_aug, bias = torch.randn(out, channels, requires_grad=True), torch.randn(out, requires_grad=True)
     rstd = (torch.rand(batch, tokens, 1) + 0.5).requires_grad_()
     rows, cols = torch.randn(height, out, requires_grad=True), torch.randn(width, out, requires_grad=True)
     q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
-    inputs = [q, x_aug, w_aug, bias, rstd, rows, cols]
-
     kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
     k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    fast = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols))
+    return q, GridInput(x_aug, w_aug, bias, rstd, rows, cols), (k, v), [q, x_aug, w_aug, bias, rstd, rows, cols]
+
+
+def _assert_same_outputs_and_gradients(fast, dense, inputs):
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
     upstream = torch.randn_like(dense)
-    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs), torch.autograd.grad((dense * upstream).sum(), inputs)):
+    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs, retain_graph=True),
+                    torch.autograd.grad((dense * upstream).sum(), inputs, retain_graph=True)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads):
+    q, grid, (k, v), inputs = _random_grid(heads)
+    _assert_same_outputs_and_gradients(grid_attention(q, grid), torch.nn.functional.scaled_dot_product_attention(q, k, v), inputs)
 
 
 def test_attention_dropout_drops_the_same_weights_as_on_dense_keys_and_values():
     """With one seed both draw the same mask: same outputs and gradients, and some weights dropped."""
-    torch.manual_seed(0)
-    batch, heads, latents, head_dim, channels, height, width = 2, 2, 5, 4, 4, 3, 7
-    tokens, out = height * width, 2 * heads * head_dim
-    x_aug = torch.randn(batch, tokens, channels, requires_grad=True)
-    w_aug, bias = torch.randn(out, channels, requires_grad=True), torch.randn(out, requires_grad=True)
-    rstd = (torch.rand(batch, tokens, 1) + 0.5).requires_grad_()
-    rows, cols = torch.randn(height, out, requires_grad=True), torch.randn(width, out, requires_grad=True)
-    q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
-    inputs = [q, x_aug, w_aug, bias, rstd, rows, cols]
-
+    q, grid, (k, v), inputs = _random_grid(heads=2)
     torch.manual_seed(1)
-    fast = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols), dropout_p=0.3)
-    kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
-    k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    fast = grid_attention(q, grid, dropout_p=0.3)
     torch.manual_seed(1)
     dense, _ = attention.explicit_attention(q, k, v, None, dropout_p=0.3)
-    no_dropout = grid_attention(q, GridInput(x_aug, w_aug, bias, rstd, rows, cols))
-    assert (fast - no_dropout).abs().max() > 0.1  # the mask did something
-    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
-    upstream = torch.randn_like(dense)
-    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), inputs), torch.autograd.grad((dense * upstream).sum(), inputs)):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert (fast - grid_attention(q, grid)).abs().max() > 0.1  # the mask did something
+    _assert_same_outputs_and_gradients(fast, dense, inputs)
 
 
 def _model(*overrides, size=(16, 16)):
