@@ -7,9 +7,9 @@ instead of H * W; the broadcast sum is not a matmul), and a shared cross-attend'
 once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
 cross-attend, which is what a straightforward implementation (e.g. lucidrains') executes.
 Where a cross-attend reads an image grid in its own channels (grid_attention.py: on a CPU, for
-grids of 256+ tokens of fewer channels than a head's width), `executed` counts that path's products instead: no
-key/value projection, C (not d) multiply-adds per (latent, token, head) for the scores and as many
-for the output.
+grids of 256+ tokens of fewer channels than a head's width), `executed` counts that path's products
+instead: no key/value projection, C (not d) multiply-adds per (latent, token, head) for the scores
+and as many for the output.
 A training step is counted as 3x the forward (backward: gradients for inputs and for weights).
 """
 

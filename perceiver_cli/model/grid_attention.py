@@ -103,7 +103,8 @@ class _GridAttentionWeights(torch.autograd.Function):
         if ctx.dropout_p:  # through the dropout: where k kept a weight, scaled as k was (a = 0 needs no care)
             grad.mul_(kept != 0).div_(1 - ctx.dropout_p)
         # softmax backward: a * (g - sum_t a_t g_t), where sum_t a_t g_t = sum_t k_t dk_t is read off the outputs
-        expected = (read_x * grad_x_read).sum(-1) + (read_rows * grad_rows_read).sum(-1) + (read_cols * grad_cols_read).sum(-1)
+        expected = ((read_x * grad_x_read).sum(-1) + (read_rows * grad_rows_read).sum(-1)
+                    + (read_cols * grad_cols_read).sum(-1))
         grad_scores = grad.sub_(expected[..., None]).mul_(weights)
 
         grad_query_x = grad_scores @ x[:, None]
@@ -116,7 +117,8 @@ class _GridAttentionWeights(torch.autograd.Function):
             as_grid = lambda t: t.view(*t.shape[:-1], height, width)  # noqa: E731  (B H N M) -> (B H N Hg Wg)
             scores_g, weights_g = as_grid(grad_scores), as_grid(kept)
             grad_rstd = (
-                torch.einsum("bhnij,bhni->bij", scores_g, query_rows) + torch.einsum("bhnij,bhnj->bij", scores_g, query_cols)
+                torch.einsum("bhnij,bhni->bij", scores_g, query_rows)
+                + torch.einsum("bhnij,bhnj->bij", scores_g, query_cols)
                 + torch.einsum("bhnij,bhni->bij", weights_g, grad_rows_read)
                 + torch.einsum("bhnij,bhnj->bij", weights_g, grad_cols_read)
             ).reshape(rstd.shape)
