@@ -32,7 +32,7 @@ def _random_grid(heads: int, head_dim: int = 4, height: int = 3, width: int = 7)
     q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
     kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
     k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-    return q, GridInput(x_aug, w_aug, bias, rstd, rows, cols), (k, v), [q, x_aug, w_aug, bias, rstd, rows, cols]
+    return q, GridInput.from_parts(x_aug, w_aug, bias, rstd, rows, cols), (k, v), [q, x_aug, w_aug, bias, rstd, rows, cols]
 
 
 def _assert_same_outputs_and_gradients(fast, dense, inputs):

@@ -101,7 +101,7 @@ class InputProjection(nn.Module):
         """The pieces of an image grid's keys/values, for attention that never forms them
         (see grid_attention.py)."""
         x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
-        return GridInput(x_aug, w_aug, bias, rstd, row_table, col_table)
+        return GridInput.from_parts(x_aug, w_aug, bias, rstd, row_table, col_table)
 
     def grid_keys_values(self, x: torch.Tensor, pe: SeparablePositions, heads: int) -> GridKeysValues:
         """The same projection (as keys and values of `heads` heads) for an image grid, whose every

@@ -28,17 +28,26 @@ from dataclasses import dataclass
 
 import torch
 
+from .grid_projection import or_zeros
+
 
 @dataclass
 class GridInput:
-    """The small pieces the keys/values of an image grid are made of (InputProjection._parts)."""
+    """The small pieces the keys/values of an image grid are made of (InputProjection._parts), with
+    the bias riding along as a channel of constant 1: b_v then counts sum_t k_t, which attention
+    dropout leaves different from 1 (and q . b_k, which the softmax would drop anyway, is kept)."""
 
-    x_aug: torch.Tensor  # B M C
-    w_aug: torch.Tensor  # 2HD C: keys, then values
-    bias: torch.Tensor  # 2HD
+    x: torch.Tensor  # B M C+1: x_aug, then 1
+    w: torch.Tensor  # 2HD C+1: keys, then values; w_aug, then the bias
     rstd: torch.Tensor  # B M 1
     row_table: torch.Tensor  # Hg 2HD
     col_table: torch.Tensor  # Wg 2HD
+
+    @classmethod
+    def from_parts(cls, x_aug, w_aug, bias, rstd, row_table, col_table) -> GridInput:
+        """Once per input, however many cross-attends read it."""
+        ones = x_aug.new_ones(*x_aug.shape[:-1], 1)
+        return cls(torch.cat([x_aug, ones], dim=-1), torch.cat([w_aug, bias[:, None]], dim=1), rstd, row_table, col_table)
 
 
 def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> torch.Tensor:
@@ -47,11 +56,7 @@ def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> 
     heads, head_dim, dtype = q.shape[1], q.shape[-1], q.dtype
     inner = heads * head_dim
     per_head = lambda t: t.to(dtype).view(*t.shape[:-1], heads, head_dim)  # noqa: E731  (... 2HD) -> (... H d)
-    # the bias rides along as a channel of constant 1: b_v then counts sum_t k_t, which attention
-    # dropout leaves different from 1 (and q . b_k, which the softmax would drop anyway, is kept)
-    batch, tokens, _ = grid.x_aug.shape
-    x = torch.cat([grid.x_aug.to(dtype), grid.x_aug.new_ones(batch, tokens, 1, dtype=dtype)], dim=-1)  # B M C+1
-    w = torch.cat([grid.w_aug, grid.bias[:, None]], dim=1).t()  # C+1 2HD
+    w = grid.w.t()  # C+1 2HD
     w_k, w_v = per_head(w[:, :inner]), per_head(w[:, inner:])  # C H d
     rows_k, rows_v = per_head(grid.row_table[:, :inner]), per_head(grid.row_table[:, inner:])  # Hg H d
     cols_k, cols_v = per_head(grid.col_table[:, :inner]), per_head(grid.col_table[:, inner:])  # Wg H d
@@ -62,7 +67,7 @@ def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> 
     query_cols = torch.einsum("bhnd,jhd->bhnj", q, cols_k)
     with torch.autocast(q.device.type, enabled=False):  # the B H N M weights stay in q's dtype
         read_x, read_rows, read_cols = _GridAttentionWeights.apply(
-            query_x, query_rows, query_cols, x, grid.rstd.to(dtype).view(batch, -1), dropout_p
+            query_x, query_rows, query_cols, grid.x.to(dtype), grid.rstd.to(dtype).view(q.shape[0], -1), dropout_p
         )
     return (
         torch.einsum("bhnc,chd->bhnd", read_x, w_v)
@@ -96,8 +101,8 @@ class _GridAttentionWeights(torch.autograd.Function):
     def backward(ctx, grad_x_read, grad_rows_read, grad_cols_read):
         query_x, query_rows, query_cols, x, rstd, weights, kept, read_x, read_rows, read_cols = ctx.saved_tensors
         kept = weights if kept is None else kept
-        grad_x_read = _or_zeros(grad_x_read, read_x)
-        grad_rows_read, grad_cols_read = _or_zeros(grad_rows_read, read_rows), _or_zeros(grad_cols_read, read_cols)
+        grad_x_read = or_zeros(grad_x_read, read_x)
+        grad_rows_read, grad_cols_read = or_zeros(grad_rows_read, read_rows), or_zeros(grad_cols_read, read_cols)
         # the gradient of the weights has the scores' form, with the output gradients as "queries"
         grad = _scores(grad_x_read, grad_rows_read, grad_cols_read, x, rstd)  # B H N M, of k
         if ctx.dropout_p:  # through the dropout: where k kept a weight, scaled as k was (a = 0 needs no care)
@@ -142,6 +147,3 @@ def _row_col_sums(weights: torch.Tensor, rstd: torch.Tensor, height: int):
     scaled = weights.view(batch, heads, latents, height, tokens // height) * rstd.view(batch, 1, 1, height, -1)
     return scaled.sum(-1), scaled.sum(-2)
 
-
-def _or_zeros(grad, like):
-    return grad if grad is not None else torch.zeros_like(like)

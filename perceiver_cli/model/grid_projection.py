@@ -82,7 +82,7 @@ class _GridProjection(torch.autograd.Function):
     def backward(ctx, grad_k, grad_v):
         x_aug, w_aug, rstd, row_table, col_table = ctx.saved_tensors
         if _use_kernels(x_aug):
-            grads = torch.ops.perceiver.grid_kv_backward(_or_zeros(grad_k, grad_v), _or_zeros(grad_v, grad_k),
+            grads = torch.ops.perceiver.grid_kv_backward(or_zeros(grad_k, grad_v), or_zeros(grad_v, grad_k),
                                                          x_aug, w_aug, rstd, row_table, col_table)
         else:
             grads = _cpu_backward(grad_k, grad_v, ctx.heads, x_aug, w_aug, rstd, row_table, col_table)
@@ -133,6 +133,6 @@ def _use_kernels(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda
 
 
-def _or_zeros(grad, other):
+def or_zeros(grad, other):
     """A gradient autograd left out (its output unused) as zeros."""
     return grad if grad is not None else torch.zeros_like(other)
