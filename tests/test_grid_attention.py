@@ -5,10 +5,9 @@ used by a model exactly where it should be."""
 import pytest
 import torch
 
-from perceiver_cli.model import attention, build_model
+from perceiver_cli.model import attention
 from perceiver_cli.model.grid_attention import GridInput, _GridAttentionWeights, grid_attention
-from perceiver_cli.recipe import load_recipe
-from test_model import _saved_bytes
+from test_model import _saved_bytes, shared_cross_attend_model
 
 
 def test_the_weights_function_passes_gradcheck():
@@ -61,11 +60,8 @@ def test_attention_dropout_drops_the_same_weights_as_on_dense_keys_and_values():
 
 
 def _model(*overrides, size=(16, 16)):
-    recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
-                                   "model.latent_blocks=1", "model.latent_heads=2", "model.cross_heads=1",
-                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1", *overrides])
-    torch.manual_seed(0)
-    return build_model(recipe.model, {"kind": "image", "shape": [*size, 3]}, 4), torch.randn(3, *size, 3)
+    """The shared-cross-attend model of test_model with one cross head, on a grid of `size`."""
+    return shared_cross_attend_model(*size, cross_heads=1, overrides=overrides)
 
 
 def _logits_and_grads(model, x):

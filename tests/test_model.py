@@ -318,12 +318,12 @@ def test_grid_keys_values_read_by_several_cross_attends_are_exact(heads, monkeyp
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def shared_cross_attend_model(height: int = 6, width: int = 5, cross_heads: int = 2):
+def shared_cross_attend_model(height: int = 6, width: int = 5, cross_heads: int = 2, overrides=()):
     """A small model on an RGB image grid whose cross-attends 2 and 3 share one key/value
     projection (read twice), and a batch of 3 inputs."""
     recipe, _ = load_recipe(None, ["model.num_latents=8", "model.latent_dim=32", "model.cross_attends=3",
                                    "model.latent_blocks=1", "model.latent_heads=2", f"model.cross_heads={cross_heads}",
-                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1"])
+                                   "model.num_bands=3", "model.dropout=0.0", "model.patch_size=1", *overrides])
     torch.manual_seed(0)
     return build_model(recipe.model, {"kind": "image", "shape": [height, width, 3]}, 4), torch.randn(3, height, width, 3)
 
