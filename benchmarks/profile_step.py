@@ -56,8 +56,7 @@ def main() -> None:
     launches = sum(e.count for e in kernels) / args.steps
     print(f"step {wall_ms:.1f} ms wall, {kernel_ms:.1f} ms of kernels ({kernel_ms / wall_ms:.0%}), "
           f"{launches:.0f} kernels per step")
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[: args.top]:
-        print(f"{e.self_device_time_total / 1000 / args.steps:8.2f} ms  x{e.count // args.steps:<5d} {e.key[:110]}")
+    print_top(kernels, lambda e: e.self_device_time_total, args.steps, args.top)
 
 
 def profile_cpu(step, steps: int, top: int) -> None:
@@ -68,8 +67,13 @@ def profile_cpu(step, steps: int, top: int) -> None:
         wall_ms = (time.perf_counter() - started) * 1000 / steps
     print(f"step {wall_ms:.1f} ms wall (profiled)")
     operators = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    for e in sorted(operators, key=lambda e: -e.self_cpu_time_total)[:top]:
-        print(f"{e.self_cpu_time_total / 1000 / steps:8.2f} ms  x{e.count // steps:<5d} {e.key[:110]}")
+    print_top(operators, lambda e: e.self_cpu_time_total, steps, top)
+
+
+def print_top(events, self_us, steps: int, top: int) -> None:
+    """The `top` events by their own time (microseconds over all steps), per step."""
+    for e in sorted(events, key=lambda e: -self_us(e))[:top]:
+        print(f"{self_us(e) / 1000 / steps:8.2f} ms  x{e.count // steps:<5d} {e.key[:110]}")
 
 
 if __name__ == "__main__":
