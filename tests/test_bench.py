@@ -38,19 +38,18 @@ def test_flops_from_shapes_equal_torch_flop_counter(settings, spec):
     assert forward_flops(model, batch).executed == counter.get_total_flops() / batch
 
 
-def test_flops_on_a_gpu_count_the_key_value_path_that_runs_there(monkeypatch):
-    """A GPU (without PERCEIVER_GPU_GRID) projects keys/values instead of reading the grid in its
-    channels: its count is that path's, measured here on a CPU forced onto it."""
+def test_flops_on_a_gpu_count_the_grid_read_as_token_features(monkeypatch):
+    """A GPU reads the grid as each token's C + 2 + H + W features (two matmuls), a CPU in its C + 2
+    channels: the count for "cuda" is that path's, measured here on a CPU forced onto it."""
     from perceiver_cli.model import attention
 
     spec = {"kind": "image", "shape": [16, 16, 3]}
     model = build_model(ModelConfig(num_latents=16, latent_dim=32, latent_blocks=2, latent_heads=4, num_bands=4), spec, 10).eval()
-    monkeypatch.setattr(attention, "GPU_GRID", False)
-    monkeypatch.setattr(attention, "uses_grid_projection", lambda x, pe: False)
+    monkeypatch.setattr(attention, "reads_grid_as_features", lambda device_type: True)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(torch.randn(4, *spec["shape"]))
     assert forward_flops(model, 4, "cuda").executed == counter.get_total_flops() / 4
-    assert forward_flops(model, 4, "cpu").executed < forward_flops(model, 4, "cuda").executed
+    assert forward_flops(model, 4, "cpu").executed < forward_flops(model, 4, "cuda").executed < forward_flops(model, 4).nominal
 
 
 def test_growth_exponent_of_a_power_law():

@@ -20,7 +20,17 @@ def test_the_weights_function_passes_gradcheck():
     assert torch.autograd.gradcheck(_GridAttentionWeights.apply, (*inputs, 0.0))
 
 
-def _random_grid(heads: int, head_dim: int = 4, height: int = 3, width: int = 7):
+# the two forms of the same attention: passes over each token's channels (CPUs) or two matmuls over
+# each token's features (GPUs; attention.reads_grid_as_features)
+FORMS = pytest.mark.parametrize("as_features", [False, True], ids=["channels", "features"])
+
+
+@pytest.fixture
+def form(as_features, monkeypatch):
+    monkeypatch.setattr(attention, "reads_grid_as_features", lambda device_type: as_features)
+
+
+def _random_grid(heads: int, head_dim: int = 4, height: int = 3, width: int = 7, as_features: bool = False):
     """A query (B H N d) and a grid's small pieces, all needing gradients, and its dense keys/values."""
     torch.manual_seed(0)
     batch, latents, channels, tokens, out = 2, 5, 4, height * width, 2 * heads * head_dim
@@ -31,7 +41,8 @@ def _random_grid(heads: int, head_dim: int = 4, height: int = 3, width: int = 7)
     q = torch.randn(batch, heads, latents, head_dim, requires_grad=True)
     kv = x_aug @ w_aug.t() + bias + rstd * (rows[:, None, :] + cols[None, :, :]).reshape(tokens, out)
     k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-    return q, GridInput.from_parts(x_aug, w_aug, bias, rstd, rows, cols), (k, v), [q, x_aug, w_aug, bias, rstd, rows, cols]
+    grid = GridInput.from_parts(x_aug, w_aug, bias, rstd, rows, cols, as_features)
+    return q, grid, (k, v), [q, x_aug, w_aug, bias, rstd, rows, cols]
 
 
 def _assert_same_outputs_and_gradients(fast, dense, inputs):
@@ -42,15 +53,18 @@ def _assert_same_outputs_and_gradients(fast, dense, inputs):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@FORMS
 @pytest.mark.parametrize("heads", [1, 3])
-def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads):
-    q, grid, (k, v), inputs = _random_grid(heads)
+def test_grid_attention_equals_attention_over_the_dense_keys_and_values(heads, as_features):
+    q, grid, (k, v), inputs = _random_grid(heads, as_features=as_features)
+    assert (grid.features is not None) == as_features
     _assert_same_outputs_and_gradients(grid_attention(q, grid), torch.nn.functional.scaled_dot_product_attention(q, k, v), inputs)
 
 
-def test_attention_dropout_drops_the_same_weights_as_on_dense_keys_and_values():
+@FORMS
+def test_attention_dropout_drops_the_same_weights_as_on_dense_keys_and_values(as_features):
     """With one seed both draw the same mask: same outputs and gradients, and some weights dropped."""
-    q, grid, (k, v), inputs = _random_grid(heads=2)
+    q, grid, (k, v), inputs = _random_grid(heads=2, as_features=as_features)
     torch.manual_seed(1)
     fast = grid_attention(q, grid, dropout_p=0.3)
     torch.manual_seed(1)
@@ -69,9 +83,10 @@ def _logits_and_grads(model, x):
     return [logits, *torch.autograd.grad(logits.square().sum(), list(model.parameters()))]
 
 
+@FORMS
 @pytest.mark.parametrize("overrides, size", [((), (16, 16)), (("model.conv_stem=4",), (32, 32)),
                                              (("model.cross_heads=2", "model.share_weights=false"), (16, 20))])
-def test_a_model_reading_the_grid_in_its_channels_matches_the_plain_projection(overrides, size, monkeypatch):
+def test_a_model_reading_the_grid_in_its_channels_matches_the_plain_projection(overrides, size, form, monkeypatch):
     """Whole models (a conv stem makes the tokens themselves learned, so the gradients flow back
     through the pixels' LayerNorm statistics too): same logits and parameter gradients."""
     model, x = _model(*overrides, size=size)
@@ -110,7 +125,8 @@ def test_the_grid_is_read_in_its_channels_only_where_that_is_the_same_and_cheape
     assert not reads_in_channels(small, x)
 
 
-def test_torch_compile_traces_the_grid_read_in_its_channels():
+@FORMS
+def test_torch_compile_traces_the_grid_read_in_its_channels(form):
     model, x = _model()
     compiled = _logits_and_grads(torch.compile(model, backend="aot_eager"), x)  # as train.compile traces, without Inductor
     for a, b in zip(compiled, _logits_and_grads(model, x)):
@@ -118,14 +134,16 @@ def test_torch_compile_traces_the_grid_read_in_its_channels():
 
 
 def test_reading_the_grid_in_its_channels_stores_far_less_for_the_backward(monkeypatch):
-    """At 32 x 32 pixels: the attention weights (B x N x M) instead of keys and values (B x M x 2D)."""
+    """At 32 x 32 pixels, in the CPU's form: the attention weights (B x N x M) instead of keys and
+    values (B x M x 2D)."""
     model, x = _model("model.cross_attends=2", size=(32, 32))
     fast = _saved_bytes(model, x)
     monkeypatch.setattr(attention.CrossAttention, "reads_grid_in_channels", lambda self, channels, tokens: False)
     assert fast < 0.5 * _saved_bytes(model, x)
 
 
-def test_activation_checkpointing_recomputes_the_grid_read_in_its_channels():
+@FORMS
+def test_activation_checkpointing_recomputes_the_grid_read_in_its_channels(form):
     model, x = _model()
     reference = _logits_and_grads(model, x)
     model.activation_checkpointing = True
@@ -133,7 +151,8 @@ def test_activation_checkpointing_recomputes_the_grid_read_in_its_channels():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_under_bf16_autocast_the_grid_read_in_its_channels_is_as_close_to_fp32_as_keys_and_values(monkeypatch):
+@FORMS
+def test_under_bf16_autocast_the_grid_read_in_its_channels_is_as_close_to_fp32_as_keys_and_values(form, monkeypatch):
     model, x = _model()
     reference = _logits_and_grads(model, x)
 

@@ -348,18 +348,17 @@ def test_perceiver_gradients_are_the_same_through_the_grid_path(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["grid attention", "triton kernels"])
-def test_the_grid_paths_on_a_gpu_give_the_plain_logits_and_gradients(path, monkeypatch):
+def test_the_grid_read_as_token_features_on_a_gpu_gives_the_plain_logits_and_gradients(monkeypatch):
     from perceiver_cli.model import attention
+    from perceiver_cli.model.grid_attention import grid_attention
 
-    if path == "triton kernels":
-        pytest.importorskip("triton")
-        monkeypatch.setattr(attention.CrossAttention, "reads_grid_in_channels", lambda self, channels, tokens: False)
-    model, x = shared_cross_attend_model(16, 16)  # 256 tokens: large enough for the grid attention
+    model, x = shared_cross_attend_model(16, 16)  # 256 tokens: large enough to be read in its channels
     model, x = model.cuda(), x.cuda()
+    calls = []
+    monkeypatch.setattr(attention, "grid_attention", lambda *a: calls.append(1) or grid_attention(*a))
 
     def loss_and_grads(grid: bool, dtype=None):
-        monkeypatch.setattr(attention, "GPU_GRID", grid)
+        monkeypatch.setattr(attention, "uses_grid_projection", lambda x, pe: grid)
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
         return logits.float(), torch.autograd.grad(logits.float().square().sum(), list(model.parameters()))
@@ -370,6 +369,7 @@ def test_the_grid_paths_on_a_gpu_give_the_plain_logits_and_gradients(path, monke
         torch.testing.assert_close(grid_logits, plain_logits, atol=tolerance, rtol=tolerance)
         for a, b in zip(grid_grads, plain_grads):
             assert (a - b).abs().max() <= tolerance * (1 + b.abs().max()), (dtype, (a - b).abs().max(), b.abs().max())
+    assert calls
 
 
 def test_torch_compile_traces_the_grid_path_with_shared_cross_attends():

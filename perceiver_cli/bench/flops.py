@@ -6,10 +6,10 @@ once per batch when positions are shared (images, sequences), per axis on a Four
 instead of H * W; the broadcast sum is not a matmul), and a shared cross-attend's keys and values
 once per forward. `nominal` counts the paper's math with [x; pe] projected per sample at every
 cross-attend, which is what a straightforward implementation (e.g. lucidrains') executes.
-Where a cross-attend reads an image grid in its own channels (grid_attention.py: on a CPU, for
-grids of 256+ tokens of fewer channels than a head's width), `executed` counts that path's products
-instead: no key/value projection, C (not d) multiply-adds per (latent, token, head) for the scores
-and as many for the output.
+Where a cross-attend reads an image grid in its own channels (grid_attention.py: grids of 256+
+tokens of fewer channels than a head's width), `executed` counts that path's products instead: no
+key/value projection, and per (latent, token, head) for the scores and as many for the output,
+C + 2 multiply-adds on a CPU or a token's C + 2 + H + W features (padded to 8) on a GPU, not d.
 A training step is counted as 3x the forward (backward: gradients for inputs and for weights).
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model.attention import grid_paths_on
+from ..model.attention import reads_grid_as_features
+from ..model.grid_attention import feature_width
 
 
 @dataclass
@@ -61,15 +62,18 @@ def forward_flops(model, batch: int, device_type: str = "cpu") -> Flops:
         height, width = model.input_spec["shape"][:2]
         stem = height * width * conv.in_channels * conv.out_channels * 9
 
-    in_channels = (separable and getattr(adapter, "permutation", None) is None and grid_paths_on(device_type, c_x)
+    in_channels = (separable and len(grid) == 2 and getattr(adapter, "permutation", None) is None
                    and cross.reads_grid_in_channels(c_x, tokens))
+    # what a score and a read multiply per (latent, token, head): on a GPU each token's features, on a
+    # CPU its c_x + 2 channels (x, its mean, the constant 1 that carries the biases) and a few
+    # multiply-adds by the positions that torch's FLOP counter does not count either
+    read_width = feature_width(c_x + 2, *grid) if in_channels and reads_grid_as_features(device_type) else c_x + 2
 
     def cross_attend_macs(project: bool, nominal: bool) -> float:
         macs = n * d * inner_c + n * inner_c * d + _mlp(n, d, config.widening_factor, geglu)  # q, out, MLP
         if in_channels and not nominal:
-            # q -> (q W_k, q R_k, q C_k); scores and a @ x over c_x + 2 channels (x, its mean, the
-            # constant 1 that carries the biases); the output from them
-            macs += 2 * n * (c_x + 2 + sum(grid)) * inner_c + 2 * n * tokens * (c_x + 2) * cross.heads
+            # q -> (q W_k, q R_k, q C_k); the scores and the reads; the output from the reads
+            macs += 2 * n * (c_x + 2 + sum(grid)) * inner_c + 2 * n * tokens * read_width * cross.heads
             if project:  # only the per-axis position tables
                 macs += position_rows * c_axis * 2 * inner_c / batch
             return macs

@@ -5,9 +5,6 @@ softmax(q k^T / sqrt(d)) v with the weights in memory, when they are asked for (
 on a GPU for heads too wide for its fused kernels (see `explicit_is_faster`).
 """
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -97,41 +94,35 @@ class InputProjection(nn.Module):
         # + rstd * (W'_pe pe): the position part is projected once per batch when shared
         return torch.addcmul(out, rstd.to(out.dtype), pe_proj.to(out.dtype))
 
-    def grid_input(self, x: torch.Tensor, pe: SeparablePositions) -> GridInput:
+    def grid_input(self, x: torch.Tensor, pe: SeparablePositions, as_features: bool = False) -> GridInput:
         """The pieces of an image grid's keys/values, for attention that never forms them
         (see grid_attention.py)."""
         x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
-        return GridInput.from_parts(x_aug, w_aug, bias, rstd, row_table, col_table)
+        return GridInput.from_parts(x_aug, w_aug, bias, rstd, row_table, col_table, as_features)
 
     def grid_keys_values(self, x: torch.Tensor, pe: SeparablePositions, heads: int) -> GridKeysValues:
         """The same projection (as keys and values of `heads` heads) for an image grid, whose every
         use has its own backward (see grid_projection.py)."""
         x_aug, w_aug, bias, rstd, (row_table, col_table) = self._parts(x, pe, per_axis=True)
-        # on a GPU, kv in the autocast dtype, as the plain path's matmuls would give it
-        dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else None
-        return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads, dtype)
+        return GridKeysValues(x_aug, w_aug, bias, rstd, row_table, col_table, heads)
 
 
-# On a GPU the grid paths (reading the grid in its channels, grid_attention.py; Triton kernels where
-# the keys/values themselves are needed, grid_kernels.py) are checked against the CPU math but not yet
-# timed, so they are opt-in there: PERCEIVER_GPU_GRID=1 (benchmarks/gpu.sh grid compares them).
-GPU_GRID = os.environ.get("PERCEIVER_GPU_GRID") == "1" and importlib.util.find_spec("triton") is not None
 # grids smaller than this keep keys and values (see CrossAttention.reads_grid_in_channels)
 MIN_GRID_TOKENS = 256
-# x_aug channels up to which the GPU kernels keep their tiles in registers (RGB pixels: 4)
-GRID_KERNEL_MAX_CHANNELS = 64
-
-
-def grid_paths_on(device_type: str, channels: int) -> bool:
-    """Whether an image grid of `channels` per token takes the grid paths on this device."""
-    return device_type != "cuda" or (GPU_GRID and channels + 1 <= GRID_KERNEL_MAX_CHANNELS)
 
 
 def uses_grid_projection(x: torch.Tensor, pe) -> bool:
-    """An unpermuted 2D grid, on a device that takes the grid paths."""
-    if not (isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2):
-        return False
-    return grid_paths_on(x.device.type, x.shape[-1])
+    """An unpermuted 2D grid: its keys/values are made of per-axis pieces (grid_attention.py,
+    grid_projection.py)."""
+    return isinstance(pe, SeparablePositions) and pe.order is None and len(pe.grid) == 2
+
+
+def reads_grid_as_features(device_type: str) -> bool:
+    """How a grid is read in its channels (grid_attention.py): on a GPU as two tensor-core matmuls
+    over each token's C+1 + H + W features (H100, bf16, ImageNet's shared cross-attend read 7 times:
+    49.5 ms, against 127.8 ms for the passes of C + 5 multiply-adds and 120.2 ms for plain keys and
+    values); on a CPU as those passes (224^2, fp32: 173 ms against 717 ms for the features)."""
+    return device_type == "cuda"
 
 
 class MLP(nn.Module):
@@ -203,12 +194,13 @@ class CrossAttention(nn.Module):
 
     def keys_values(self, x, pe, mask=None, need_weights: bool = False):
         """The input's keys and values, projected once: a function that gives them (B H M d) to
-        each cross-attend reading this input; for an image grid on a CPU, the GridInput that the
-        attention reads instead (grid_attention.py), unless the weights themselves are needed
-        (attention maps, a padding mask)."""
-        if uses_grid_projection(x, pe):
-            if not (need_weights or mask is not None) and self.reads_grid_in_channels(x.shape[-1], x.shape[1]):
-                return self.to_kv.grid_input(x, pe)
+        each cross-attend reading this input; for an image grid, the GridInput that the attention
+        reads instead (grid_attention.py), unless the weights themselves are needed (attention maps,
+        a padding mask)."""
+        grid = uses_grid_projection(x, pe)
+        if grid and not (need_weights or mask is not None) and self.reads_grid_in_channels(x.shape[-1], x.shape[1]):
+            return self.to_kv.grid_input(x, pe, as_features=reads_grid_as_features(x.device.type))
+        if grid and not x.is_cuda:  # on a GPU this per-use backward was slower than the plain path (412 vs 262 ms)
             return self.to_kv.grid_keys_values(x, pe, self.heads).for_use
         k, v = self.to_kv(x, pe).chunk(2, dim=-1)
         split = lambda t: rearrange(t, "b m (h d) -> b h m d", h=self.heads)  # noqa: E731

@@ -20,6 +20,12 @@ where the last term is the same for every token. With a = softmax(scores) the la
 So nothing D channels wide is formed per token: a score costs a few multiply-adds instead of a
 D-long dot product, and keys, values and their gradients (B x M x 2D each) never exist. It is the
 same attention, exactly (up to float rounding); the weights a (B x H x N x M) are what is stored.
+
+It runs in one of two forms (attention.reads_grid_as_features picks by device):
+- on a CPU, as a few passes over the weights with C + 5 multiply-adds per pair (_GridAttentionWeights);
+- on a GPU, as plain attention over each token's K = C+1 + H + W features [x_t, r_t e_i, r_t e_j]
+  (e: one-hot of its row and column) with the query [q W_k, q R_k, q C_k]: two K-wide matmuls that
+  tensor cores run far faster than those passes (token_features).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .grid_projection import or_zeros
 
@@ -42,12 +49,37 @@ class GridInput:
     rstd: torch.Tensor  # B M 1
     row_table: torch.Tensor  # Hg 2HD
     col_table: torch.Tensor  # Wg 2HD
+    features: torch.Tensor | None = None  # B M K: each token as [x_t, r_t e_i, r_t e_j] (see token_features)
 
     @classmethod
-    def from_parts(cls, x_aug, w_aug, bias, rstd, row_table, col_table) -> GridInput:
+    def from_parts(cls, x_aug, w_aug, bias, rstd, row_table, col_table, as_features=False) -> GridInput:
         """Once per input, however many cross-attends read it."""
-        ones = x_aug.new_ones(*x_aug.shape[:-1], 1)
-        return cls(torch.cat([x_aug, ones], dim=-1), torch.cat([w_aug, bias[:, None]], dim=1), rstd, row_table, col_table)
+        x = torch.cat([x_aug, x_aug.new_ones(*x_aug.shape[:-1], 1)], dim=-1)
+        features = token_features(x, rstd, len(row_table), len(col_table)) if as_features else None
+        return cls(x, torch.cat([w_aug, bias[:, None]], dim=1), rstd, row_table, col_table, features)
+
+
+def token_features(x: torch.Tensor, rstd: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Token t = (i, j) as the K = C+1 + Hg + Wg features [x_t, r_t e_i, r_t e_j] (e: one-hot of its
+    row and column), zero-padded to a multiple of 8 for tensor cores: B M K, in the autocast dtype.
+    A query [q W_k, q R_k, q C_k] scores it exactly as q scores k_t, and the weights' sum of these
+    features is what the output is read from, so the attention becomes two K-wide matmuls."""
+    batch, tokens, channels = x.shape
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    scale = rstd.view(batch, height, width, 1).to(dtype)
+    parts = [
+        x.to(dtype).view(batch, height, width, channels),
+        scale * torch.eye(height, dtype=dtype, device=x.device)[:, None, :],  # B Hg Wg Hg
+        scale * torch.eye(width, dtype=dtype, device=x.device),  # B Hg Wg Wg
+    ]
+    if padding := feature_width(channels, height, width) - (channels + height + width):
+        parts.append(x.new_zeros(batch, height, width, padding, dtype=dtype))
+    return torch.cat(parts, dim=-1).view(batch, tokens, -1)
+
+
+def feature_width(channels: int, height: int, width: int) -> int:
+    """K of token_features: C+1 + H + W, rounded up to a multiple of 8."""
+    return -(-(channels + height + width) // 8) * 8
 
 
 def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> torch.Tensor:
@@ -65,15 +97,33 @@ def grid_attention(q: torch.Tensor, grid: GridInput, dropout_p: float = 0.0) -> 
     query_x = torch.einsum("bhnd,chd->bhnc", q, w_k)
     query_rows = torch.einsum("bhnd,ihd->bhni", q, rows_k)
     query_cols = torch.einsum("bhnd,jhd->bhnj", q, cols_k)
-    with torch.autocast(q.device.type, enabled=False):  # the B H N M weights stay in q's dtype
-        read_x, read_rows, read_cols = _GridAttentionWeights.apply(
-            query_x, query_rows, query_cols, grid.x.to(dtype), grid.rstd.to(dtype).view(q.shape[0], -1), dropout_p
-        )
+    if grid.features is not None:
+        read_x, read_rows, read_cols = _attend_features(query_x, query_rows, query_cols, grid.features, dropout_p)
+    else:
+        with torch.autocast(q.device.type, enabled=False):  # the B H N M weights stay in q's dtype
+            read_x, read_rows, read_cols = _GridAttentionWeights.apply(
+                query_x, query_rows, query_cols, grid.x.to(dtype), grid.rstd.to(dtype).view(q.shape[0], -1), dropout_p
+            )
     return (
         torch.einsum("bhnc,chd->bhnd", read_x, w_v)
         + torch.einsum("bhni,ihd->bhnd", read_rows, rows_v)
         + torch.einsum("bhnj,jhd->bhnd", read_cols, cols_v)
     )
+
+
+def _attend_features(query_x, query_rows, query_cols, features, dropout_p: float):
+    """The weights' reads (as _GridAttentionWeights gives them) by plain attention over the tokens'
+    features (token_features): every head's latents score the same tokens, so they are one batch of
+    H N queries."""
+    batch, heads, latents, channels = query_x.shape
+    height, width = query_rows.shape[-1], query_cols.shape[-1]
+    query = torch.cat([query_x, query_rows, query_cols], dim=-1).to(features.dtype)
+    query = F.pad(query, (0, features.shape[-1] - query.shape[-1])).view(batch, heads * latents, -1)
+    with torch.autocast(query.device.type, enabled=False):  # the B H N M weights stay in this dtype
+        weights = (query @ features.transpose(1, 2)).softmax(dim=-1)  # B HN M
+        read = (F.dropout(weights, dropout_p) if dropout_p else weights) @ features  # B HN K
+    read = read.view(batch, heads, latents, -1)
+    return read[..., :channels], read[..., channels : channels + height], read[..., channels + height : channels + height + width]
 
 
 class _GridAttentionWeights(torch.autograd.Function):

@@ -11,8 +11,8 @@ the projection's backward runs (at 224^2 that sum, the newest term and the addit
 the 1,353 MB peak on a CPU). Here each use is its own autograd node whose backward turns its key and
 value gradients into the gradients of the small inputs (x_aug, W_aug, bias, rstd, the two tables)
 at once, a slab of grid rows at a time; autograd then sums only those. Nothing of size B x M x 2D is
-stored beyond kv itself, which attention keeps for its backward anyway. On a GPU the same math runs
-as Triton kernels (grid_kernels.py) that write kv in one pass and read each gradient once.
+stored beyond kv itself, which attention keeps for its backward anyway. CPUs only: on a GPU the
+same math in torch ops was slower than the plain projection (benchmarks/RESULTS.md).
 
 Most cross-attends never form kv at all (grid_attention.py reads the grid in its own channels); this
 path serves those that need the attention weights themselves (maps, masks) and grids too
@@ -21,12 +21,7 @@ small or too wide for that.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
-
-if importlib.util.find_spec("triton") is not None:  # registers the GPU operators torch.ops.perceiver.*
-    from . import grid_kernels  # noqa: F401
 
 # elements per slab temporary (B x rows x W x head channels): ~4 MB in fp32
 _SLAB_ELEMENTS = 1 << 20
@@ -44,20 +39,18 @@ class GridKeysValues:
     connected to the projection's inputs. Only tensors cross the autograd.Function boundary, so
     torch.compile can trace it."""
 
-    def __init__(self, x_aug, w_aug, bias, rstd, row_table, col_table, heads: int, dtype: torch.dtype | None = None):
+    def __init__(self, x_aug, w_aug, bias, rstd, row_table, col_table, heads: int):
         self.inputs = (x_aug, w_aug, bias, rstd, row_table, col_table)
         self.heads = heads
         with torch.no_grad():
-            self.kv = project_grid(*(t.detach() for t in self.inputs), dtype or x_aug.dtype)  # B M 2D
+            self.kv = project_grid(*(t.detach() for t in self.inputs), x_aug.dtype)  # B M 2D
 
     def for_use(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _GridProjection.apply(self.kv, self.heads, *self.inputs)
 
 
 def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table, dtype: torch.dtype) -> torch.Tensor:
-    """kv (B M 2D) in `dtype`; on a CPU a slab of grid rows at a time for the position part."""
-    if _use_kernels(x_aug):
-        return torch.ops.perceiver.grid_kv(x_aug, w_aug, bias, rstd, row_table, col_table, dtype)
+    """kv (B M 2D) in `dtype`, a slab of grid rows at a time for the position part."""
     batch, tokens, _ = x_aug.shape
     height, width = row_table.shape[0], col_table.shape[0]
     kv = torch.baddbmm(bias.to(dtype), x_aug, w_aug.to(dtype).t().expand(batch, -1, -1))  # B M 2D
@@ -81,17 +74,13 @@ class _GridProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_k, grad_v):
         x_aug, w_aug, rstd, row_table, col_table = ctx.saved_tensors
-        if _use_kernels(x_aug):
-            grads = torch.ops.perceiver.grid_kv_backward(or_zeros(grad_k, grad_v), or_zeros(grad_v, grad_k),
-                                                         x_aug, w_aug, rstd, row_table, col_table)
-        else:
-            grads = _cpu_backward(grad_k, grad_v, ctx.heads, x_aug, w_aug, rstd, row_table, col_table)
+        grads = _backward(grad_k, grad_v, ctx.heads, x_aug, w_aug, rstd, row_table, col_table)
         grad_x, grad_w, grad_bias, grad_rstd, grad_rows, grad_cols = grads
         return (None, None, grad_x.to(x_aug.dtype), grad_w.to(w_aug.dtype), grad_bias.to(ctx.bias_dtype),
                 grad_rstd.view(rstd.shape).to(rstd.dtype), grad_rows.to(row_table.dtype), grad_cols.to(col_table.dtype))
 
 
-def _cpu_backward(grad_k, grad_v, heads: int, x_aug, w_aug, rstd, row_table, col_table):
+def _backward(grad_k, grad_v, heads: int, x_aug, w_aug, rstd, row_table, col_table):
     """The six gradients, in the gradients' dtype, a head and a slab of grid rows at a time."""
     batch, tokens, channels = x_aug.shape
     height, width = row_table.shape[0], col_table.shape[0]
@@ -126,11 +115,6 @@ def _cpu_backward(grad_k, grad_v, heads: int, x_aug, w_aug, rstd, row_table, col
                 grad_rows[rows, cols] = weighted.sum(1)
                 grad_cols[:, cols] += weighted.sum(0)
     return grad_x, grad_w, grad_bias, grad_rstd, grad_rows, grad_cols
-
-
-def _use_kernels(tensor: torch.Tensor) -> bool:
-    """The Triton operators on a GPU (tests also run them interpreted on a CPU), torch ops on a CPU."""
-    return tensor.is_cuda
 
 
 def or_zeros(grad, other):
