@@ -3,10 +3,8 @@
 #   benchmarks/gpu.sh bench     ours vs lucidrains (bf16 and fp32, 32^2 and 224^2), the input sweep,
 #                               MFU at the paper's ImageNet configuration
 #   benchmarks/gpu.sh compiled  torch.compile (+ CUDA graphs) at 224^2 vs lucidrains, and at the ImageNet configuration
-#   benchmarks/gpu.sh grid      the grid paths (PERCEIVER_GPU_GRID=1: attention reading the grid in its channels,
-#                               Triton kernels for its keys/values) against the plain path: CUDA tests,
-#                               micro-benchmark, 224^2 vs lucidrains (speed, memory), ImageNet
-#   benchmarks/gpu.sh gridcompiled  the same with train.compile
+#   benchmarks/gpu.sh grid      the grid read in its channels: CUDA test, micro-benchmark of its forms,
+#                               224^2 vs lucidrains (speed, memory), ImageNet; eager and with train.compile
 #   benchmarks/gpu.sh accuracy  cifar10_cpu in fp32 and in bf16 on CIFAR-10 (from CIFAR10_ZIP): same accuracy?
 #   benchmarks/gpu.sh train     cifar10_fourier for as many epochs as TRAIN_MINUTES allow
 # Everything lands in $OUT (default bench_results/gpu). Needs a CUDA GPU and '.[compare]'.
@@ -38,31 +36,26 @@ compiled() {
 }
 
 grid() {
-  # about 6 minutes: fits one 10-minute slot with the machine's start
-  log "the grid paths on this GPU: a model's logits and gradients against the plain path"
-  timeout 90 python3 -m pytest -q tests/test_model.py -k grid_paths_on_a_gpu 2>&1 | tail -3
-  log "one shared cross-attend read 7 times (ImageNet sizes): plain vs grid attention vs kernels, block sizes"
-  timeout 150 python3 benchmarks/grid_kernels.py
-  log "224^2 vs lucidrains with the grid paths (PERCEIVER_GPU_GRID=1)"
-  PERCEIVER_GPU_GRID=1 timeout 120 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
-    --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid1_224.json"
-  for grid in 0 1; do
-    log "ImageNet configuration, PERCEIVER_GPU_GRID=$grid"
-    PERCEIVER_GPU_GRID=$grid timeout 90 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
-      --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid${grid}_imagenet.json"
-  done
-  log "profile, ImageNet configuration, grid paths on"
-  PERCEIVER_GPU_GRID=1 timeout 75 python3 benchmarks/profile_step.py cifar10_fourier $IMAGENET --input-size 224x224 \
-    --batch "${IMAGENET_BATCH:-16}" --top 15
-}
-
-gridcompiled() {
-  log "torch.compile, 224^2 vs lucidrains, PERCEIVER_GPU_GRID=1"
-  PERCEIVER_GPU_GRID=1 timeout 280 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 \
-    --device cuda --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/gridcompiled_224.json"
-  log "torch.compile, ImageNet configuration, PERCEIVER_GPU_GRID=1"
-  PERCEIVER_GPU_GRID=1 timeout 200 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
+  # the grid read in its channels (the default on a GPU since 2026-11-26), most telling first; fits one
+  # 10-minute slot with the install
+  log "the grid read as token features on this GPU: a model's logits and gradients against the plain path"
+  timeout 60 python3 -m pytest -q tests/test_model.py -k token_features_on_a_gpu 2>&1 | tail -3
+  log "one shared cross-attend read several times: plain keys/values vs the grid's two forms"
+  timeout 40 python3 benchmarks/grid_attention.py  # ImageNet sizes
+  timeout 25 python3 benchmarks/grid_attention.py --latents 96 --dim 384 --uses 4
+  timeout 25 python3 benchmarks/grid_attention.py --batch 64 --size 32 --latents 96 --dim 384 --uses 4
+  log "224^2 vs lucidrains"
+  timeout 90 perceiver bench cifar10_fourier --input-size 224x224 --batch 16 --device cuda \
+    --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/grid_224.json"
+  log "ImageNet configuration, eager"
+  timeout 60 perceiver bench cifar10_fourier $IMAGENET --input-size 224x224 \
+    --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/grid_imagenet.json"
+  log "ImageNet configuration, torch.compile"
+  timeout 170 perceiver bench cifar10_fourier $IMAGENET --set train.compile=true --input-size 224x224 \
     --batch "${IMAGENET_BATCH:-16}" --device cuda --dtype bf16 --mode train --steps 10 --warmup 3 --json "$OUT/gridcompiled_imagenet.json"
+  log "torch.compile, 224^2 vs lucidrains"
+  timeout 130 perceiver bench cifar10_fourier --set train.compile=true --input-size 224x224 --batch 16 \
+    --device cuda --dtype bf16 --mode train --steps 20 --warmup 5 --compare lucidrains --json "$OUT/gridcompiled_224.json"
 }
 
 prepare() {
