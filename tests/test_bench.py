@@ -75,7 +75,23 @@ def test_bench_reports_time_memory_flops_and_environment(cli, workdir):
         flops = document["flops_per_sample"]
         assert r["mfu_paper_flops"] == pytest.approx(r["mfu"] * flops["nominal_forward"] / flops["forward"], rel=0.05, abs=2e-3)
     assert document["mfu_peak_source"] == "measured matmul"
-    assert "samples/s" in result.stdout and "MFU" in result.stdout
+    assert "samples/s" in result.stdout and "MFU" in result.stdout and "paper MFU" in result.stdout
+
+
+def test_bf16_on_a_cpu_without_bf16_units_reports_no_mfu_instead_of_a_meaningless_one(cli, workdir, monkeypatch):
+    """Emulated bf16 runs a 2048^2 product slower than the model's own matmuls (MFU read 1,100 %),
+    and measuring it took minutes: no peak is measured and MFU is left out, the rest is reported."""
+    from perceiver_cli.bench import run
+
+    monkeypatch.setattr(run, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(run, "matmul_peak", lambda device, dtype: pytest.fail("measured an emulated bf16 peak"))
+    result = cli("bench", *set_args(TINY), *TINY_BENCH, "--mode", "train", "--dtype", "bf16", "--json", "bench.json")
+    assert result.exit_code == 0, result.output
+    document = json.loads((workdir / "bench.json").read_text())
+    r = document["results"]["train"]
+    assert document["environment"]["dtype"] == "bf16" and r["samples_per_s"] > 0 and r["tflops"] > 0
+    assert r["mfu"] is None and r["mfu_paper_flops"] is None and document["mfu_peak_tflops"] is None
+    assert "no MFU (bf16 emulated" in result.stdout
 
 
 def test_gpu_mfu_is_against_the_datasheet_peak_of_known_gpus(monkeypatch):
