@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("recipe")
     parser.add_argument("--input-size")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--dtype", default="auto", help="fp32, bf16, or auto: bf16 where the hardware has bf16 matrix units")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
