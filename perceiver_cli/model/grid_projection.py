@@ -43,14 +43,15 @@ class GridKeysValues:
         self.inputs = (x_aug, w_aug, bias, rstd, row_table, col_table)
         self.heads = heads
         with torch.no_grad():
-            self.kv = project_grid(*(t.detach() for t in self.inputs), x_aug.dtype)  # B M 2D
+            self.kv = project_grid(*(t.detach() for t in self.inputs))  # B M 2D
 
     def for_use(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _GridProjection.apply(self.kv, self.heads, *self.inputs)
 
 
-def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table, dtype: torch.dtype) -> torch.Tensor:
-    """kv (B M 2D) in `dtype`, a slab of grid rows at a time for the position part."""
+def project_grid(x_aug, w_aug, bias, rstd, row_table, col_table) -> torch.Tensor:
+    """kv (B M 2D) in x_aug's dtype, a slab of grid rows at a time for the position part."""
+    dtype = x_aug.dtype
     batch, tokens, _ = x_aug.shape
     height, width = row_table.shape[0], col_table.shape[0]
     kv = torch.baddbmm(bias.to(dtype), x_aug, w_aug.to(dtype).t().expand(batch, -1, -1))  # B M 2D
