@@ -76,12 +76,12 @@ def resize_spec(spec: dict, size: str) -> dict:
     spec = {**spec, "shape": list(spec["shape"])}
     if spec["kind"] == "image":
         match = re.fullmatch(r"(\d+)[x×](\d+)", size.strip())
-        if not match:
-            raise UserError(f"--input-size {size!r}: images take HEIGHTxWIDTH, e.g. 224x224")
+        if not match or 0 in (int(match.group(1)), int(match.group(2))):
+            raise UserError(f"--input-size {size!r}: images take HEIGHTxWIDTH, both above 0, e.g. 224x224")
         spec["shape"][:2] = [int(match.group(1)), int(match.group(2))]
     else:
-        if not size.strip().isdigit():
-            raise UserError(f"--input-size {size!r}: {spec['kind']} take a number of tokens/points, e.g. 4096")
+        if not size.strip().isdigit() or int(size) == 0:
+            raise UserError(f"--input-size {size!r}: {spec['kind']} take a number of tokens/points above 0, e.g. 4096")
         spec["shape"][0] = int(size)
     return spec
 
