@@ -3,31 +3,19 @@ loading one never runs code from the file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_writer, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 from ..errors import UserError
 
 
 def save(state: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """A small text file (metrics, config, report) replaced whole: readers never see half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_writer(path) as fh:  # fsynced, then renamed: the old file or the new one, never half
+        torch.save(state, fh)
 
 
 def load(path: Path) -> dict:
