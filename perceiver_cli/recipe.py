@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -21,7 +21,11 @@ DEFAULT_RECIPE = "digits.yaml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+    # allow_inf_nan: a float key takes finite numbers only (lr=inf diverges at the first step, nan never compares)
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True, allow_inf_nan=False)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam/LAMB moment decay rate
 
 
 class ModelConfig(Section):
@@ -46,7 +50,7 @@ class ModelConfig(Section):
     patch_size: int = Field(1, gt=0, description="images: 1 = one token per pixel (paper); p > 1 = one token per p x p patch (Perceiver IO)")
     conv_stem: int = Field(0, ge=0, description="images: 0 = off (paper); k > 0 = conv 3x3 to k channels + GELU + maxpool 2 before tokenising (Perceiver IO)")
     permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
-    permute_seed: int = Field(42, description="seed of that permutation")
+    permute_seed: int = Field(42, ge=0, description="seed of that permutation")
     output: Literal["mean", "cls", "query"] = Field("mean", description="mean over latents (paper), a CLS latent, or a Perceiver IO query")
 
 
@@ -65,6 +69,13 @@ class AugmentConfig(Section):
     jitter: float = Field(0.0, ge=0, description="points: add Gaussian noise of this std to every coordinate (clipped at 5 std); 0 = off")
     point_dropout: float = Field(0.0, ge=0, lt=1, description="points: replace a random share (up to this fraction) of each cloud's points by copies of its other points; 0 = off")
 
+    @field_validator("point_scale")
+    @classmethod
+    def _scale_range(cls, value):
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError("give [low, high] with 0 < low <= high, e.g. [0.99, 1.01]")
+        return value
+
 
 class DataConfig(Section):
     dataset: str = Field("digits", description="name of the prepared dataset (digits, mnist, cifar10, or your own)")
@@ -79,7 +90,7 @@ class OptimConfig(Section):
     name: Literal["adamw", "adam", "sgd", "lamb"] = Field("adamw", description="optimiser")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw/lamb)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/LAMB betas")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam/LAMB betas, each in [0, 1)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     scheduler: Literal["constant", "cosine", "multistep", "step", "exponential"] = Field("constant", description="learning-rate schedule (per epoch, smooth per step for cosine)")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0, in epochs (fractions allowed)")
@@ -95,7 +106,7 @@ class TrainConfig(Section):
     epochs: int = Field(10, gt=0, description="training epochs")
     batch_size: int = Field(64, gt=0, description="samples per step")
     eval_batch_size: int = Field(256, gt=0, description="samples per evaluation step")
-    seed: int = Field(0, description="seed for initialisation, data split, shuffling and augmentation")
+    seed: int = Field(0, ge=0, description="seed for initialisation, data split, shuffling and augmentation")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA and on CPUs with bf16 matrix units, else fp32")
     compile: bool = Field(False, description="torch.compile the model (the first steps compile it; bench reports that time apart)")
@@ -192,11 +203,13 @@ def apply_override(data: dict, assignment: str) -> None:
 
 
 def _describe_type(field_error: dict) -> str:
-    msg = field_error["msg"]
+    msg = field_error["msg"].removeprefix("Value error, ")
     return msg[0].lower() + msg[1:] if msg else "invalid value"
 
 
-def validate(data: dict, source: str) -> Recipe:
+def validate(data: dict, source: str, overridden: frozenset[str] = frozenset()) -> Recipe:
+    """A Recipe from nested dicts. An invalid value is named with where it came from: `source`,
+    or `source (with --set)` when its key is one of the `overridden` ones."""
     _check_keys(data, source)
     try:
         return Recipe.model_validate(data)
@@ -205,8 +218,62 @@ def validate(data: dict, source: str) -> Recipe:
         loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
         if not loc:  # model-level check
             raise UserError(f"{source}: {err['msg'].removeprefix('Value error, ')}") from None
-        value = err.get("input")
-        raise UserError(f"{source}: {loc}={value!r} is invalid: {_describe_type(err)}") from None
+        value = _value_at(data, loc.split("."), err.get("input"))
+        where = f"{source} (with --set)" if loc in overridden else source
+        raise UserError(f"{where}: {loc}={value!r} is invalid: {_describe_type(err)}") from None
+
+
+def _value_at(data: dict, keys: list[str], fallback):
+    """The whole value of the key an error points into (betas=[2, 3], not just its 2)."""
+    node = data
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return fallback
+        node = node[key]
+    return node
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: YAML keeps the
+    last one silently, so a `train:` section written twice would drop the first one's keys unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_recipe_file(path: Path) -> dict:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a recipe YAML file (e.g. {path / 'recipe.yaml'}) or the name of a shipped recipe")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is fine
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        f"a recipe is a YAML text file: save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: no tags that build Python objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path} is empty: write the keys to change (e.g. 'train: {{epochs: 5}}'), "
+                        f"or run `perceiver train` without a recipe for the defaults")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a mapping with sections model, data, optim, train; got {type(data).__name__}")
+    return data
 
 
 def resolve_path(recipe: str | Path | None) -> Path:
@@ -214,7 +281,7 @@ def resolve_path(recipe: str | Path | None) -> Path:
     if recipe is None:
         return RECIPES_DIR / DEFAULT_RECIPE
     path = Path(recipe)
-    if path.is_file():
+    if path.exists():  # a folder given as a recipe is refused by name when read
         return path
     for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
@@ -225,24 +292,20 @@ def resolve_path(recipe: str | Path | None) -> Path:
 
 def load_recipe(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, Path]:
     path = resolve_path(recipe)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read recipe: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a mapping with sections model, data, optim, train; got {type(data).__name__}")
+    data = _read_recipe_file(path)
     _check_keys(data, str(path))
     for assignment in overrides:
         apply_override(data, assignment)
-    return validate(data, str(path) if not overrides else f"{path} (with --set)"), path
+    return validate(data, str(path), overridden_keys(overrides)), path
 
 
-def recipe_from_dict(data: dict, source: str = "checkpoint") -> Recipe:
-    return validate(data, source)
+def overridden_keys(overrides) -> frozenset[str]:
+    """The dotted keys that `--set KEY=VALUE` assignments name."""
+    return frozenset(assignment.split("=", 1)[0].strip() for assignment in overrides)
+
+
+def recipe_from_dict(data: dict, source: str = "checkpoint", overridden: frozenset[str] = frozenset()) -> Recipe:
+    return validate(data, source, overridden)
 
 
 def reference_markdown() -> str:

@@ -156,9 +156,78 @@ def test_recipe_that_is_not_a_mapping(tmp_path):
     assert str(path) in message and "mapping" in message
 
 
-def test_empty_recipe_file_means_all_defaults(tmp_path):
-    recipe, _ = load_recipe(str(write(tmp_path, "")))
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_recipe_file_is_an_error_not_a_silent_run_of_the_defaults(tmp_path, text):
+    message = user_error(str(write(tmp_path, text)))
+    assert "is empty" in message and "perceiver train" in message
+
+
+def test_an_empty_mapping_still_means_all_defaults(tmp_path):
+    recipe, _ = load_recipe(str(write(tmp_path, "{}")))
     assert recipe == Recipe()
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (bytes(range(128, 256)), "not UTF-8 text"),
+    ("train:\n  epochs: 2\n".encode("utf-16"), "not UTF-8 text"),
+    (b"train:\n  epochs: 2\n\x00\x01", "malformed YAML"),
+])
+def test_a_recipe_that_is_not_utf8_yaml_text_is_one_line(tmp_path, raw, expected):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(raw)
+    message = user_error(str(path))
+    assert expected in message and "r.yaml" in message and "\n" not in message
+
+
+def test_a_bom_from_a_windows_editor_is_accepted(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"\xef\xbb\xbftrain:\n  epochs: 2\n")
+    assert load_recipe(str(path))[0].train.epochs == 2
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    message = user_error(str(write(tmp_path, "train:\n  epochs: 1\nmodel:\n  num_latents: 8\ntrain:\n  epochs: 2\n")))
+    assert "'train' appears twice" in message and "lines 1 and 5" in message
+
+
+def test_a_key_given_twice_inside_a_section_is_an_error(tmp_path):
+    message = user_error(str(write(tmp_path, "train:\n  epochs: 1\n  epochs: 2\n")))
+    assert "'epochs' appears twice" in message
+
+
+def test_a_directory_given_as_a_recipe_says_it_is_a_directory(tmp_path):
+    message = user_error(str(tmp_path))
+    assert "is a directory" in message
+
+
+@pytest.mark.parametrize("assignment, key", [
+    ("optim.lr=inf", "optim.lr"), ("optim.lr=-inf", "optim.lr"), ("optim.lr=nan", "optim.lr"),
+    ("optim.lr=.inf", "optim.lr"), ("model.max_freq=inf", "model.max_freq"), ("optim.grad_clip=inf", "optim.grad_clip"),
+    ("optim.weight_decay=inf", "optim.weight_decay"), ("optim.warmup_epochs=inf", "optim.warmup_epochs"),
+    ("data.augment.mixup=inf", "data.augment.mixup"), ("data.augment.jitter=nan", "data.augment.jitter"),
+    ("optim.betas=[0.9, .nan]", "optim.betas"), ("data.augment.point_scale=[1, .inf]", "data.augment.point_scale"),
+])
+def test_non_finite_floats_are_refused_for_every_float_key(assignment, key):
+    message = user_error(None, [assignment])
+    assert f"{key}=" in message and "(with --set)" in message
+
+
+@pytest.mark.parametrize("assignment, expected", [
+    ("optim.betas=[2, 3]", "less than 1"), ("optim.betas=[-0.1, 0.9]", "greater than or equal to 0"),
+    ("train.seed=-5", "greater than or equal to 0"), ("model.permute_seed=-1", "greater than or equal to 0"),
+    ("data.augment.point_scale=[1.1, 0.9]", "0 < low <= high"), ("data.augment.point_scale=[0, 1]", "0 < low <= high"),
+])
+def test_values_that_crashed_deep_in_torch_or_numpy_are_refused_by_the_schema(assignment, expected):
+    message = user_error(None, [assignment])
+    assert expected in message and assignment.split("=")[0] in message
+
+
+def test_with_set_is_said_only_when_the_bad_value_came_from_set(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: -1\n")
+    message = user_error(str(path), ["train.epochs=3"])
+    assert "optim.lr=-1" in message and "(with --set)" not in message
+    message = user_error(str(write(tmp_path, "train:\n  epochs: 2\n")), ["optim.lr=-1"])
+    assert "(with --set)" in message
 
 
 def test_missing_recipe_file_names_it_and_lists_shipped(tmp_path):
