@@ -17,24 +17,84 @@ manifest.json:
     source         what it was read from
     skipped        [{"path", "reason"}] for every input that could not be read; [] when none
 
-The directory is written atomically: everything goes to a temporary sibling, which is renamed
-into place at the end, so an interrupted prepare never leaves a half-written dataset.
+    .verified.json         which arrays were found to match their sha256, keyed by each file's
+                           size, mtime and ctime (so a changed file is hashed again); optional
+
+The manifest is validated against this schema when loaded (extra keys are kept), and every array
+against it: its sha256 (once per change of the file), its length, sample shape and labels. Any
+mismatch is one line saying to run the prepare again.
+
+The directory is written atomically: everything goes to a temporary sibling, flushed to disk, which
+then takes the place of the old one in one step (see swap.py), so an interrupted prepare leaves the
+old dataset or the new one, never half of one or none.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..atomic import atomic_writer, fsync_directory, temporary_sibling, write_json_atomic
 from ..errors import UserError
+from . import swap
 
 FORMAT = "perceiver-prepared/1"
+VERIFIED = ".verified.json"
+
+
+# --- the manifest's schema ---------------------------------------------------------------------
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a split records extras (source_files, patients...)
+
+
+FileName = Annotated[str, Field(pattern=r"^[^/\\]+\.npy$")]  # inside the dataset folder, never elsewhere
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ArrayFiles(BaseModel):
+    x: FileName
+    y: FileName
+
+
+class Digests(BaseModel):
+    x: Sha256
+    y: Sha256
+
+
+class SplitInfo(_Open):
+    count: int = Field(ge=0)
+    class_counts: dict[str, int]
+    files: ArrayFiles
+    sha256: Digests
+
+
+class InputSpec(_Open):
+    kind: str
+    shape: list[Annotated[int, Field(ge=1)]]
+
+
+class Normalization(_Open):
+    mean: list[float]
+    std: list[float]
+
+
+class Manifest(_Open):
+    format: Literal[FORMAT]
+    dataset: str
+    classes: list[str] = Field(min_length=1)
+    input: InputSpec
+    normalization: Optional[Normalization] = None
+    splits: dict[str, SplitInfo] = Field(min_length=1)
+    source: dict = Field(default_factory=dict)
+    skipped: list[dict] = Field(default_factory=list)
 
 
 @dataclass
@@ -109,87 +169,200 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 def write(dataset: PreparedDataset, out: Path) -> Path:
     """Write atomically to `out` (replacing an existing prepared dataset there)."""
     out = Path(out)
-    if out.exists() and not (out / "manifest.json").is_file():
-        raise UserError(f"{out} exists and is not a prepared dataset; choose another --out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    check_target(out)
+    tmp = temporary_sibling(out)
     try:
-        manifest_splits = {}
-        for name, split in dataset.splits.items():
-            files = {"x": f"{name}_x.npy", "y": f"{name}_y.npy"}
-            np.save(tmp / files["x"], np.ascontiguousarray(split.x), allow_pickle=False)
-            np.save(tmp / files["y"], np.ascontiguousarray(split.y.astype(np.int64)), allow_pickle=False)
-            manifest_splits[name] = {
-                "count": int(len(split.y)),
-                "class_counts": class_counts(split.y, dataset.classes),
-                "files": files,
-                "sha256": {k: _sha256(tmp / f) for k, f in files.items()},
-                **split.extra,
-            }
-        manifest = {
-            "format": FORMAT,
-            "dataset": dataset.name,
-            "classes": list(dataset.classes),
-            "input": dataset.input_spec,
-            "normalization": dataset.normalization,
-            "splits": manifest_splits,
-            "source": dataset.source,
-            "skipped": dataset.skipped,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():  # swap: old aside, new in, old removed
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
+        out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.mkdir()
+        _write_into(dataset, tmp)
+        swap.replace_directory(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the prepared dataset to {out} ({exc.strerror or exc}); "
+                        f"free some space or choose another --out") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     dataset.root = out
     return out
 
 
-def read_manifest(root: Path) -> dict:
-    path = Path(root) / "manifest.json"
+def check_target(out: Path) -> None:
+    """Before a prepare writes `out`: clean up after killed prepares, and refuse a folder that is not ours."""
+    out = Path(out)
     try:
-        manifest = json.loads(path.read_text())
+        swap.recover(out)
+    except OSError as exc:
+        raise UserError(f"cannot tidy the leftovers of an interrupted prepare beside {out} ({exc}); remove them by hand") from None
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise UserError(f"{out} exists and is not a prepared dataset; choose another --out or remove it")
+
+
+def _write_into(dataset: PreparedDataset, folder: Path) -> None:
+    """Arrays, manifest.json and .verified.json into `folder`, each on disk before the folder is swapped in."""
+    manifest_splits, verified = {}, {}
+    for name, split in dataset.splits.items():
+        files = {"x": f"{name}_x.npy", "y": f"{name}_y.npy"}
+        arrays = {"x": np.ascontiguousarray(split.x), "y": np.ascontiguousarray(split.y.astype(np.int64))}
+        for key, filename in files.items():
+            with atomic_writer(folder / filename) as fh:
+                np.save(fh, arrays[key], allow_pickle=False)
+            verified[filename] = _verified_entry(folder / filename)
+        manifest_splits[name] = {
+            "count": int(len(split.y)),
+            "class_counts": class_counts(split.y, dataset.classes),
+            "files": files,
+            "sha256": {k: verified[f]["sha256"] for k, f in files.items()},
+            **split.extra,
+        }
+    manifest = {
+        "format": FORMAT,
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "input": dataset.input_spec,
+        "normalization": dataset.normalization,
+        "splits": manifest_splits,
+        "source": dataset.source,
+        "skipped": dataset.skipped,
+    }
+    write_json_atomic(folder / "manifest.json", manifest)
+    write_json_atomic(folder / VERIFIED, verified)
+    fsync_directory(folder)
+
+
+def restore(root: Path) -> None:
+    """Bring back a dataset that a swap killed midway set aside (only where renames cannot exchange)."""
+    if not Path(root).exists():
+        try:
+            swap.recover(root)
+        except OSError:  # a read-only parent: the user is told no dataset is there
+            pass
+
+
+def read_manifest(root: Path) -> dict:
+    """manifest.json as written, after checking it against the schema above."""
+    return _read_manifest(Path(root) / "manifest.json")[1]
+
+
+def _read_manifest(path: Path) -> tuple[Manifest, dict]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc}); run the prepare again") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno}); run the prepare again") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} manifest; run the prepare again")
-    return manifest
+    try:
+        return Manifest.model_validate(raw), raw
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        what = f"missing key '{where}'" if error["type"] == "missing" else f"'{where}': {error['msg']}"
+        raise UserError(f"{path}: {what}; {_prepare_again(raw, path.parent)}") from None
+
+
+def _prepare_again(raw: dict, root: Path) -> str:
+    """How to make this dataset again, from what its manifest still says."""
+    name = raw.get("dataset") if isinstance(raw.get("dataset"), str) else "<dataset>"
+    source = raw.get("source") if isinstance(raw.get("source"), dict) else {}
+    origin = f" --from {source['path']}" if isinstance(source.get("path"), str) else ""
+    return f"re-run `perceiver prepare {name}{origin} --out {root}`"
 
 
 def load(root: Path, verify: bool = False) -> PreparedDataset:
-    """Read a prepared dataset. `verify` re-checks every array's sha256 against the manifest."""
+    """Read a prepared dataset, checked against its manifest. Each array's sha256 is verified when
+    the file is new or changed since it was last verified; `verify` re-checks them all regardless."""
     root = Path(root)
-    manifest = read_manifest(root)
+    restore(root)
+    manifest, raw = _read_manifest(root / "manifest.json")
+    again = _prepare_again(raw, root)
+    _verify_digests(root, manifest, again, everything=verify)
     splits = {}
-    for name, info in manifest["splits"].items():
+    for name, info in manifest.splits.items():
         arrays = {}
-        for key, filename in info["files"].items():
-            path = root / filename
-            if verify and _sha256(path) != info["sha256"][key]:
-                raise UserError(f"{path}: checksum does not match manifest.json; the file is corrupt, run the prepare again")
+        for key in ("x", "y"):
+            path = root / getattr(info.files, key)
             try:
                 arrays[key] = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
-                raise UserError(f"{path}: cannot read ({exc}); run the prepare again") from None
-        extra = {k: v for k, v in info.items() if k not in ("count", "class_counts", "files", "sha256")}
+                raise UserError(f"{path}: cannot read ({exc}); {again}") from None
+        _check_split(root, info, manifest, arrays["x"], arrays["y"], again)
+        extra = {k: v for k, v in raw["splits"][name].items() if k not in ("count", "class_counts", "files", "sha256")}
         splits[name] = Split(arrays["x"], arrays["y"], extra)
     return PreparedDataset(
-        name=manifest["dataset"],
-        classes=manifest["classes"],
-        input_spec=manifest["input"],
+        name=manifest.dataset,
+        classes=manifest.classes,
+        input_spec=raw["input"],
         splits=splits,
-        normalization=manifest.get("normalization"),
-        source=manifest.get("source", {}),
-        skipped=manifest.get("skipped", []),
+        normalization=raw.get("normalization"),
+        source=manifest.source,
+        skipped=manifest.skipped,
         root=root,
     )
+
+
+def _check_split(root: Path, info: SplitInfo, manifest: Manifest, x: np.ndarray, y: np.ndarray, again: str) -> None:
+    """The arrays are what the manifest says: N samples of input.shape, N integer labels of its classes."""
+    x_path, y_path, classes = root / info.files.x, root / info.files.y, len(manifest.classes)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{y_path}: labels must be one integer per sample, found {y.dtype} of shape {list(y.shape)}; {again}")
+    if x.ndim < 1 or len(x) != info.count or len(y) != info.count:
+        raise UserError(f"{x_path} holds {len(x) if x.ndim else 0} samples and {y_path.name} {len(y)} labels, "
+                        f"where manifest.json says {info.count}; {again}")
+    if list(x.shape[1:]) != manifest.input.shape:
+        raise UserError(f"{x_path}: samples of shape {list(x.shape[1:])}, where manifest.json says input.shape "
+                        f"{manifest.input.shape}; {again}")
+    outside = y[(y < 0) | (y >= classes)]
+    if outside.size:
+        raise UserError(f"{y_path}: label {int(outside[0])} is outside the {classes} classes of manifest.json "
+                        f"(labels 0..{classes - 1}); {again}")
+
+
+# --- sha256 of the arrays, verified once per change of the file ------------------------------------
+
+def _stamp(path: Path) -> list[int]:
+    """What changes whenever the file's bytes do: size, mtime and ctime (ctime cannot be set back)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _verified_entry(path: Path) -> dict:
+    stamp = _stamp(path)  # taken before hashing: a write during the hash changes it, so it is hashed again
+    return {"stamp": stamp, "sha256": _sha256(path)}
+
+
+def _verify_digests(root: Path, manifest: Manifest, again: str, everything: bool) -> None:
+    cache = {} if everything else _read_verified(root)
+    verified = {}
+    for info in manifest.splits.values():
+        for key in ("x", "y"):
+            filename, expected = getattr(info.files, key), getattr(info.sha256, key)
+            path = root / filename
+            try:
+                stamp = _stamp(path)
+                known = cache.get(filename)
+                if known == {"stamp": stamp, "sha256": expected}:
+                    verified[filename] = known
+                    continue
+                entry = _verified_entry(path)
+            except OSError as exc:
+                raise UserError(f"{path}: cannot read ({exc.strerror or exc}); {again}") from None
+            if entry["sha256"] != expected:
+                raise UserError(f"{path}: does not match its sha256 in manifest.json (the file is corrupt or was "
+                                f"changed); {again}")
+            verified[filename] = entry
+    if verified != cache:
+        try:
+            write_json_atomic(root / VERIFIED, verified)
+        except OSError:  # a read-only dataset folder: verified again next time
+            pass
+
+
+def _read_verified(root: Path) -> dict:
+    try:
+        cache = json.loads((root / VERIFIED).read_text())
+    except (OSError, ValueError):  # absent or damaged: everything is hashed again
+        return {}
+    return cache if isinstance(cache, dict) else {}

@@ -85,6 +85,7 @@ def download(dataset: str, into: Path) -> Path:
 def load_for_recipe(data_config) -> prepared.PreparedDataset:
     """The prepared dataset a recipe names; digits is built in memory when not prepared."""
     root = Path(data_config.root) if data_config.root else default_root(data_config.dataset)
+    prepared.restore(root)
     if (root / "manifest.json").is_file():
         return prepared.load(root)
     if data_config.dataset == "digits":
