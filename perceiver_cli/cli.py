@@ -3,9 +3,14 @@ with Rich; no logic lives here. A UserError becomes one line on stderr and exit 
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
+import os
 import re
+import sys
 import time
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -19,7 +24,35 @@ from . import __version__
 from .console import console, err_console, info, is_quiet, set_quiet
 from .errors import UserError
 
+try:  # typer 0.2x carries its own copy of click, whose exceptions are not click's
+    from typer import _click as click
+except ImportError:
+    import click
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """A mistyped option or value (click's usage errors) is one line on stderr and exit 2, like every
+    other mistake, instead of a usage banner and a framed box; `perceiver` alone still shows the help."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            code = exc.exit_code
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `perceiver` alone: the help, as before
+                exc.show()
+            else:
+                context = getattr(exc, "ctx", None)
+                hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+                message = " ".join(exc.format_message().split())
+                err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="perceiver",
     help="Prepare data for, train and evaluate Perceiver models (Jaegle et al., 2021).",
     no_args_is_help=True,
@@ -30,23 +63,92 @@ app = typer.Typer(
 DEBUG = False
 
 
+# what to turn down when a command runs out of memory, by command
+MEMORY_KNOBS = {
+    "train": "lower train.batch_size, model.num_latents or model.latent_dim, or set train.activation_checkpointing=true",
+    "bench": "lower --batch or --input-size, or model.num_latents / model.latent_dim (--set)",
+    "eval_command": "lower --batch-size",
+    "attention": "capture fewer --samples",
+    "prepare": "lower --size (or --points)",
+}
+_interrupt_note = None  # set by a command that can say how to continue after Ctrl-C: () -> str
+
+
 def user_errors(command):
-    """Turn a UserError into one line on stderr and exit 2; Ctrl-C into a short note and exit 130."""
+    """Turn a user's mistake into one line on stderr and exit 2 (a UserError, an OS error on a file, memory
+    that cannot be had); Ctrl-C into a short note and exit 130. --debug shows the traceback instead."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        global _interrupt_note
+        _interrupt_note = None
         try:
             return command(*args, **kwargs)
-        except UserError as exc:
+        except KeyboardInterrupt:
             if DEBUG:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
+            err_console.print(_interrupt_note() if _interrupt_note else "interrupted", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            message = _user_message(exc, command.__name__)
+            if message is None or DEBUG:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _user_message(exc: Exception, command: str) -> str | None:
+    """The one line for an error the user can act on; None for a bug (which keeps its traceback)."""
+    if isinstance(exc, UserError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        text = _os_error_text(exc)
+    elif _is_out_of_memory(exc):
+        text = f"out of memory: {_asked_memory(str(exc))}; {MEMORY_KNOBS.get(command, 'ask for less')}"
+    else:
+        return None
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())  # always one line
+
+
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "free some space or write somewhere else",
+    errno.EDQUOT: "free some space or write somewhere else",
+    errno.EACCES: "check its permissions, or write somewhere else",
+    errno.EPERM: "check its permissions, or write somewhere else",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that is a folder: give a file path",
+    errno.EEXIST: "something is already there: choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else "a file"
+    fix = OS_ERROR_FIXES.get(exc.errno, "check the path and try again")
+    return f"{where}: {exc.strerror or exc}; {fix}"
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def _asked_memory(text: str) -> str:
+    """'asked for 25.6 GB at once' from the allocator's message (CPU, CUDA or NumPy)."""
+    cpu = re.search(r"tried to allocate (\d+) bytes", text)
+    if cpu:
+        return f"one allocation of {int(cpu.group(1)) / 1e9:,.1f} GB did not fit"
+    other = re.search(r"(?:Tried to|Unable to) allocate ([\d.]+ [KMGTP]i?B)", text)
+    return f"one allocation of {other.group(1)} did not fit" if other else "an allocation did not fit"
 
 
 def _print_version(value: bool) -> None:
@@ -64,6 +166,9 @@ def main_options(
     global DEBUG
     DEBUG = debug
     set_quiet(quiet)
+    if not debug:  # library warnings (torch, nibabel, PIL) are for developers, not for the user's terminal
+        warnings.simplefilter("ignore")
+        logging.getLogger("nibabel").setLevel(logging.ERROR)
 
 
 def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
@@ -197,6 +302,7 @@ def train(
     from .engine.train import describe, resume_run, start_run
     from .recipe import load_recipe
 
+    global _interrupt_note
     device_name = device.value if device else None
     if resume is not None:
         if recipe is not None:
@@ -208,6 +314,7 @@ def train(
             loaded.train.name = name
         dataset = load_for_recipe(loaded.data)
         trainer = start_run(loaded, path, dataset, quiet=is_quiet(), device=device_name)
+    _interrupt_note = lambda: _how_to_continue(trainer.run_dir)  # noqa: E731
     info(describe(trainer), soft_wrap=True)
     result = trainer.fit()
     best = result.best
@@ -221,6 +328,12 @@ def train(
     else:
         console.print(f"finished · {result.run_dir}", highlight=False)
     info(f"next: perceiver eval {result.run_dir}")
+
+
+def _how_to_continue(run_dir: Path) -> str:
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return f"interrupted: {run_dir} keeps its last finished epoch; continue with `perceiver train --resume {run_dir}`"
+    return "interrupted before the first epoch finished: nothing was saved to resume; run the command again"
 
 
 # --- eval ------------------------------------------------------------------------------------------
@@ -381,20 +494,31 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure, with the environment, to this JSON file."),
 ):
     """Throughput, step-time spread, peak memory, FLOPs and MFU of a recipe's model on synthetic inputs."""
-    import json
-
+    from .atomic import write_json_atomic
     from .bench.run import BenchOptions, run_bench
-    from .engine.checkpoint import write_text_atomic
     from .recipe import load_recipe
 
+    if json_path is not None:  # before the benchmark runs, not after it
+        _check_writable(json_path, "--json")
     loaded, _ = load_recipe(recipe, overrides)
     document = run_bench(loaded, BenchOptions(input_size=input_size, batch=batch, steps=steps, warmup=warmup, mode=mode.value,
                                               device=device.value, dtype=dtype.value if dtype else None,
                                               sweep=sweep_sizes, compare=compare))
     _print_bench(document)
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
+        write_json_atomic(json_path, document)
         console.print(f"wrote {json_path}", highlight=False)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work is spent on what goes into it."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file path, e.g. {path / 'bench.json'}")
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{option} {path}: the folder {folder} is not writable; choose another path")
 
 
 def _memory_text(value) -> str:
