@@ -3,7 +3,9 @@ settings, small labelled image folders, and one tiny digits run trained once per
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,10 +16,55 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from perceiver_cli.cli import app
+from perceiver_cli.engine import runtime
 
 # The machine has 2 cores shared with other work: one intra-op thread avoids OpenMP threads spinning
 # against busy cores (which made tiny runs ~50x slower under load) and leaves the other core free.
 torch.set_num_threads(1)
+
+# `precision: auto` means bf16 autocast on CPUs with bf16 matrix units (AVX512-BF16, AMX) and fp32
+# elsewhere, and CI runs on both kinds. PERCEIVER_TEST_CPU_BF16=1 runs the whole suite as if on a CPU
+# with those units, =0 as if on one without (unset: the real CPU decides), e.g.
+#   PERCEIVER_TEST_CPU_BF16=1 python -m pytest -q
+# (on a CPU without the units bf16 is emulated, so that run is slower). pytest's header says which.
+CPU_BF16_ENV = "PERCEIVER_TEST_CPU_BF16"
+_real_cpu_has_bf16_units = runtime.cpu_has_bf16_units
+
+
+def patch_cpu_bf16(monkeypatch, has_units: bool) -> None:
+    """Answer has_units wherever cpu_has_bf16_units is read: runtime (so use_bf16) and every module that
+    bound the name (bench.run); a module imported later takes runtime's patched one."""
+    def cpu_has_bf16_units() -> bool:
+        return has_units
+
+    for module in list(sys.modules.values()):
+        if callable(getattr(module, "__dict__", {}).get("cpu_has_bf16_units")):  # no module __getattr__ runs
+            monkeypatch.setattr(module, "cpu_has_bf16_units", cpu_has_bf16_units)
+
+
+def _cpu_bf16_switch() -> bool | None:
+    value = os.environ.get(CPU_BF16_ENV, "")
+    if value not in ("", "0", "1"):
+        raise pytest.UsageError(f"{CPU_BF16_ENV}={value!r}: use 1 (bf16 units), 0 (none) or leave it unset (this CPU)")
+    return None if value == "" else value == "1"
+
+
+def pytest_report_header(config):
+    switch = _cpu_bf16_switch()
+    units = _real_cpu_has_bf16_units() if switch is None else switch
+    source = "this CPU" if switch is None else f"{CPU_BF16_ENV}={int(switch)}"
+    return f"precision auto on CPU: {'bf16' if units else 'fp32'} (bf16 units {units}, from {source})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_bf16_switch():
+    """The PERCEIVER_TEST_CPU_BF16 patch, for the whole session (autouse: before other session fixtures)."""
+    switch = _cpu_bf16_switch()
+    with pytest.MonkeyPatch.context() as mp:
+        if switch is not None:
+            patch_cpu_bf16(mp, switch)
+        yield switch
+
 
 # A digits model small enough that one epoch takes a fraction of a second on one CPU core.
 TINY = [
