@@ -16,7 +16,7 @@ import trimesh
 
 from conftest import set_args
 from perceiver_cli.data.augment import augment_points, drop_points, rotate_about, subsample_points
-from perceiver_cli.data.modelnet40 import MERGED_HEADER, parse_triangle_off, read_modelnet40, sample_mesh
+from perceiver_cli.data.modelnet40 import MERGED_HEADER, off_problem, parse_triangle_off, read_modelnet40, sample_mesh
 from perceiver_cli.recipe import AugmentConfig
 from test_cli import assert_user_error
 
@@ -90,6 +90,63 @@ def test_bulk_parser_reads_what_trimesh_reads_and_leaves_the_rest_to_it():
     cloud, reason = sample_mesh(quad, seed=0, points=100)  # trimesh triangulates the quad
     assert reason is None and cloud.shape == (100, 3)
     assert parse_triangle_off(b"OFF\n# made by hand\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n") is None
+
+
+def cut_after_faces(text: str, faces: int) -> str:
+    """The file cut at a line boundary after `faces` of its faces (a copy or download that stopped)."""
+    lines = text.splitlines(keepends=True)
+    vertices = int(lines[1].split()[0])
+    return "".join(lines[: 2 + vertices + faces])
+
+
+def test_an_off_file_cut_short_is_a_skipped_mesh_with_the_reason():
+    sphere = off_text(SHAPES["sphere"]())  # 162 vertices, 320 faces
+    for text in (cut_after_faces(sphere, 160), "# a comment\n" + cut_after_faces(sphere, 160)):
+        cloud, reason = sample_mesh(text.encode(), seed=0, points=64)
+        assert cloud is None and reason == "the header says 162 vertices and 320 faces, the file has 162 and 160 (cut short?)"
+    in_the_vertices = "".join(sphere.splitlines(keepends=True)[: 2 + 72])
+    cloud, reason = sample_mesh(in_the_vertices.encode(), seed=0, points=64)
+    assert cloud is None and "the file has 72 and 0" in reason
+    mid_line = sphere.rstrip("\n").rsplit(" ", 1)[0] + "\n"  # the last face lost its last vertex
+    cloud, reason = sample_mesh(mid_line.encode(), seed=0, points=64)
+    assert cloud is None and reason.startswith("face 319 does not list the vertices it counts")
+    quads = b"OFF\n4 2 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n"  # polygons: trimesh's path
+    cloud, reason = sample_mesh(quads, seed=0, points=64)
+    assert cloud is None and "4 vertices and 2 faces, the file has 4 and 1" in reason
+    cloud, reason = sample_mesh(sphere.encode() + b"3 0 1 2\n", seed=0, points=64)
+    assert cloud is None and reason == "1 line(s) beyond the 162 vertices and 320 faces its header says"
+
+
+def test_files_that_are_not_off_text_say_so():
+    rng = np.random.default_rng(0)
+    cloud, reason = sample_mesh(rng.bytes(4096), seed=0, points=64)
+    assert cloud is None and reason.startswith("not an OFF file: not text")
+    assert sample_mesh(b"ply\nformat ascii 1.0\nelement vertex 3\n", 0, 64)[1] == "not an OFF file: no 'OFF' header"
+    assert sample_mesh(b"OFF\n\x00\x00\n", 0, 64)[1] == "not an OFF file: not text (it holds NUL bytes)"
+    assert sample_mesh(b"OFF\nmany faces\n", 0, 64)[1] == "no vertex and face counts after the 'OFF' header"
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.is_dir(), reason="../shared/data/modelnet-off not present")
+def test_a_real_mesh_cut_after_903_of_its_1807_faces_is_skipped():
+    text = (SHARED_SAMPLE / "bed" / "train" / "bed_0001.off").read_text()
+    cloud, reason = sample_mesh(cut_after_faces(text, 903).encode(), seed=0, points=64)
+    assert cloud is None and reason == "the header says 2095 vertices and 1807 faces, the file has 2095 and 903 (cut short?)"
+
+
+def test_a_damaged_zip_member_is_a_skipped_mesh_not_a_crash(tmp_path):
+    archive = tmp_path / "ModelNet40.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in ("box", "cone"):
+            for i in range(2):
+                zf.writestr(f"ModelNet40/{name}/train/{name}_{i:04d}.off", off_text(SHAPES[name]()))
+    data = bytearray(archive.read_bytes())
+    data[data.find(b"OFF\n") + 20] ^= 0xFF  # box_0000's bytes no longer match its CRC
+    archive.write_bytes(bytes(data))
+    for workers in (1, 2):
+        dataset = read_modelnet40(archive, points=16, workers=workers)
+        assert [(item["path"], item["reason"][:26]) for item in dataset.skipped] == \
+            [("ModelNet40/box/train/box_0000.off", "cannot read: Bad CRC-32 fo")]
+        assert len(dataset.splits["train"].y) == 3
 
 
 def test_clouds_are_centred_inside_the_unit_sphere_and_on_the_surface():
@@ -185,7 +242,9 @@ def test_the_real_sample_meshes_all_prepare():
     x = dataset.splits["train"].x
     assert x.shape == (9, 512, 3) and np.isfinite(x).all()
     for path in SHARED_SAMPLE.rglob("*.off"):  # all plain triangle meshes: the bulk parser reads them
-        assert parse_triangle_off(MERGED_HEADER.sub(rb"OFF\n\1", path.read_bytes(), count=1)) is not None
+        data = MERGED_HEADER.sub(rb"OFF\n\1", path.read_bytes(), count=1)
+        assert parse_triangle_off(data) is not None
+        assert off_problem(data) is None  # and the checks of the general path find them whole
     np.testing.assert_allclose(np.linalg.norm(x, axis=2).max(1), 1.0, atol=1e-6)
 
 

@@ -28,6 +28,8 @@ LAYOUT = "<class>/train/*.off and <class>/test/*.off (ModelNet40/<class>/{train,
 SPLITS = ("train", "test")
 # the real files' quirk: "OFF3514 3546 0" on one line instead of "OFF" and a newline
 MERGED_HEADER = re.compile(rb"^\s*OFF[ \t]*(\d)")
+# the OFF variants whose vertex lines start with x y z (colours, normals, texture coordinates after)
+OFF_HEADER = re.compile(r"(ST)?C?N?OFF")
 
 
 def read_modelnet40(source: Path, points: int = 2048, workers: int | None = None, seed: int = 0) -> PreparedDataset:
@@ -103,8 +105,8 @@ def _sample_all(source: Path, tasks: list, workers: int):
     """(cloud or None, reason) per task, in order."""
     if workers <= 1 or len(tasks) < 2:
         with open_source(source) as (_, read):
-            for path, seed, points in tasks:
-                yield sample_mesh(read(path), seed, points)
+            for task in tasks:
+                yield _read_and_sample(read, *task)
         return
     fork = "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else "spawn")
@@ -113,8 +115,15 @@ def _sample_all(source: Path, tasks: list, workers: int):
 
 
 def _sample_task(task) -> tuple[np.ndarray | None, str | None]:
-    path, seed, points = task
-    return sample_mesh(_READ(path), seed, points)
+    return _read_and_sample(_READ, *task)
+
+
+def _read_and_sample(read, path: str, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        data = read(path)
+    except Exception as exc:  # a damaged zip member (bad CRC...) or an unreadable file: skipped like a bad mesh
+        return None, f"cannot read: {exc}" if str(exc) else f"cannot read: {type(exc).__name__}"
+    return sample_mesh(data, seed, points)
 
 
 def parse_triangle_off(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
@@ -137,6 +146,41 @@ def parse_triangle_off(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     return values[: 3 * vertices].reshape(vertices, 3), triangles[:, 1:].astype(np.int64)
 
 
+def off_problem(data: bytes) -> str | None:
+    """Why `data` is not a whole OFF file, read line by line as trimesh does; None when it is.
+
+    trimesh takes the lines it finds: a file cut after 903 of its 1,807 faces would be a mesh
+    with half its surface. Here every vertex and face the header counts must be there, in full."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not an OFF file: not text (byte {exc.start} is not UTF-8)"
+    if "\0" in text:
+        return "not an OFF file: not text (it holds NUL bytes)"
+    lines = [tokens for tokens in (line.split("#", 1)[0].split() for line in text.splitlines()) if tokens]
+    if not lines or not OFF_HEADER.fullmatch(lines[0][0]):
+        return "not an OFF file: no 'OFF' header"
+    rest = ([lines[0][1:]] if len(lines[0]) > 1 else []) + lines[1:]  # the counts may follow on the header line
+    try:
+        vertices, faces = int(rest[0][0]), int(rest[0][1])
+    except (IndexError, ValueError):
+        return "no vertex and face counts after the 'OFF' header"
+    body = rest[1:]
+    if len(body) < vertices + faces:
+        found = min(len(body), vertices), max(len(body) - vertices, 0)
+        return (f"the header says {vertices} vertices and {faces} faces, the file has {found[0]} and {found[1]} "
+                f"(cut short?)")
+    if len(body) > vertices + faces:
+        return f"{len(body) - vertices - faces} line(s) beyond the {vertices} vertices and {faces} faces its header says"
+    for i, tokens in enumerate(body[:vertices]):
+        if len(tokens) < 3:
+            return f"vertex {i} has {len(tokens)} coordinates, not 3"
+    for i, tokens in enumerate(body[vertices:]):
+        if not tokens[0].isdigit() or len(tokens) - 1 < int(tokens[0]):
+            return f"face {i} does not list the vertices it counts ({' '.join(tokens[:8])})"
+    return None
+
+
 def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
     """(points x 3 float32 cloud centred at zero inside the unit sphere, None), or (None, why not)."""
     data = MERGED_HEADER.sub(rb"OFF\n\1", data, count=1)
@@ -144,7 +188,10 @@ def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None,
         plain = parse_triangle_off(data)
         if plain is not None:
             mesh = trimesh.Trimesh(*plain, process=False)
-        else:  # comments, colours, polygons...: trimesh's general parser
+        else:  # comments, colours, polygons...: trimesh's general parser, once the file is known whole
+            problem = off_problem(data)
+            if problem:
+                return None, problem
             mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types on malformed text; a bad file is skipped, not fatal
         return None, f"cannot parse OFF: {exc}" if str(exc) else f"cannot parse OFF: {type(exc).__name__}"
