@@ -286,3 +286,33 @@ def test_the_real_oai_volumes_split_with_both_visits_of_a_patient_together(tmp_p
             visits.setdefault(patient, set()).add(visit)
         assert all(len(v) == 2 for v in visits.values())  # both visits of each patient, in this split
     assert sum(len(s.y) for s in dataset.splits.values()) == 48 * 2
+
+
+# --- sizes and images too large to decode --------------------------------------------------------------
+
+def test_a_size_whose_slices_cannot_fit_is_refused_before_reading(cli, workdir, png_slices, monkeypatch):
+    import perceiver_cli.data.akoa as akoa
+
+    def read(*args):  # a regression must not allocate 10 GB per slice: it fails here instead
+        raise AssertionError("read a file at a size whose arrays cannot fit")
+
+    monkeypatch.setattr(akoa, "_read_file", read)
+    line = assert_user_error(cli("prepare", "akoa", "--from", png_slices, "--size", "100000x100000"))
+    files = len(list(png_slices.iterdir()))
+    assert line.startswith(f"error: --size 100000x100000: {files:,} images of 100000x100000x1 would need at least")
+    assert "give a smaller --size" in line
+    assert not (workdir / "data").exists()
+
+
+def test_a_decompression_bomb_slice_is_skipped_with_a_clear_reason(tmp_path, monkeypatch, recwarn):
+    source = write_png_slices(tmp_path / "slices", slices=2, size=(8, 10))  # 80 pixels each
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's limit, scaled down to the test's images
+    rng = np.random.default_rng(0)
+    for name, side in (("warned", 25), ("refused", 40)):  # 625 pixels: PIL only warns; 1,600: it raises
+        Image.fromarray(knee_slice("LEFT", side, side, rng)).save(source / f"OAI9000000_BaseLine_{name}_LEFT.nii.gz_idx_9.png")
+    dataset = read_akoa(source, AkoaOptions(size=(8, 10)))
+    reasons = {item["path"]: item["reason"] for item in dataset.skipped}
+    assert reasons["OAI9000000_BaseLine_warned_LEFT.nii.gz_idx_9.png"] == \
+        "625 pixels, more than the 500 an image may have (a decompression bomb?); not decoded"
+    assert reasons["OAI9000000_BaseLine_refused_LEFT.nii.gz_idx_9.png"].startswith("1,600 pixels, more than the 500")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import struct
 import tarfile
 import zipfile
@@ -452,3 +453,44 @@ def test_real_cifar10_jpg_zip():
     assert np.bincount(train.y).tolist() == [4500] * 10
     assert np.bincount(val.y).tolist() == [500] * 10
     assert len(train.extra["source_files"]) + len(val.extra["source_files"]) == 50000
+
+
+# ---------------------------------------------------------------- sizes and images too large to decode
+
+def test_prepare_a_size_whose_arrays_cannot_fit_is_refused_before_decoding(cli, workdir, image_folder, monkeypatch):
+    import perceiver_cli.data.imagefolder as imagefolder
+
+    def decoded(*args):  # a regression must not allocate 30 GB per image: it fails here instead
+        raise AssertionError("decoded an image at a size whose arrays cannot fit")
+
+    monkeypatch.setattr(imagefolder, "_decode", decoded)
+    result = cli("prepare", "shapes", "--from", image_folder, "--size", "100000x100000")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line, = result.stderr.splitlines()
+    assert line.startswith("error: --size 100000x100000: 72 images of 100000x100000x3 would need at least")
+    assert "GiB of memory to prepare" in line and "give a smaller --size" in line
+    assert not (workdir / "data").exists()
+
+
+def test_the_size_check_says_which_size_fits(tmp_path, monkeypatch):
+    import perceiver_cli.data.memory as memory
+
+    root = make_class_folder(tmp_path / "pets")  # 31 images, the first in colour
+    monkeypatch.setattr(memory, "available_bytes", lambda: 500_000)
+    with pytest.raises(UserError, match=r"--size 64x64: 31 images of 64x64x3 would need at least 0.7 MiB") as info:
+        read_image_folder(root, "pets", size=(64, 64))
+    height, width = (int(n) for n in re.search(r"\(about (\d+)x(\d+) fits\)", str(info.value)).groups())
+    assert read_image_folder(root, "pets", size=(height, width)).input_spec["shape"] == [height, width, 3]
+
+
+def test_decompression_bombs_are_skipped_images_with_a_clear_reason(tmp_path, monkeypatch, recwarn):
+    root = make_class_folder(tmp_path / "pets")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's limit, scaled down to the test's images
+    save_image(root / "cat" / "warned.png", COLORS["cat"], size=(25, 25))  # 625 pixels: PIL only warns
+    save_image(root / "dog" / "refused.png", COLORS["dog"], size=(40, 40))  # 1,600: PIL raises
+    ds = read_image_folder(root, "pets", val_fraction=0)
+    reasons = {item["path"]: item["reason"] for item in ds.skipped}
+    assert reasons["cat/warned.png"] == "625 pixels, more than the 500 an image may have (a decompression bomb?); not decoded"
+    assert reasons["dog/refused.png"].startswith("1,600 pixels, more than the 500")
+    assert len(ds.split("train").y) == 30
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

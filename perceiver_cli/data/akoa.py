@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from PIL import Image
 from ..console import track
 from ..errors import UserError
 from .files import is_hidden, open_source
+from .imagefolder import bomb_reason, open_image
+from .memory import check_image_size
 from .prepared import PreparedDataset, Split, channel_stats
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -73,9 +74,12 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
         if not files:
             raise UserError(f"{source}: no NIfTI volumes (.nii, .nii.gz) or PNG slices found; "
                             f"expected 3D knee volumes or AKOA slices like OAI9014797_BaseLine_..._LEFT.nii.gz_idx_7.png")
+        identities = {path: identify(path, pattern, table) for path in files}
+        # every labelled file gives at least one slice, held twice while the splits are stacked
+        check_image_size(options.size, sum(who.label is not None and who.patient is not None for who in identities.values()), 1)
         slices, skipped = [], []
         for path in track(files, f"slicing {source.name}"):
-            who = identify(path, pattern, table)
+            who = identities[path]
             missing = [field for field in ("label", "patient") if getattr(who, field) is None]
             if missing:
                 skipped.append({"path": path, "reason": f"no {' or '.join(missing)} in the name; give --pattern with "
@@ -84,7 +88,8 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
             try:
                 images = _read_file(path, read(path), options)
             except Exception as exc:  # nibabel/PIL/gzip raise many types on corrupt files: skip, never abort
-                skipped.append({"path": path, "reason": f"cannot read: {exc}" if str(exc) else f"cannot read: {type(exc).__name__}"})
+                reason = bomb_reason(exc) or (f"cannot read: {exc}" if str(exc) else f"cannot read: {type(exc).__name__}")
+                skipped.append({"path": path, "reason": reason})
                 continue
             volume = PNG_SLICE.sub("", path) if _kind(path) == "png" else path
             for index, image in images:
@@ -210,7 +215,7 @@ def identify(path: str, pattern: re.Pattern | None, table: dict[str, dict]) -> I
 def _read_file(path: str, data: bytes, options: AkoaOptions) -> list[tuple[int | None, np.ndarray]]:
     """[(slice index or None, H x W uint8)] of one file, resized to options.size."""
     if _kind(path) == "png":
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             img.load()
             return [(None, _resize(np.asarray(img.convert("L")), options.size))]
     volume = _load_nifti(data, path.lower().endswith(".gz"), options.axis)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from ..console import track
 from ..errors import UserError
 from .files import is_hidden, open_source
+from .memory import check_image_size
 from .prepared import PreparedDataset, Split, channel_stats, stratified_holdout
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -46,6 +50,8 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
         if not found:
             raise UserError(f"{source}: {NO_IMAGES}")
         layout, wrapper, samples, skipped = _layout(found)
+        if size is not None and samples:  # before decoding anything: a size whose arrays cannot fit is refused
+            check_image_size(tuple(size), len(samples), _channels(read(samples[0][2])))
         classes = sorted({cls for _, cls, _ in samples})
         label_of = {cls: i for i, cls in enumerate(classes)}
         images, native = [], []
@@ -66,8 +72,11 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
                         f"(e.g. {skipped[0]['path']}: {skipped[0]['reason']}); check the files")
 
     x, target, resized = _stack(images, native, size)
+    images.clear()  # the arrays are held twice at most: decoded and stacked, or stacked and split
+    sample_shape = list(x.shape[1:])
     splits = {split: Split(x[idx], np.array(labels, dtype=np.int64), {"source_files": paths})
               for split, (idx, labels, paths) in per_split.items() if idx}
+    del x
     held_out = None
     if "train" in splits and "val" not in splits and "test" not in splits and val_fraction > 0:
         splits, held_out = _hold_out_val(splits["train"], val_fraction, seed)
@@ -87,7 +96,7 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
     return PreparedDataset(
         name=name,
         classes=classes,
-        input_spec={"kind": "image", "shape": list(x.shape[1:])},
+        input_spec={"kind": "image", "shape": sample_shape},
         splits=splits,
         normalization=channel_stats(stats_split.x),
         source=source_info,
@@ -122,9 +131,37 @@ def _layout(found: list[list[str]]) -> tuple[str, str | None, list[tuple[str, st
     return ("<split>/<class>" if by_split else "<class>"), wrapper, samples, skipped
 
 
+@contextmanager
+def open_image(data: bytes):
+    """PIL's image of `data`; one with more pixels than PIL's limit for an image (a decompression
+    bomb: a few KB that decode to GBs) raises instead of being decoded, with no warning printed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as img:
+            yield img
+
+
+def bomb_reason(exc: Exception) -> str | None:
+    """Our words for PIL's decompression-bomb refusals; None for any other error."""
+    if not isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return None
+    pixels = re.search(r"\((\d+) pixels\)", str(exc))
+    found = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+    return f"{found}, more than the {Image.MAX_IMAGE_PIXELS:,} an image may have (a decompression bomb?); not decoded"
+
+
+def _channels(data: bytes) -> int:
+    """3 when this image makes the set RGB (a colour one always does), else 1; from its header only."""
+    try:
+        with open_image(data) as img:
+            return 1 if _is_gray(img) else 3
+    except Exception:  # unreadable: the decode below skips it and names why
+        return 1
+
+
 def _decode(data: bytes, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
     """(H W uint8 for grayscale or H W 3 for colour, native (H, W)); resized to `size` when given."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         img.load()  # decode now, so a truncated file fails here
         native = (img.height, img.width)
         mode = "L" if _is_gray(img) else "RGB"
@@ -142,6 +179,8 @@ def _is_gray(img: Image.Image) -> bool:
 
 
 def _reason(exc: Exception) -> str:
+    if bomb_reason(exc):
+        return bomb_reason(exc)
     if isinstance(exc, UnidentifiedImageError):  # its message holds a memory address: keep the manifest stable
         return "not a readable image (corrupt, or not the format its extension says)"
     return f"cannot decode: {exc}" if str(exc) else f"cannot decode: {type(exc).__name__}"

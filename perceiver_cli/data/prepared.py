@@ -136,8 +136,10 @@ def channel_stats(x: np.ndarray) -> dict:
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     count = 0
-    for start in range(0, len(x), 4096):
-        chunk = x[start : start + 4096].reshape(-1, channels).astype(np.float64) / 255.0
+    rows = min(4096, max(1, 2**24 // max(1, x[0].size)))  # float64 chunks of at most 128 MB, however large the images
+    for start in range(0, len(x), rows):
+        chunk = x[start : start + rows].reshape(-1, channels).astype(np.float64)
+        chunk /= 255.0
         total += chunk.sum(0)
         total_sq += np.square(chunk).sum(0)
         count += chunk.shape[0]
