@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import SHAPE_CLASSES, TINY, set_args, snapshot
+from conftest import SHAPE_CLASSES, set_args, snapshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS_TEST_COUNT = 359  # the 20 % stratified test split of scikit-learn's 1,797 digits
@@ -188,83 +188,7 @@ def test_eval_split_and_data_together_is_an_error(cli, digits_run, image_folder)
     assert "--split" in message and "--data" in message
 
 
-# --- bad input: one line on stderr, exit 2, nothing touched ---------------------------------------
-
-def _missing_recipe(tmp):
-    return ["train", "missing-recipe.yaml"], ["missing-recipe.yaml", "not found"]
-
-
-def _malformed_yaml(tmp):
-    path = tmp / "bad.yaml"
-    path.write_text("model:\n  num_latents: 8\n  latent_dim: [32\ntrain:\n  epochs: 1\n")
-    return ["train", path], ["bad.yaml", "malformed YAML", "line "]
-
-
-def _unknown_key(tmp):
-    path = tmp / "typo.yaml"
-    path.write_text("model:\n  num_latent: 8\n")
-    return ["train", path], ["typo.yaml", "model.num_latent", "model.num_latents"]
-
-
-def _wrong_type(tmp):
-    return ["train", "--set", "train.epochs=abc"], ["train.epochs", "abc", "invalid"]
-
-
-def _not_prepared(tmp):
-    return ["train", *set_args(TINY + ["data.dataset=cifar10"])], ["perceiver prepare cifar10"]
-
-
-def _eval_missing(tmp):
-    return ["eval", "runs/no-such-run"], ["runs/no-such-run"]
-
-
-def _eval_corrupt_checkpoint(tmp):
-    path = tmp / "x.pt"
-    path.write_bytes(np.random.default_rng(0).bytes(4096))
-    return ["eval", path], ["x.pt"]
-
-
-def _eval_unknown_class(tmp):
-    folder = tmp / "strange"
-    for cls in ("3", "zebra"):
-        (folder / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(folder / cls / f"{i}.png")
-    return ["eval", "runs/digits", "--data", folder], ["zebra"]
-
-
-def _prepare_mnist_empty(tmp):
-    (tmp / "empty").mkdir()
-    return ["prepare", "mnist", "--from", tmp / "empty"], ["empty", "train-images-idx3-ubyte.gz"]
-
-
-def _prepare_cifar_bad_md5(tmp):
-    path = tmp / "cifar-10-python.tar.gz"
-    path.write_bytes(b"not the real cifar archive\n" * 100)
-    return ["prepare", "cifar10", "--from", path], ["cifar-10-python.tar.gz", "md5"]
-
-
-BAD_INPUTS = [_missing_recipe, _malformed_yaml, _unknown_key, _wrong_type, _not_prepared, _eval_missing,
-              _eval_corrupt_checkpoint, _eval_unknown_class, _prepare_mnist_empty, _prepare_cifar_bad_md5]
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS, ids=[f.__name__.strip("_") for f in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(cli, digits_run, workdir, case):
-    inputs = workdir / "inputs"
-    inputs.mkdir()
-    args, expected = case(inputs)
-    runs_before = snapshot(workdir / "runs")
-    dirs_before = sorted(p.name for p in (workdir / "runs").iterdir())
-
-    message = assert_user_error(cli(*args))
-    for text in expected:
-        assert text in message, (text, message)
-    assert sorted(p.name for p in (workdir / "runs").iterdir()) == dirs_before
-    assert snapshot(workdir / "runs") == runs_before
-    # a failed prepare leaves no prepared dataset behind
-    if args[0] == "prepare":
-        assert not (workdir / "data" / args[1]).exists()
-
+# --- bad input: one line on stderr, exit 2 (the whole table is tests/test_bad_inputs.py) ---------------
 
 def test_a_patch_size_that_does_not_divide_the_images_is_a_user_error(cli, workdir):
     message = assert_user_error(cli("train", "--set", "model.patch_size=3"))
