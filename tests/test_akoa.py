@@ -230,6 +230,8 @@ def test_nifti_volumes_slice_evenly_and_bad_files_are_reported(cli, workdir, tmp
     (["--pattern", r"\d+"], "has none of the named groups"),
     (["--slices", "some"], "--slices 'some'"),
     (["--points", "5"], "--points applies to `prepare modelnet40` only"),
+    (["--split", "nan,nan,nan"], "--split nan,nan,nan: give three shares"),
+    (["--seed", "-1"], "--seed -1: must be 0 or more"),
 ])
 def test_bad_akoa_options_are_one_clear_line(cli, workdir, png_slices, args, expected):
     line = assert_user_error(cli("prepare", "akoa", "--from", png_slices, *args))

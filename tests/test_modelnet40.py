@@ -213,6 +213,21 @@ def test_prepare_without_meshes_is_one_clear_line(cli, workdir, tmp_path):
     assert not (workdir / "data" / "modelnet40").exists()
 
 
+def test_points_whose_clouds_cannot_fit_and_a_negative_seed_are_one_line_before_sampling(cli, workdir, modelnet, monkeypatch):
+    import perceiver_cli.data.modelnet40 as modelnet40
+
+    def sampled(*args):  # a regression must not sample 10^12 points: it fails here instead
+        raise AssertionError("sampled a mesh")
+
+    monkeypatch.setattr(modelnet40, "sample_mesh", sampled)
+    line = assert_user_error(cli("prepare", "modelnet40", "--from", modelnet, "--points", 10**12, "--workers", 1))
+    assert line.startswith("error: --points 1,000,000,000,000: 58 meshes of 1,000,000,000,000 points would need at least")
+    assert "give fewer --points (about" in line
+    line = assert_user_error(cli("prepare", "modelnet40", "--from", modelnet, "--seed", -1, "--workers", 1))
+    assert line == "error: --seed -1: must be 0 or more"
+    assert not (workdir / "data").exists()
+
+
 def test_points_option_is_refused_for_other_datasets(cli, workdir):
     line = assert_user_error(cli("prepare", "digits", "--points", 128))
     assert "--points applies to `prepare modelnet40` only" in line

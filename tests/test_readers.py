@@ -472,6 +472,11 @@ def test_prepare_a_size_whose_arrays_cannot_fit_is_refused_before_decoding(cli, 
     assert not (workdir / "data").exists()
 
 
+def test_a_negative_seed_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"^--seed -1: must be 0 or more$"):
+        read_image_folder(make_class_folder(tmp_path / "pets"), "pets", seed=-1)
+
+
 def test_the_size_check_says_which_size_fits(tmp_path, monkeypatch):
     import perceiver_cli.data.memory as memory
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..errors import UserError
 from .files import is_hidden, open_source
 from .imagefolder import bomb_reason, open_image
 from .memory import check_image_size
-from .prepared import PreparedDataset, Split, channel_stats
+from .prepared import PreparedDataset, Split, channel_stats, check_seed
 
 SPLIT_NAMES = ("train", "val", "test")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -138,7 +139,8 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
 def _check_options(options: AkoaOptions) -> None:
     if options.split_by not in ("patient", "volume"):
         raise UserError(f"--split-by {options.split_by!r}: use patient or volume")
-    if len(options.split) != 3 or min(options.split) < 0 or abs(sum(options.split) - 1) > 1e-6 or options.split[0] <= 0:
+    if len(options.split) != 3 or not all(math.isfinite(share) and share >= 0 for share in options.split) \
+            or abs(sum(options.split) - 1) > 1e-6 or options.split[0] <= 0:
         raise UserError(f"--split {','.join(map(str, options.split))}: give three shares train,val,test that add up to 1, e.g. 0.7,0.15,0.15")
     if options.slices is not None and options.slices < 1:
         raise UserError(f"--slices {options.slices}: give a positive number or 'all'")
@@ -146,6 +148,7 @@ def _check_options(options: AkoaOptions) -> None:
         raise UserError(f"--axis {options.axis}: a volume has axes 0, 1 and 2")
     if len(options.size) != 2 or min(options.size) < 1:
         raise UserError(f"--size {options.size}: must be two positive numbers, height and width")
+    check_seed(options.seed)
 
 
 def _kind(path: str) -> str | None:

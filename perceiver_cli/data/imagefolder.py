@@ -28,7 +28,7 @@ from ..console import track
 from ..errors import UserError
 from .files import is_hidden, open_source
 from .memory import check_image_size
-from .prepared import PreparedDataset, Split, channel_stats, stratified_holdout
+from .prepared import PreparedDataset, Split, channel_stats, check_seed, stratified_holdout
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -44,6 +44,7 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
         raise UserError(f"val_fraction {val_fraction}: must be at least 0 and below 1 (e.g. 0.1)")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise UserError(f"size {size}: must be two positive numbers, height and width")
+    check_seed(seed)
 
     with open_source(source) as (names, read):
         found = sorted(parts for parts in (n.split("/") for n in names) if _is_image(parts))

@@ -34,16 +34,35 @@ def size_text(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
+def check_fits(need: int, what: str, smaller: str, fits) -> None:
+    """Refuse `what` when it needs `need` bytes and less is available now; `fits(share)` says what
+    would fit in `share` (< 1) of the memory asked, e.g. a smaller size."""
+    have = available_bytes()
+    if have is not None and need > have:
+        raise UserError(f"{what} would need at least {size_text(need)} of memory to prepare, and {size_text(have)} "
+                        f"is available; give {smaller} (about {fits(have / need)} fits)")
+
+
 def check_image_size(size: tuple[int, int], images: int, channels: int, copies: int = 2) -> None:
     """Refuse `--size HxW` when `images` uint8 images of that size, held `copies` times over while
     they are stacked into arrays, need more memory than is available now."""
     height, width = size
-    need = copies * images * height * width * channels
-    have = available_bytes()
-    if have is None or need <= have:
-        return
-    scale = math.sqrt(have / need)
-    fits = f"{max(1, int(height * scale))}x{max(1, int(width * scale))}"
-    raise UserError(f"--size {height}x{width}: {images:,} images of {height}x{width}x{channels} would need at least "
-                    f"{size_text(need)} of memory to prepare, and {size_text(have)} is available; give a smaller --size "
-                    f"(about {fits} fits)")
+
+    def fits(share: float) -> str:  # both sides shrink alike
+        scale = math.sqrt(share)
+        return f"{max(1, int(height * scale))}x{max(1, int(width * scale))}"
+
+    check_fits(copies * images * height * width * channels,
+               f"--size {height}x{width}: {images:,} images of {height}x{width}x{channels}", "a smaller --size", fits)
+
+
+# peak bytes per point while one mesh is sampled (trimesh's float64 temporaries; measured: 177)
+SAMPLING_BYTES_PER_POINT = 180
+
+
+def check_points(points: int, meshes: int, workers: int) -> None:
+    """Refuse `--points N` when the float32 clouds of `meshes` meshes (held twice while stacked) and
+    the sampling in `workers` processes at once cannot fit."""
+    need = points * (2 * meshes * 3 * 4 + min(workers, meshes) * SAMPLING_BYTES_PER_POINT)
+    check_fits(need, f"--points {points:,}: {meshes:,} meshes of {points:,} points", "fewer --points",
+               lambda share: f"{max(1, int(points * share)):,}")

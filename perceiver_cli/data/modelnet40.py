@@ -22,7 +22,8 @@ import trimesh  # imported here, before the worker processes fork: each would ot
 from ..console import track
 from ..errors import UserError
 from .files import is_hidden, open_source
-from .prepared import PreparedDataset, Split
+from .memory import check_points
+from .prepared import PreparedDataset, Split, check_seed
 
 LAYOUT = "<class>/train/*.off and <class>/test/*.off (ModelNet40/<class>/{train,test}/<class>_NNNN.off)"
 SPLITS = ("train", "test")
@@ -36,15 +37,17 @@ def read_modelnet40(source: Path, points: int = 2048, workers: int | None = None
     source = Path(source)
     if points < 1:
         raise UserError(f"--points {points}: must be at least 1 (the paper uses 2048)")
+    check_seed(seed)
     with open_source(source) as (names, _):
         meshes, skipped = _layout(sorted(n for n in names if n.lower().endswith(".off") and not any(is_hidden(p) for p in n.split("/"))))
     if not meshes:
         raise UserError(f"{source}: no OFF meshes found; expected {LAYOUT}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    check_points(points, len(meshes), workers)
     classes = sorted({cls for _, cls, _ in meshes})
     label_of = {cls: i for i, cls in enumerate(classes)}
 
     tasks = [(path, _file_seed(path, seed), points) for _, _, path in meshes]
-    workers = (os.cpu_count() or 1) if workers is None else workers
     per_split = {split: ([], [], []) for split in SPLITS}  # clouds, labels, paths
     for (split, cls, path), (cloud, reason) in zip(meshes, track(_sample_all(source, tasks, workers), f"sampling {source.name}", total=len(tasks))):
         if cloud is None:
@@ -110,7 +113,12 @@ def _sample_all(source: Path, tasks: list, workers: int):
         return
     fork = "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else "spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=_open_worker, initargs=(source,)) as pool:
+    try:
+        pool = context.Pool(min(workers, len(tasks)), initializer=_open_worker, initargs=(source,))
+    except OSError as exc:  # too many processes for this machine's limits
+        raise UserError(f"--workers {workers}: cannot start that many worker processes ({exc.strerror or exc}); "
+                        f"give fewer") from None
+    with pool:
         yield from pool.imap(_sample_task, tasks, chunksize=4)
 
 

@@ -153,6 +153,12 @@ def class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, counts)}
 
 
+def check_seed(seed: int) -> None:
+    """numpy's generators take seeds of 0 and up: a negative one is the user's to fix, not a traceback."""
+    if seed < 0:
+        raise UserError(f"--seed {seed}: must be 0 or more")
+
+
 def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): `fraction` of every class held out, chosen by `seed`, both sorted."""
     rng = np.random.default_rng(seed)
