@@ -3,7 +3,6 @@ trained checkpoint, on a split of its prepared dataset or on any labelled image 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .data.sources import load_for_recipe
 from .engine import checkpoint
+from .engine.files import save_figure, write_json
 from .engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, resolve_device, use_bf16
 from .engine.train import split_train_val
 from .errors import UserError
@@ -27,15 +27,18 @@ class EvalResult:
     png_path: Path
 
 
-def load_trained(checkpoint_path: Path, device: torch.device):
-    state = checkpoint.load(checkpoint_path)
-    recipe = recipe_from_dict(state["config"], source=str(checkpoint_path))
+def load_trained(target: Path, device: torch.device, prefer: str = "best"):
+    """(model, recipe, checkpoint.Loaded) of a run directory's preferred checkpoint (its other one when
+    that is damaged; say `loaded.tell()` once the command succeeds) or of a .pt file."""
+    loaded = checkpoint.load_run(target, prefer)
+    state = loaded.state
+    recipe = recipe_from_dict(state["config"], source=str(loaded.path))
     model = build_model(recipe.model, state["input_spec"], len(state["classes"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise UserError(f"{checkpoint_path}: weights do not fit the model in its config ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), recipe, state
+        raise UserError(f"{loaded.path}: weights do not fit the model in its config ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), recipe, loaded
 
 
 def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -113,16 +116,15 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path
         for (i, j), value in np.ndenumerate(m):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > m.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
              device: str = "auto") -> EvalResult:
-    checkpoint_path = checkpoint.find(Path(target))
-    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
     torch_device = resolve_device(device)
-    model, recipe, state = load_trained(checkpoint_path, torch_device)
+    model, recipe, loaded = load_trained(Path(target), torch_device)
+    checkpoint_path, state = loaded.path, loaded.state
+    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
     if data is not None:
         x, y = folder_samples(Path(data), state)
         tag, described = f"data-{Path(data).stem}", str(data)
@@ -142,7 +144,8 @@ def evaluate(target: Path, split: str | None = None, data: Path | None = None, b
     }
     json_path = run_dir / f"eval_{tag}.json"
     png_path = run_dir / f"confusion_{tag}.png"
-    checkpoint.write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_json(json_path, report)
     plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}", png_path)
+    loaded.tell()
     return EvalResult(report, json_path, png_path)
 

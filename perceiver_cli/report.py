@@ -1,4 +1,6 @@
-"""`perceiver report`: how one or several runs learned, from their metrics.jsonl.
+"""`perceiver report`: how one or several runs learned, from the epoch rows their checkpoints carry
+(metrics.jsonl for runs without them; the report never writes into a run's metrics, which a live
+training run may be replacing).
 
 A dashboard PNG (accuracy, loss, learning rate, throughput, generalisation gap over epochs; several
 runs overlaid) and a summary per run, with the seed-000 dashboard scores, each defined in FORMULAS.
@@ -11,8 +13,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine.checkpoint import write_text_atomic
-from .engine.train import read_metrics
+from .engine.files import save_figure, write_json, writing
+from .engine.metrics import saved_rows
 from .errors import UserError
 
 FORMULAS = {
@@ -45,8 +47,7 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
     best = max(rows, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
     gap = last["train_accuracy"] - last["val_accuracy"]
     previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
-    test = run_dir / "eval_test.json"
-    test_accuracy = json.loads(test.read_text()).get("accuracy") if test.is_file() else None
+    test_accuracy = _test_accuracy(run_dir / "eval_test.json")
     recent = val[-10:]
     return {
         "epochs": last["epoch"],
@@ -65,11 +66,21 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
     }
 
 
+def _test_accuracy(path: Path) -> float | None:
+    if not path.is_file():
+        return None
+    try:
+        accuracy = json.loads(path.read_text()).get("accuracy")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        raise UserError(f"{path}: not a readable evaluation; write it again: perceiver eval {path.parent}") from None
+    return accuracy if isinstance(accuracy, (int, float)) else None
+
+
 def load_run(run_dir: Path) -> RunReport:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    rows = read_metrics(run_dir)
+    rows = saved_rows(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl with a finished epoch; train it first (perceiver train ...)")
     return RunReport(run_dir.name, run_dir, rows, summarise(rows, run_dir))
@@ -82,11 +93,12 @@ def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
     if out is None:
         out = runs[0].run_dir / "report" if len(runs) == 1 else runs[0].run_dir.parent / ("report_" + "_vs_".join(r.name for r in runs))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out.parent, "or give --out elsewhere"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     png_path, json_path = out.with_suffix(".png"), out.with_suffix(".json")
     plot_dashboard(runs, png_path)
     document = {"formulas": FORMULAS, "runs": {str(r.run_dir): r.summary for r in runs}}
-    write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
+    write_json(json_path, document)
     return ReportResult(runs, png_path, json_path)
 
 
@@ -132,5 +144,4 @@ def plot_dashboard(runs: list[RunReport], path: Path) -> None:
         lines.append(f"{run.name}: best val {best}, test {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
     text.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

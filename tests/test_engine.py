@@ -15,6 +15,7 @@ from conftest import TINY
 from perceiver_cli.data.prepared import PreparedDataset, Split
 from perceiver_cli.data.sources import load_for_recipe
 from perceiver_cli.engine import checkpoint
+from perceiver_cli.engine.display import TrainingDisplay
 from perceiver_cli.engine.optim import build_scheduler, lr_factor
 from perceiver_cli.engine.train import Trainer, read_metrics, resume_run, split_train_val, start_run
 from perceiver_cli.errors import UserError
@@ -177,17 +178,17 @@ def test_resume_after_extending_epochs_matches_one_uninterrupted_run(tmp_path, s
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, straight_run, monkeypatch):
     """A 3-epoch run stopped (Ctrl-C) right after epoch 2 was saved, resumed with no changes."""
-    original_log = Trainer._log
+    original_end = TrainingDisplay.end_epoch
 
-    def log_then_interrupt(self, line):
-        original_log(self, line)
-        if line.startswith("epoch 2/"):
+    def end_then_interrupt(self, row):  # the last thing an epoch does, after every file is written
+        original_end(self, row)
+        if row["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_log", log_then_interrupt)
+    monkeypatch.setattr(TrainingDisplay, "end_epoch", end_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path, RANDOM + ["train.epochs=3", "train.name=interrupted"])
-    monkeypatch.setattr(Trainer, "_log", original_log)
+    monkeypatch.setattr(TrainingDisplay, "end_epoch", original_end)
 
     run_dir = tmp_path / "interrupted"
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
@@ -338,9 +339,11 @@ def test_divergence_is_a_user_error(diverged):
     assert "optim.lr" in message  # says what to change
     assert "\n" not in message
     assert error.exit_code == 2
-    assert (run_dir / "config.yaml").is_file()
-    for row in read_metrics(run_dir):  # no non-finite epoch was recorded
-        assert math.isfinite(row["train_loss"])
+    if (run_dir / "checkpoints" / "last.pt").is_file():  # diverged after an epoch was saved: kept
+        for row in read_metrics(run_dir):  # no non-finite epoch was recorded
+            assert math.isfinite(row["train_loss"])
+    else:  # in the first epoch: nothing to resume, so no run directory is left
+        assert not run_dir.exists() and f"{run_dir} is removed" in message
 
 
 def test_divergence_message_points_only_at_checkpoints_that_exist(diverged):

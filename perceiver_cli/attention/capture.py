@@ -14,15 +14,16 @@ A capture file (`runs/<name>/attention/epoch_NNNN.npz`, written atomically, read
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..atomic import atomic_writer
+from ..engine.files import writing
 from ..engine.runtime import autocast
+from ..errors import UserError
 
 FILE_PATTERN = "epoch_{:04d}.npz"
 
@@ -92,18 +93,17 @@ def capture(model, stored: np.ndarray, labels: np.ndarray, transform, device: to
 
 
 def save(capture_: Capture, folder: Path) -> Path:
-    """Write atomically (temp file + rename) as attention/epoch_NNNN.npz."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / FILE_PATTERN.format(capture_.epoch)
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh, epoch=np.int64(capture_.epoch), weights=capture_.weights, inputs=capture_.inputs,
-            labels=capture_.labels, predictions=capture_.predictions, probabilities=capture_.probabilities,
-            token_grid=np.array(capture_.token_grid, dtype=np.int64), stride=np.int64(capture_.stride),
-            permutation=np.array([] if capture_.permutation is None else capture_.permutation, dtype=np.int64),
-        )
-    os.replace(tmp, path)
+    """Write as attention/epoch_NNNN.npz, atomically (temp file, fsync, rename)."""
+    path = Path(folder) / FILE_PATTERN.format(capture_.epoch)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path) as fh:
+            np.savez_compressed(
+                fh, epoch=np.int64(capture_.epoch), weights=capture_.weights, inputs=capture_.inputs,
+                labels=capture_.labels, predictions=capture_.predictions, probabilities=capture_.probabilities,
+                token_grid=np.array(capture_.token_grid, dtype=np.int64), stride=np.int64(capture_.stride),
+                permutation=np.array([] if capture_.permutation is None else capture_.permutation, dtype=np.int64),
+            )
     return path
 
 

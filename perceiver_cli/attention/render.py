@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.files import save_figure
 from ..errors import UserError
 from .capture import Capture
 from .stats import latent_mass, token_mass
@@ -121,9 +122,7 @@ def render(capture: Capture, classes: list[str], path: Path, stage: int, head: i
                 ax.set_axis_off()
     head_text = "all heads" if head is None else f"head {head}"
     fig.suptitle(f"epoch {capture.epoch} · cross-attend {stage} · {head_text}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -156,10 +155,18 @@ def render_evolution(captures: list[Capture], stats: dict, path: Path, stage: in
     curves.set_ylim(0, 1.05)
     curves.legend(fontsize=8)
     curves.set_title(f"cross-attend {stage}: mean over {len(captures[0].labels)} probe samples", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
+
+
+def _save(fig, path) -> None:
+    """To a file atomically (an OS error is one clear line), or into a buffer."""
+    fig.tight_layout()
+    if isinstance(path, (str, Path)):
+        save_figure(fig, Path(path), dpi=110)
+    else:
+        fig.savefig(path, format="png", dpi=110)
+        _pyplot().close(fig)
 
 
 def tensorboard_image(capture: Capture, classes: list[str], samples: int = 4) -> np.ndarray:

@@ -6,14 +6,14 @@ and cross-attend, `evolution_stage_S.<fmt>` with --evolution, `input_<name>_stag
 
 from __future__ import annotations
 
-import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..engine import checkpoint as checkpoints
-from ..engine.checkpoint import write_text_atomic
+from ..engine.files import write_json
 from ..engine.runtime import InputTransform, resolve_device
 from ..errors import UserError
 from . import capture as captures
@@ -51,43 +51,64 @@ def probe_samples(x: np.ndarray, y: np.ndarray, per_class: int, seed: int) -> tu
 
 
 def view(run_dir: Path, options: ViewOptions) -> ViewResult:
+    """Every option is checked, and the input image read, before anything is written."""
     run_dir = Path(run_dir)
     check_colormap(options.colormap)
     if options.format not in FORMATS:
         raise UserError(f"--format {options.format!r}: use one of {', '.join(FORMATS)}")
     if not 0 <= options.alpha <= 1:
         raise UserError(f"--alpha {options.alpha}: must be between 0 and 1")
+    if options.epoch not in ("last", "all") and not options.epoch.isdigit():
+        raise UserError(f"--epoch {options.epoch}: give an epoch number, last or all")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     folder = run_dir / "attention"
-    classes = _classes(run_dir)
 
     if options.input is not None:
-        captured = _capture_input(run_dir, options)
-        return _draw([captured], classes, folder, options, prefix=f"input_{Path(options.input).stem}")
+        image = _read_image(options.input)
+        captured, loaded = _capture_input(run_dir, options, image)
+        result = _draw([captured], list(loaded.state["classes"]), folder, options, prefix=f"input_{Path(options.input).stem}")
+        loaded.tell()
+        return result
+    saved, loaded = captures.saved_epochs(run_dir), None
     if options.checkpoint is not None:
-        captured = _capture_from_checkpoint(run_dir, options.checkpoint)
-        captures.save(captured, folder)
-    saved = captures.saved_epochs(run_dir)
+        captured, loaded = _capture_from_checkpoint(run_dir, options.checkpoint)
+        _check(captured, options)
+        saved[captured.epoch] = None  # saved below, once every option has been checked
     if not saved:
         raise UserError(f"{run_dir} has no saved attention maps: " + HOW_TO_GET_MAPS.format(run=run_dir))
-    epochs = _pick_epochs(saved, "all" if options.evolution and options.epoch == "last" else options.epoch, run_dir)
-    loaded = [captures.load(saved[e]) for e in epochs]
-    result = _draw(loaded, classes, folder, options, prefix=None)
+    choice = "all" if options.evolution and options.epoch == "last" else options.epoch
+    if loaded is not None and choice == "last":
+        epochs = [captured.epoch]  # what was just captured, not a later epoch's saved maps
+    else:
+        epochs = _pick_epochs(saved, choice, run_dir)
+    if loaded is not None:
+        saved[captured.epoch] = captures.save(captured, folder)
+    shown = [captures.load(saved[e]) for e in epochs]
+    result = _draw(shown, list(loaded.state["classes"]) if loaded else _classes(run_dir), folder, options, prefix=None)
     if options.evolution:
-        for stage in _stages(loaded[0], options.stage):
+        for stage in _stages(shown[0], options.stage):
             path = folder / f"evolution_stage_{stage}.{options.format}"
             stage_stats = {e: result.stats[e][stage] for e in epochs}
-            result.files.append(render_evolution(loaded, stage_stats, path, stage, options.head, options.samples,
+            result.files.append(render_evolution(shown, stage_stats, path, stage, options.head, options.samples,
                                                  options.colormap, options.alpha))
+    if loaded is not None:
+        loaded.tell()
     return result
+
+
+def _check(captured: captures.Capture, options: ViewOptions) -> None:
+    """--head and --stage against what the model has (raises UserError)."""
+    _check_head(captured, options.head)
+    _stages(captured, options.stage)
 
 
 def _draw(loaded: list[captures.Capture], classes, folder: Path, options: ViewOptions, prefix: str | None) -> ViewResult:
     result = ViewResult()
+    for captured in loaded:
+        _check(captured, options)
     folder.mkdir(parents=True, exist_ok=True)
     for captured in loaded:
-        _check_head(captured, options.head)
         result.stats[captured.epoch] = {}
         for stage in _stages(captured, options.stage):
             name = f"{prefix}_stage_{stage}" if prefix else f"epoch_{captured.epoch:04d}_stage_{stage}"
@@ -100,7 +121,7 @@ def _draw(loaded: list[captures.Capture], classes, folder: Path, options: ViewOp
     result.stats_path = folder / (f"{prefix}_stats.json" if prefix else "stats.json")
     report = {"head": "all (summed)" if options.head is None else options.head,
               "epochs": {str(e): {str(s): v for s, v in stages.items()} for e, stages in result.stats.items()}}
-    write_text_atomic(result.stats_path, json.dumps(report, indent=2) + "\n")
+    write_json(result.stats_path, report)
     return result
 
 
@@ -140,53 +161,68 @@ def _pick_epochs(saved: dict[int, Path], choice: str, run_dir: Path) -> list[int
 
 
 def _classes(run_dir: Path) -> list[str]:
+    """The class names of saved captures (drawn as "?" when no checkpoint is readable)."""
     try:
-        state = checkpoints.load(checkpoints.find(run_dir))
-        return list(state["classes"])
+        return list(checkpoints.load_run(run_dir, mmap=True).state["classes"])
     except UserError:
         return []
 
 
 # --- capturing now -------------------------------------------------------------------------------
 
-def _checkpoint_path(run_dir: Path, which: str) -> Path:
+def _checkpoint(run_dir: Path, which: str) -> Path:
+    """best or last (a run directory, read with its fallback), or a .pt file."""
     if which in ("best", "last"):
-        return checkpoints.find(run_dir, prefer=which)
+        return run_dir
     path = Path(which)
     if not path.is_file():
         raise UserError(f"--checkpoint {which}: no such file; give best, last or a .pt file")
     return path
 
 
-def _capture_from_checkpoint(run_dir: Path, which: str) -> captures.Capture:
+def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:
     """The run's probe samples (its validation data, a few per class) through a checkpoint."""
     from ..evaluate import load_trained, split_samples
 
     device = resolve_device("auto")
-    model, recipe, state = load_trained(_checkpoint_path(run_dir, which), device)
+    model, recipe, loaded = load_trained(_checkpoint(run_dir, which), device, prefer="last" if which == "last" else "best")
+    state = loaded.state
     x, y, _ = split_samples(recipe, state, "val")
     x, y = probe_samples(x, y, recipe.train.attention_samples, recipe.train.seed)
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
-    return captures.capture(model, x, y, transform, device, epoch=state["epoch"])
+    return captures.capture(model, x, y, transform, device, epoch=state["epoch"]), loaded
 
 
-def _capture_input(run_dir: Path, options: ViewOptions) -> captures.Capture:
-    """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
+def _read_image(path: Path):
+    """A user's image as RGB; unreadable, or too large to open safely, is one clear line."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # past PIL's limit: refuse, not warn
+            with Image.open(path) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        size = str(exc).split(", could be")[0]
+        raise UserError(f"--input {path}: too large to open safely ({size}); give a smaller image") from None
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:  # PIL raises SyntaxError for some broken files
+        raise UserError(f"--input {path}: not a readable image ({exc})") from None
+
+
+def _capture_input(run_dir: Path, options: ViewOptions, image) -> tuple[captures.Capture, checkpoints.Loaded]:
+    """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
+    from PIL import Image
 
     from ..evaluate import load_trained, match_channels
 
     device = resolve_device("auto")
-    model, recipe, state = load_trained(_checkpoint_path(run_dir, options.checkpoint or "best"), device)
+    which = options.checkpoint or "best"
+    model, recipe, loaded = load_trained(_checkpoint(run_dir, which), device, prefer="last" if which == "last" else "best")
+    state = loaded.state
     if state["input_spec"]["kind"] != "image":
         raise UserError(f"--input {options.input}: this model reads {state['input_spec']['kind']}, not images")
     height, width, channels = state["input_spec"]["shape"]
-    try:
-        with Image.open(options.input) as img:
-            rgb = np.asarray(img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise UserError(f"--input {options.input}: not a readable image ({exc})") from None
+    rgb = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     x = match_channels(rgb, channels)[None]
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
-    return captures.capture(model, x, np.array([-1]), transform, device, epoch=state["epoch"])
-
+    return captures.capture(model, x, np.array([-1]), transform, device, epoch=state["epoch"]), loaded

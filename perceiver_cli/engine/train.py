@@ -4,14 +4,18 @@ The whole dataset sits on the device as stored (uint8 images); each step indexes
 it into floats, augments it there and runs forward/backward under optional bf16 autocast. Every
 epoch ends with validation, a metrics row and atomic checkpoints (last.pt, and best.pt when
 validation improved), so an interrupted run resumes from its last finished epoch.
+
+What an epoch writes, in order: the attention capture, its train.log line, best.pt, last.pt (the
+commit point: it carries the metrics rows), metrics.jsonl/csv. A kill before last.pt is renamed
+redoes the epoch on resume, and rewrites the same capture; a kill after it loses nothing, since
+resume rewrites the metrics files from last.pt. A run that fails before its first epoch is saved
+leaves no run directory.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,9 @@ from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, recipe_from_dict
 from . import checkpoint
 from .display import TrainingDisplay, format_rate
+from .files import append_line, os_error_message, remove_stale_temporaries, write_text, writing
 from .graphs import training_forward
+from .metrics import read_metrics, sync_metrics, write_metrics
 from .optim import build_optimizer, build_scheduler
 from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
                       resolve_device, use_bf16)
@@ -47,7 +53,10 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
     """runs/<name>, or runs/<name>-2, -3 ... : an existing run directory is never reused."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise UserError(f"run name {name!r} must be a plain folder name (no '/'); set train.name or --name")
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UserError(f"train.runs_dir '{runs_dir}' is a file; set train.runs_dir to a folder (or move the file)")
+    with writing(runs_dir, "or set train.runs_dir"):
+        runs_dir.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         candidate = runs_dir / (name if i == 1 else f"{name}-{i}")
         try:
@@ -55,6 +64,8 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise UserError(os_error_message(candidate, exc, "or set train.runs_dir")) from None
     raise UserError(f"{runs_dir}: too many runs named {name}; set train.name")
 
 
@@ -66,24 +77,6 @@ def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed
         return (train.x, train.y), (val.x, val.y)
     keep, held = prepared.stratified_holdout(train.y, val_fraction, seed)
     return (train.x[keep], train.y[keep]), (train.x[held], train.y[held])
-
-
-def write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    """metrics.jsonl and metrics.csv, rewritten whole each epoch (small) through a temp file."""
-    checkpoint.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    if rows:
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        checkpoint.write_text_atomic(run_dir / "metrics.csv", table.getvalue())
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Trainer:
@@ -118,7 +111,8 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
 
         self.start_epoch, self.best, self.rows = 1, None, []
-        if resume_state is not None:
+        self.resumed = resume_state is not None
+        if self.resumed:
             self._restore(resume_state)
         self.probe = None  # the fixed samples whose attention is captured
         if t.save_attention_maps or t.tensorboard:
@@ -149,7 +143,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = state["epoch"] + 1
         self.best = state.get("best")
-        self.rows = [row for row in read_metrics(self.run_dir) if row["epoch"] <= state["epoch"]]
+        self.rows = restored_rows(state, self.run_dir)
 
     def evaluated_model(self):
         """What validation and the checkpoints' "model" hold: the averaged weights when kept."""
@@ -167,6 +161,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
             "best": self.best,
+            "metrics": [dict(row) for row in self.rows],  # every epoch's row: the files are copies of these
             "config": self.recipe.to_dict(),
             "dataset": self.dataset.name,
             "classes": list(self.dataset.classes),
@@ -247,7 +242,8 @@ class Trainer:
 
     def _diverged(self, epoch: int):
         saved = self.run_dir / "checkpoints" / "last.pt"
-        kept = f"; {saved} keeps the last finished epoch" if saved.exists() else ""
+        kept = (f"; {saved} keeps the last finished epoch" if saved.exists() else
+                "" if self.resumed else f"; no epoch had finished, so {self.run_dir} is removed")
         raise UserError(
             f"training diverged in epoch {epoch} (loss is not finite): lower optim.lr, add optim.warmup_epochs "
             f"or optim.grad_clip{kept}"
@@ -273,6 +269,15 @@ class Trainer:
         return value > self.best["value"] if key == "val_accuracy" else value < self.best["value"]
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        except BaseException:  # Ctrl-C included: a new run with no saved epoch leaves nothing behind
+            self._close()
+            if not self.resumed and not any((self.run_dir / "checkpoints").glob("*.pt")):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _fit(self) -> TrainResult:
         t = self.recipe.train
         started = time.perf_counter() - (self.rows[-1]["elapsed_s"] if self.rows else 0.0)
         with TrainingDisplay(t.epochs, quiet=self.quiet) as display:
@@ -288,17 +293,26 @@ class Trainer:
                 if improved:
                     value = row[t.best_metric] if t.best_metric != "last" else epoch
                     self.best = {"epoch": epoch, "metric": t.best_metric, "value": value}
-                state = self.state(epoch)  # built once, written to one or both files
-                if improved:
-                    checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt")
-                checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt")
-                write_metrics(self.run_dir, self.rows)
                 self._after_epoch(epoch, row)
                 self._log(_epoch_line(row, t.epochs))
+                state = self.state(epoch)  # built once, written to one or both files
+                hint = self._resume_hint()
+                if improved:
+                    checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt", hint)
+                checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", hint)
+                write_metrics(self.run_dir, self.rows, hint)
                 display.end_epoch(row)
+        self._close()
+        return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
+
+    def _resume_hint(self) -> str:
+        if (self.run_dir / "checkpoints" / "last.pt").is_file():
+            return f"then continue the run from its last saved epoch: perceiver train --resume {self.run_dir}"
+        return ""
+
+    def _close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
-        return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
 
     def _after_epoch(self, epoch: int, row: dict) -> None:
         """Attention capture at the interval, TensorBoard scalars every epoch."""
@@ -321,8 +335,7 @@ class Trainer:
             self.tensorboard.flush()
 
     def _log(self, line: str) -> None:
-        with open(self.run_dir / "train.log", "a") as fh:
-            fh.write(line + "\n")
+        append_line(self.run_dir / "train.log", line, self._resume_hint())
 
 
 _TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
@@ -351,26 +364,36 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
     run_dir = create_run_dir(Path(recipe.train.runs_dir), name)
     try:
         trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, device=device)
+        write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        trainer._log(
+            f"recipe {recipe_path} dataset {dataset.name} ({len(trainer.train_y)} train / {len(trainer.val_y)} val) "
+            f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16}"
+        )
     except BaseException:
-        _remove_empty_run(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
         raise
-    checkpoint.write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    trainer._log(
-        f"recipe {recipe_path} dataset {dataset.name} ({len(trainer.train_y)} train / {len(trainer.val_y)} val) "
-        f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16}"
-    )
     return trainer
 
 
-def _remove_empty_run(run_dir: Path) -> None:
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
+def restored_rows(state: dict, run_dir: Path) -> list[dict]:
+    """The epoch rows a checkpoint carries; for one from before checkpoints carried them, metrics.jsonl's."""
+    if "metrics" in state:
+        return [dict(row) for row in state["metrics"]]
+    return [row for row in read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
 
 
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
                device: str | None = None) -> Trainer:
-    """Continue runs/<name> from checkpoints/last.pt with the config stored in it."""
-    state = checkpoint.load(checkpoint.find(run_dir, prefer="last"))
+    """Continue runs/<name> from checkpoints/last.pt (best.pt if last.pt is damaged) with the config
+    stored in it; first clear what killed writes left and restore metrics.jsonl/csv from it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: not a run directory (runs/<name>, holding checkpoints/last.pt)")
+    loaded = checkpoint.load_run(run_dir, prefer="last")
+    state = loaded.state
+    remove_stale_temporaries(run_dir)
+    if "metrics" in state:
+        sync_metrics(run_dir, restored_rows(state, run_dir))
     config = state["config"]
     for assignment in overrides:
         apply_override(config, assignment)
@@ -379,9 +402,12 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
         raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
                         f"extend it with --set train.epochs=N")
     dataset = dataset_loader(recipe.data)
-    trainer = Trainer(recipe, dataset, Path(run_dir), resume_state=state, quiet=quiet, device=device)
-    checkpoint.write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    trainer = Trainer(recipe, dataset, run_dir, resume_state=state, quiet=quiet, device=device)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if loaded.note:
+        trainer._log(f"note: {loaded.note}")
     trainer._log(f"resumed at epoch {trainer.start_epoch}")
+    loaded.tell()
     return trainer
 
 

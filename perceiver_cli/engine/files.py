@@ -1,0 +1,91 @@
+"""Writing the files of a run, an evaluation or a report: whole or not at all (atomic.py), and an
+OS error (a full disk, a read-only folder, a file where a folder should be) as one line that names
+the path, gives the system's reason and says what to do. Also: clearing what killed writes left.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..atomic import atomic_writer, write_json_atomic, write_text_atomic
+from ..data.swap import _alive as process_alive  # the probe prepare's cleanup uses: one for all leftovers
+from ..errors import UserError
+
+WHAT_TO_DO = {
+    errno.ENOSPC: "the disk is full: free some space there",
+    errno.EDQUOT: "the disk quota is used up: free some space there",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.EACCES: "no permission: make the folder writable or choose another location",
+    errno.EPERM: "no permission: make the folder writable or choose another location",
+    errno.ENOTDIR: "a file stands where a folder is needed on that path: move it or choose another location",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
+    errno.EISDIR: "a folder stands where the file should go: move it or choose another name",
+    errno.ENOENT: "its folder does not exist: create it or choose another location",
+}
+
+
+def os_error_message(path: Path, exc: OSError, hint: str = "") -> str:
+    reason = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+    advice = WHAT_TO_DO.get(exc.errno, "check that the folder exists, is writable and has free space")
+    return f"cannot write {path}: {reason}; {advice}" + (f"; {hint}" if hint else "")
+
+
+@contextmanager
+def writing(path: Path, hint: str = "") -> Iterator[None]:
+    """Turn an OSError raised while writing `path` into a UserError (`hint`: what else to do)."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(os_error_message(path, exc, hint)) from None
+
+
+def write_text(path: Path, text: str, hint: str = "") -> None:
+    with writing(path, hint):
+        write_text_atomic(path, text)
+
+
+def write_json(path: Path, value, hint: str = "") -> None:
+    """Strict JSON: NaN and infinities are written as null (readers turn null back into NaN)."""
+    with writing(path, hint):
+        write_json_atomic(path, value)
+
+
+def append_line(path: Path, line: str, hint: str = "") -> None:
+    """A log line, appended (a log is only ever added to; a kill loses at most the line being written)."""
+    with writing(path, hint), open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
+def save_figure(fig, path: Path, **options) -> None:
+    """A matplotlib figure, written atomically in the format its file name ends with, then closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with writing(path), atomic_writer(path) as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".") or "png", **options)
+    finally:
+        plt.close(fig)
+
+
+# --- what killed writes left ----------------------------------------------------------------------
+
+LEFTOVER = re.compile(r"\..+\.tmp-(\d+)")  # atomic.temporary_sibling's names
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the `.NAME.tmp-PID` files under `folder` whose process is gone (a write killed
+    before its rename); a live process's are left alone. Returns what was removed."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp-*"):
+        match = LEFTOVER.fullmatch(path.name)
+        if match and path.is_file() and not path.is_symlink() and not process_alive(int(match.group(1))):
+            with writing(path, "remove it by hand"):
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
