@@ -130,6 +130,7 @@ def rewrite(root: Path, name: str, array: np.ndarray, manifest_edit=None) -> Non
     ("train_y.npy", np.zeros(8, np.int64), "holds 9 samples and train_y.npy 8 labels, where manifest.json says 9"),
     ("train_x.npy", np.zeros((9, 8, 7, 1), np.uint8), "samples of shape [8, 7, 1], where manifest.json says input.shape [8, 8, 1]"),
     ("train_x.npy", np.zeros((10, 8, 8, 1), np.uint8), "holds 10 samples and train_y.npy 9 labels"),
+    ("train_x.npy", np.zeros((9, 8, 8, 1), np.float64), "image samples must be uint8, found float64"),
 ])
 def test_arrays_that_disagree_with_the_manifest_are_refused(tmp_path, name, array, expected):
     root = prepared.write(toy(), tmp_path / "toy")
@@ -172,14 +173,20 @@ def test_a_manifest_missing_a_key_is_one_line_naming_it(cli, workdir, digits_run
     ("files", {"x": "../../etc/passwd", "y": "train_y.npy"}, "splits.train.files.x"),  # never outside the folder
     ("sha256", {"x": "abc", "y": "def"}, "splits.train.sha256.x"),
     ("count", "many", "splits.train.count"),
+    ("input.kind", "video", "input.kind"),  # no model reads it: a ValueError traceback in training before
+    ("input.shape", [8, 8], "input': Value error, a sample of kind image has 3 dimensions, not 2;"),
 ])
 def test_manifest_values_of_the_wrong_kind_are_refused(tmp_path, field, value, expected):
     root = prepared.write(toy(), tmp_path / "toy")
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["splits"]["train"][field] = value
+    if field.startswith("input."):
+        manifest["input"][field[6:]] = value
+    else:
+        manifest["splits"]["train"][field] = value
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match=f"manifest.json: '{expected}'"):
+    with pytest.raises(UserError) as info:
         prepared.load(root)
+    assert f"manifest.json: '{expected}" in str(info.value)
 
 
 def test_extra_keys_of_a_split_and_of_the_input_are_kept(tmp_path):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..atomic import atomic_writer, fsync_directory, temporary_sibling, write_json_atomic
 from ..errors import UserError
@@ -76,9 +76,18 @@ class SplitInfo(_Open):
     sha256: Digests
 
 
+SAMPLE_RANK = {"image": 3, "points": 2, "sequence": 2}  # H W C; points x (coords + features); length x channels
+
+
 class InputSpec(_Open):
-    kind: str
+    kind: Literal["image", "points", "sequence"]
     shape: list[Annotated[int, Field(ge=1)]]
+
+    @model_validator(mode="after")
+    def _rank(self):
+        if len(self.shape) != SAMPLE_RANK[self.kind]:
+            raise ValueError(f"a sample of kind {self.kind} has {SAMPLE_RANK[self.kind]} dimensions, not {len(self.shape)}")
+        return self
 
 
 class Normalization(_Open):
@@ -319,6 +328,9 @@ def _check_split(root: Path, info: SplitInfo, manifest: Manifest, x: np.ndarray,
     if x.ndim < 1 or len(x) != info.count or len(y) != info.count:
         raise UserError(f"{x_path} holds {len(x) if x.ndim else 0} samples and {y_path.name} {len(y)} labels, "
                         f"where manifest.json says {info.count}; {again}")
+    wanted = "uint8" if manifest.input.kind == "image" else "floating"
+    if not np.issubdtype(x.dtype, np.uint8 if wanted == "uint8" else np.floating):
+        raise UserError(f"{x_path}: {manifest.input.kind} samples must be {wanted}, found {x.dtype}; {again}")
     if list(x.shape[1:]) != manifest.input.shape:
         raise UserError(f"{x_path}: samples of shape {list(x.shape[1:])}, where manifest.json says input.shape "
                         f"{manifest.input.shape}; {again}")
