@@ -14,6 +14,8 @@ A capture file (`runs/<name>/attention/epoch_NNNN.npz`, written atomically, read
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +119,7 @@ def load(path: Path) -> Capture:
                 token_grid=tuple(int(v) for v in data["token_grid"]), stride=int(data["stride"]),
                 permutation=permutation if permutation.size else None,
             )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # damaged or cut short
         raise UserError(f"{path}: not a readable attention capture ({exc}); capture it again") from None
 
 

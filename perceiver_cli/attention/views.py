@@ -6,7 +6,6 @@ and cross-attend, `evolution_stage_S.<fmt>` with --evolution, `input_<name>_stag
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +66,8 @@ def view(run_dir: Path, options: ViewOptions) -> ViewResult:
     if options.input is not None:
         image = _read_image(options.input)
         captured, loaded = _capture_input(run_dir, options, image)
-        result = _draw([captured], list(loaded.state["classes"]), folder, options, prefix=f"input_{Path(options.input).stem}")
+        prefix = f"input_{Path(options.input).stem}"
+        result = _draw([captured], list(loaded.state["classes"]), folder, options, prefix=prefix)
         loaded.tell()
         return result
     saved, loaded = captures.saved_epochs(run_dir), None
@@ -170,22 +170,23 @@ def _classes(run_dir: Path) -> list[str]:
 
 # --- capturing now -------------------------------------------------------------------------------
 
-def _checkpoint(run_dir: Path, which: str) -> Path:
-    """best or last (a run directory, read with its fallback), or a .pt file."""
+def _trained(run_dir: Path, which: str, device):
+    """(model, recipe, checkpoint.Loaded) of best or last (the run's other one if that is damaged) or a .pt file."""
+    from ..evaluate import load_trained
+
     if which in ("best", "last"):
-        return run_dir
-    path = Path(which)
-    if not path.is_file():
+        return load_trained(run_dir, device, prefer=which)
+    if not Path(which).is_file():
         raise UserError(f"--checkpoint {which}: no such file; give best, last or a .pt file")
-    return path
+    return load_trained(Path(which), device)
 
 
 def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:
     """The run's probe samples (its validation data, a few per class) through a checkpoint."""
-    from ..evaluate import load_trained, split_samples
+    from ..evaluate import split_samples
 
     device = resolve_device("auto")
-    model, recipe, loaded = load_trained(_checkpoint(run_dir, which), device, prefer="last" if which == "last" else "best")
+    model, recipe, loaded = _trained(run_dir, which, device)
     state = loaded.state
     x, y, _ = split_samples(recipe, state, "val")
     x, y = probe_samples(x, y, recipe.train.attention_samples, recipe.train.seed)
@@ -195,29 +196,27 @@ def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Captur
 
 def _read_image(path: Path):
     """A user's image as RGB; unreadable, or too large to open safely, is one clear line."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..data.imagefolder import bomb_reason, open_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # past PIL's limit: refuse, not warn
-            with Image.open(path) as img:
-                return img.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        size = str(exc).split(", could be")[0]
-        raise UserError(f"--input {path}: too large to open safely ({size}); give a smaller image") from None
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:  # PIL raises SyntaxError for some broken files
-        raise UserError(f"--input {path}: not a readable image ({exc})") from None
+        with open_image(Path(path).read_bytes()) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        reason = bomb_reason(exc)  # SyntaxError above: PIL's, for some broken files
+        why = f"{reason}; give a smaller image" if reason else f"not a readable image ({exc})"
+        raise UserError(f"--input {path}: {why}") from None
 
 
 def _capture_input(run_dir: Path, options: ViewOptions, image) -> tuple[captures.Capture, checkpoints.Loaded]:
     """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
     from PIL import Image
 
-    from ..evaluate import load_trained, match_channels
+    from ..evaluate import match_channels
 
     device = resolve_device("auto")
-    which = options.checkpoint or "best"
-    model, recipe, loaded = load_trained(_checkpoint(run_dir, which), device, prefer="last" if which == "last" else "best")
+    model, recipe, loaded = _trained(run_dir, options.checkpoint or "best", device)
     state = loaded.state
     if state["input_spec"]["kind"] != "image":
         raise UserError(f"--input {options.input}: this model reads {state['input_spec']['kind']}, not images")
