@@ -199,7 +199,7 @@ def prepare(
     source: Optional[Path] = typer.Option(None, "--from", help="What to read: mnist: folder of idx .gz files; cifar10: cifar-10-python.tar.gz, cifar-10-batches-py/ or an image folder/zip; modelnet40: ModelNet40.zip or ModelNet40/; akoa: a folder or zip of NIfTI volumes and/or AKOA PNG slices; other names: an image folder or zip (<root>/<class>/* or <root>/<split>/<class>/*). Without it, mnist/cifar10 are downloaded when the network allows."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the prepared dataset.  \\[default: data/<dataset>]"),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, help="Image folders with a train split only: share of each class held out as the val split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out val split (image folders), of the point sampling (modelnet40) and of the patient split (akoa)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the held-out val split (image folders), of the point sampling (modelnet40) and of the patient split (akoa)."),
     size: Optional[str] = typer.Option(None, "--size", help="Image folders and akoa: resize every image to HEIGHTxWIDTH.  \\[default: the most common size; akoa: 228x260]"),
     points: Optional[int] = typer.Option(None, "--points", min=1, help="modelnet40: points sampled on each mesh's surface.  \\[default: 2048]"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="modelnet40: worker processes.  \\[default: one per CPU core]"),
@@ -220,6 +220,7 @@ def prepare(
         if value is not None and ONLY_FOR[option] != dataset:
             raise UserError(f"{option} applies to `prepare {ONLY_FOR[option]}` only, not to {dataset}")
     out = out or default_root(dataset)
+    prepared.check_target(out)  # leftovers of killed prepares tidied, a foreign --out refused: before the long read
     if source is None and dataset in DOWNLOADS:
         source = download(dataset, Path("data") / "downloads" / dataset)
     akoa = _akoa_options(labels, pattern, slices, axis, size, split, split_by, seed) if dataset == "akoa" else None
