@@ -212,6 +212,16 @@ def test_a_truncated_last_pt_resumes_from_best_pt_with_a_note(cli, digits_run):
     assert checkpoint.load(digits_run / "checkpoints" / "last.pt")["epoch"] == 3  # whole again
 
 
+def test_report_of_a_run_with_a_truncated_last_pt_shows_every_written_row(cli, digits_run):
+    """best.pt may be an epoch behind; metrics.jsonl, written after the last whole last.pt, is not."""
+    state = torch.load(digits_run / "checkpoints" / "best.pt", weights_only=True)
+    state["metrics"], state["epoch"] = state["metrics"][:1], 1  # as if best.pt were epoch 1
+    torch.save(state, digits_run / "checkpoints" / "best.pt")
+    truncate(digits_run / "checkpoints" / "last.pt")
+    assert cli("report", digits_run).exit_code == 0
+    assert json.loads((digits_run / "report.json").read_text())["runs"][str(digits_run)]["epochs"] == 2
+
+
 def test_eval_reads_last_pt_when_best_pt_is_truncated(cli, digits_run):
     truncate(digits_run / "checkpoints" / "best.pt")
     result = cli("eval", digits_run)

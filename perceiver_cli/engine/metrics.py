@@ -87,11 +87,16 @@ def as_numbers(row: dict) -> dict:
 
 def saved_rows(run_dir: Path) -> list[dict]:
     """What a reader of a run should show: the rows its checkpoint carries (never behind the files);
-    metrics.jsonl for a run without a readable checkpoint or one from before checkpoints carried rows."""
+    metrics.jsonl's for a run whose checkpoints predate the rows, or when they are longer (last.pt
+    damaged, and the rows came from an older best.pt)."""
     try:
-        state = checkpoint.load_run(run_dir, prefer="last", mmap=True).state
+        carried = checkpoint.load_run(run_dir, prefer="last", mmap=True).state.get("metrics")
     except UserError:
-        state = {}
-    if "metrics" in state:
-        return [dict(row) for row in state["metrics"]]
-    return read_metrics(run_dir)
+        carried = None
+    if carried is None:
+        return read_metrics(run_dir)
+    try:
+        written = read_metrics(run_dir)
+    except UserError:  # damaged: the checkpoint's rows stand in
+        written = []
+    return written if len(written) > len(carried) else [dict(row) for row in carried]
