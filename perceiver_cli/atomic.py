@@ -7,6 +7,7 @@ JSON is written strictly: a non-finite float (NaN, inf) becomes null, since NaN 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -43,6 +44,10 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             os.fsync(fh.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)  # atomic on POSIX
         fsync_directory(path.parent)
+    except OSError as exc:
+        if exc.filename == str(tmp):  # the user knows the file they asked for, not our temporary name
+            exc.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -74,3 +79,36 @@ def json_text(value, indent: int | None = None) -> str:
 
 def write_json_atomic(path: Path, value, indent: int | None = 2) -> None:
     write_text_atomic(path, json_text(value, indent) + "\n")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process that named a `.NAME.tmp-PID` leftover may still be writing it."""
+    if pid == os.getpid() or os.name != "posix":  # ours is in use; elsewhere signal 0 is no probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+# what to do about an OS error on a file, by errno
+WHAT_TO_DO = {
+    errno.ENOSPC: "the disk is full: free some space there",
+    errno.EDQUOT: "the disk quota is used up: free some space there",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.EACCES: "no permission: make the folder writable or choose another location",
+    errno.EPERM: "no permission: make the folder writable or choose another location",
+    errno.ENOTDIR: "a file stands where a folder is needed on that path: move it or choose another location",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
+    errno.EISDIR: "a folder stands where the file should go: move it or choose another name",
+    errno.ENOENT: "its folder does not exist: create it or choose another location",
+}
+
+
+def os_error_advice(exc: OSError) -> str:
+    """'<the system's reason>; <what to do>' for an OS error on a file."""
+    reason = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+    return f"{reason}; {WHAT_TO_DO.get(exc.errno, 'check that the folder exists, is writable and has free space')}"

@@ -3,7 +3,6 @@ with Rich; no logic lives here. A UserError becomes one line on stderr and exit 
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -112,23 +111,10 @@ def _user_message(exc: Exception, command: str) -> str | None:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())  # always one line
 
 
-OS_ERROR_FIXES = {
-    errno.ENOSPC: "free some space or write somewhere else",
-    errno.EDQUOT: "free some space or write somewhere else",
-    errno.EACCES: "check its permissions, or write somewhere else",
-    errno.EPERM: "check its permissions, or write somewhere else",
-    errno.EROFS: "the file system is read-only: write somewhere else",
-    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
-    errno.EISDIR: "that is a folder: give a file path",
-    errno.EEXIST: "something is already there: choose another path",
-    errno.ENOENT: "check the path",
-}
-
-
 def _os_error_text(exc: OSError) -> str:
-    where = exc.filename if exc.filename is not None else "a file"
-    fix = OS_ERROR_FIXES.get(exc.errno, "check the path and try again")
-    return f"{where}: {exc.strerror or exc}; {fix}"
+    from .atomic import os_error_advice
+
+    return f"{exc.filename if exc.filename is not None else 'a file'}: {os_error_advice(exc)}"
 
 
 def _is_out_of_memory(exc: Exception) -> bool:

@@ -5,7 +5,6 @@ are written for images and point clouds, and bad input is one clear line."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

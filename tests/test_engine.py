@@ -17,7 +17,7 @@ from perceiver_cli.data.sources import load_for_recipe
 from perceiver_cli.engine import checkpoint
 from perceiver_cli.engine.display import TrainingDisplay
 from perceiver_cli.engine.optim import build_scheduler, lr_factor
-from perceiver_cli.engine.train import Trainer, read_metrics, resume_run, split_train_val, start_run
+from perceiver_cli.engine.train import read_metrics, resume_run, split_train_val, start_run
 from perceiver_cli.errors import UserError
 from perceiver_cli.recipe import OptimConfig, load_recipe
 

@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import fsync_directory, temporary_sibling
+from ..atomic import fsync_directory, process_alive, temporary_sibling
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -79,7 +79,7 @@ def recover(target: Path) -> None:
     stale = []
     for path in siblings:
         match = pattern.fullmatch(path.name)
-        if match and not path.is_symlink() and path.is_dir() and not _alive(int(match.group(2))):
+        if match and not path.is_symlink() and path.is_dir() and not process_alive(int(match.group(2))):
             stale.append((match.group(1), path))
     if not target.exists():
         olds = sorted((p for kind, p in stale if kind == "old"), key=lambda p: p.stat().st_mtime_ns)
@@ -90,14 +90,3 @@ def recover(target: Path) -> None:
     for _, path in stale:
         shutil.rmtree(path, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name != "posix":  # ours is in use; elsewhere signal 0 is no probe
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True

@@ -5,34 +5,17 @@ the path, gives the system's reason and says what to do. Also: clearing what kil
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import atomic_writer, write_json_atomic, write_text_atomic
-from ..data.swap import _alive as process_alive  # the probe prepare's cleanup uses: one for all leftovers
+from ..atomic import atomic_writer, os_error_advice, process_alive, write_json_atomic, write_text_atomic
 from ..errors import UserError
-
-WHAT_TO_DO = {
-    errno.ENOSPC: "the disk is full: free some space there",
-    errno.EDQUOT: "the disk quota is used up: free some space there",
-    errno.EROFS: "the file system is read-only: choose a writable location",
-    errno.EACCES: "no permission: make the folder writable or choose another location",
-    errno.EPERM: "no permission: make the folder writable or choose another location",
-    errno.ENOTDIR: "a file stands where a folder is needed on that path: move it or choose another location",
-    errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
-    errno.EISDIR: "a folder stands where the file should go: move it or choose another name",
-    errno.ENOENT: "its folder does not exist: create it or choose another location",
-}
 
 
 def os_error_message(path: Path, exc: OSError, hint: str = "") -> str:
-    reason = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
-    advice = WHAT_TO_DO.get(exc.errno, "check that the folder exists, is writable and has free space")
-    return f"cannot write {path}: {reason}; {advice}" + (f"; {hint}" if hint else "")
+    return f"cannot write {path}: {os_error_advice(exc)}" + (f"; {hint}" if hint else "")
 
 
 @contextmanager
