@@ -351,8 +351,10 @@ def eval_command(
 
 def _print_eval(result) -> None:
     report = result.report
+    loss = report["loss"]
+    shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
     console.print(
-        f"[bold]{report['evaluated_on']}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {report['loss']:.4f} · "
+        f"[bold]{report['evaluated_on']}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
         f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint",
         highlight=False,
     )

@@ -254,7 +254,7 @@ def resume_other_architecture(tmp, mp):
 
 
 def resume_with_bad_value(tmp, mp):
-    return ["train", "--resume", "runs/digits", "--set", "optim.lr=inf"], ["optim.lr", "finite"]
+    return ["train", "--resume", "runs/digits", "--set", "optim.lr=inf"], ["(resumed) (with --set)", "optim.lr", "finite"]
 
 
 # --- prepared data that is silently wrong ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..data import prepared
 from ..data.augment import augment_images, augment_points, mix, subsample_points
 from ..errors import UserError
 from ..model import build_model, count_parameters
-from ..recipe import Recipe, apply_override, recipe_from_dict
+from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
 from . import checkpoint
 from .display import TrainingDisplay, format_rate
 from .files import append_line, os_error_message, remove_stale_temporaries, write_text, writing
@@ -397,7 +397,7 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
     config = state["config"]
     for assignment in overrides:
         apply_override(config, assignment)
-    recipe = recipe_from_dict(config, source=f"{run_dir} (resumed)")
+    recipe = recipe_from_dict(config, source=f"{run_dir} (resumed)", overridden=overridden_keys(overrides))
     if state["epoch"] >= recipe.train.epochs:
         raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
                         f"extend it with --set train.epochs=N")
