@@ -26,7 +26,8 @@ torch.set_num_threads(1)
 # elsewhere, and CI runs on both kinds. PERCEIVER_TEST_CPU_BF16=1 runs the whole suite as if on a CPU
 # with those units, =0 as if on one without (unset: the real CPU decides), e.g.
 #   PERCEIVER_TEST_CPU_BF16=1 python -m pytest -q
-# (on a CPU without the units bf16 is emulated, so that run is slower). pytest's header says which.
+# On a CPU without the units bf16 is emulated, so that run is slower, and bench's bf16 matmul peak
+# takes minutes: bench tests pass --dtype unless they are about `auto`. pytest's header says which.
 CPU_BF16_ENV = "PERCEIVER_TEST_CPU_BF16"
 _real_cpu_has_bf16_units = runtime.cpu_has_bf16_units
 
