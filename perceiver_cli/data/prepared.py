@@ -288,9 +288,11 @@ def _prepare_again(raw: dict, root: Path) -> str:
     return f"re-run `perceiver prepare {name}{origin} --out {root}`"
 
 
-def load(root: Path, verify: bool = False) -> PreparedDataset:
+def load(root: Path, verify: bool = False, mmap: bool = False) -> PreparedDataset:
     """Read a prepared dataset, checked against its manifest. Each array's sha256 is verified when
-    the file is new or changed since it was last verified; `verify` re-checks them all regardless."""
+    the file is new or changed since it was last verified; `verify` re-checks them all regardless.
+    `mmap`: the inputs (x) are read-only memory maps of their files, read as they are used (data
+    larger than memory); the labels are always read into memory."""
     root = Path(root)
     restore(root)
     manifest, raw = _read_manifest(root / "manifest.json")
@@ -302,7 +304,7 @@ def load(root: Path, verify: bool = False) -> PreparedDataset:
         for key in ("x", "y"):
             path = root / getattr(info.files, key)
             try:
-                arrays[key] = np.load(path, allow_pickle=False)
+                arrays[key] = np.load(path, allow_pickle=False, mmap_mode="r" if mmap and key == "x" else None)
             except (OSError, ValueError) as exc:
                 raise UserError(f"{path}: cannot read ({exc}); {again}") from None
         _check_split(root, info, manifest, arrays["x"], arrays["y"], again)
