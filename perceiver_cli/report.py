@@ -13,9 +13,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine.files import save_figure, write_json, writing
-from .engine.metrics import saved_rows
 from .errors import UserError
+from .runs.files import save_figure, write_json, writing
+from .runs.metrics import saved_rows
 
 FORMULAS = {
     "overfitting": "max(0, train_acc - val_acc) at the last epoch",

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import TINY, set_args
-from perceiver_cli.attention import capture as captures
 from perceiver_cli.attention.render import grid_order
 from perceiver_cli.attention.stats import map_stats, token_mass
 from perceiver_cli.data import prepared
+from perceiver_cli.engine import capture as captures
 from perceiver_cli.engine.runtime import InputTransform
 from perceiver_cli.model import build_model
 from perceiver_cli.recipe import ModelConfig

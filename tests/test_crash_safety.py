@@ -22,13 +22,14 @@ import pytest
 import torch
 
 from conftest import TINY, set_args
-from perceiver_cli.attention import capture as captures
 from perceiver_cli.data.prepared import PreparedDataset, Split
 from perceiver_cli.data.sources import load_for_recipe
-from perceiver_cli.engine import checkpoint
-from perceiver_cli.engine.train import Trainer, read_metrics, resume_run, start_run
+from perceiver_cli.engine import capture as captures
+from perceiver_cli.engine.train import Trainer, resume_run, start_run
 from perceiver_cli.errors import UserError
 from perceiver_cli.recipe import load_recipe
+from perceiver_cli.runs import checkpoint
+from perceiver_cli.runs.metrics import read_metrics
 
 # dropout and augmentation draw random numbers every step; best.pt follows every epoch; attention
 # is captured every epoch: each epoch writes every kind of run file
@@ -175,7 +176,7 @@ def test_a_finished_run_killed_before_its_last_row_gets_it_back(cli, digits_run)
 
 
 def test_resume_clears_only_dead_processes_temporary_files(tmp_path):
-    from perceiver_cli.engine.files import remove_stale_temporaries
+    from perceiver_cli.runs.files import remove_stale_temporaries
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

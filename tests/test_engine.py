@@ -14,12 +14,14 @@ import torch
 from conftest import TINY
 from perceiver_cli.data.prepared import PreparedDataset, Split
 from perceiver_cli.data.sources import load_for_recipe
-from perceiver_cli.engine import checkpoint
+from perceiver_cli.data.splits import split_train_val
 from perceiver_cli.engine.display import TrainingDisplay
 from perceiver_cli.engine.optim import build_scheduler, lr_factor
-from perceiver_cli.engine.train import read_metrics, resume_run, split_train_val, start_run
+from perceiver_cli.engine.train import resume_run, start_run
 from perceiver_cli.errors import UserError
 from perceiver_cli.recipe import OptimConfig, load_recipe
+from perceiver_cli.runs import checkpoint
+from perceiver_cli.runs.metrics import read_metrics
 
 
 def train(runs_dir: Path, overrides: list[str]):

@@ -1,1 +1,2 @@
-"""Cross-attention maps: capture them from a model (capture.py), measure them (stats.py), draw them (render.py)."""
+"""Cross-attention maps, as `perceiver attention` shows them: measured (stats.py), drawn (render.py),
+chosen or captured now (views.py). Capturing them (during training too) is engine/capture.py's."""

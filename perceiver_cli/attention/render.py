@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.files import save_figure
+from ..engine.capture import Capture
 from ..errors import UserError
-from .capture import Capture
+from ..runs.files import save_figure
 from .stats import latent_mass, token_mass
 
 FORMATS = ("png", "svg", "pdf")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import checkpoint as checkpoints
-from ..engine.files import write_json
+from ..engine import capture as captures
+from ..engine.capture import probe_samples
 from ..engine.runtime import InputTransform, resolve_device
 from ..errors import UserError
-from . import capture as captures
+from ..runs import checkpoint as checkpoints
+from ..runs.files import write_json
+from ..runs.trained import load_trained, match_channels, split_samples
 from .render import FORMATS, check_colormap, render, render_evolution, selected
 from .stats import map_stats
 
@@ -42,11 +44,6 @@ class ViewResult:
     files: list[Path] = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # epoch -> stage -> {"samples": [...], "mean": {...}}
     stats_path: Path | None = None
-
-
-def probe_samples(x: np.ndarray, y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    index = captures.probe_indices(np.asarray(y), per_class, seed)
-    return np.asarray(x[index]), np.asarray(y[index])
 
 
 def view(run_dir: Path, options: ViewOptions) -> ViewResult:
@@ -172,8 +169,6 @@ def _classes(run_dir: Path) -> list[str]:
 
 def _trained(run_dir: Path, which: str, device):
     """(model, recipe, checkpoint.Loaded) of best or last (the run's other one if that is damaged) or a .pt file."""
-    from ..evaluate import load_trained
-
     if which in ("best", "last"):
         return load_trained(run_dir, device, prefer=which)
     if not Path(which).is_file():
@@ -183,8 +178,6 @@ def _trained(run_dir: Path, which: str, device):
 
 def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:
     """The run's probe samples (its validation data, a few per class) through a checkpoint."""
-    from ..evaluate import split_samples
-
     device = resolve_device("auto")
     model, recipe, loaded = _trained(run_dir, which, device)
     state = loaded.state
@@ -212,8 +205,6 @@ def _read_image(path: Path):
 def _capture_input(run_dir: Path, options: ViewOptions, image) -> tuple[captures.Capture, checkpoints.Loaded]:
     """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
     from PIL import Image
-
-    from ..evaluate import match_channels
 
     device = resolve_device("auto")
     model, recipe, loaded = _trained(run_dir, options.checkpoint or "best", device)

@@ -26,14 +26,16 @@ import yaml
 
 from ..data import prepared
 from ..data.augment import augment_images, augment_points, mix, subsample_points
+from ..data.splits import split_train_val
 from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
-from . import checkpoint
+from ..runs import checkpoint
+from ..runs.directory import create_run_dir
+from ..runs.files import append_line, remove_stale_temporaries, write_text
+from ..runs.metrics import restored_rows, sync_metrics, write_metrics
 from .display import TrainingDisplay, format_rate
-from .files import append_line, os_error_message, remove_stale_temporaries, write_text, writing
 from .graphs import training_forward
-from .metrics import read_metrics, sync_metrics, write_metrics
 from .optim import build_optimizer, build_scheduler
 from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
                       resolve_device, use_bf16)
@@ -47,36 +49,6 @@ class TrainResult:
     parameters: int
     device: str
     bf16: bool
-
-
-def create_run_dir(runs_dir: Path, name: str) -> Path:
-    """runs/<name>, or runs/<name>-2, -3 ... : an existing run directory is never reused."""
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise UserError(f"run name {name!r} must be a plain folder name (no '/'); set train.name or --name")
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise UserError(f"train.runs_dir '{runs_dir}' is a file; set train.runs_dir to a folder (or move the file)")
-    with writing(runs_dir, "or set train.runs_dir"):
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 10_000):
-        candidate = runs_dir / (name if i == 1 else f"{name}-{i}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UserError(os_error_message(candidate, exc, "or set train.runs_dir")) from None
-    raise UserError(f"{runs_dir}: too many runs named {name}; set train.name")
-
-
-def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed: int):
-    """The dataset's own val split if it has one, else a seeded stratified share of train."""
-    train = dataset.split("train")
-    if "val" in dataset.splits:
-        val = dataset.splits["val"]
-        return (train.x, train.y), (val.x, val.y)
-    keep, held = prepared.stratified_holdout(train.y, val_fraction, seed)
-    return (train.x[keep], train.y[keep]), (train.x[held], train.y[held])
 
 
 class Trainer:
@@ -116,7 +88,7 @@ class Trainer:
             self._restore(resume_state)
         self.probe = None  # the fixed samples whose attention is captured
         if t.save_attention_maps or t.tensorboard:
-            from ..attention.views import probe_samples
+            from .capture import probe_samples
             x, y = (val_x, val_y) if len(val_y) else (train_x, train_y)
             self.probe = probe_samples(x, y, t.attention_samples, t.seed)
         self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard else None
@@ -318,13 +290,13 @@ class Trainer:
         """Attention capture at the interval, TensorBoard scalars every epoch."""
         t = self.recipe.train
         if self.probe is not None and (epoch % t.attention_interval == 0 or epoch == t.epochs):
-            from ..attention import capture as captures
+            from . import capture as captures
 
             captured = captures.capture(self.model, *self.probe, self.transform, self.device, epoch, self.bf16)
             if t.save_attention_maps:
                 captures.save(captured, self.run_dir / "attention")
             if self.tensorboard is not None:
-                from ..attention.render import tensorboard_image
+                from .preview import tensorboard_image
 
                 self.tensorboard.add_image("attention/stage_0", tensorboard_image(captured, self.dataset.classes),
                                            epoch, dataformats="HWC")
@@ -373,13 +345,6 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
         shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
         raise
     return trainer
-
-
-def restored_rows(state: dict, run_dir: Path) -> list[dict]:
-    """The epoch rows a checkpoint carries; for one from before checkpoints carried them, metrics.jsonl's."""
-    if "metrics" in state:
-        return [dict(row) for row in state["metrics"]]
-    return [row for row in read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
 
 
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,

@@ -85,6 +85,13 @@ def as_numbers(row: dict) -> dict:
     return {key: math.nan if value is None else value for key, value in row.items()}
 
 
+def restored_rows(state: dict, run_dir: Path) -> list[dict]:
+    """The epoch rows a checkpoint carries; for one from before checkpoints carried them, metrics.jsonl's."""
+    if "metrics" in state:
+        return [dict(row) for row in state["metrics"]]
+    return [row for row in read_metrics(run_dir) if row["epoch"] <= state["epoch"]]
+
+
 def saved_rows(run_dir: Path) -> list[dict]:
     """What a reader of a run should show: the rows its checkpoint carries (never behind the files);
     metrics.jsonl's for a run whose checkpoints predate the rows, or when they are longer (last.pt

@@ -1,4 +1,5 @@
 """Capturing cross-attention: which input positions each latent reads, for a fixed probe batch.
+Training captures it every train.attention_interval epochs; `perceiver attention` draws the files.
 
 A capture file (`runs/<name>/attention/epoch_NNNN.npz`, written atomically, read without pickle):
     weights       float16 (stages, samples, heads, latents, tokens): softmax over tokens, one stage per cross-attend
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_writer
-from ..engine.files import writing
-from ..engine.runtime import autocast
 from ..errors import UserError
+from ..runs.files import writing
+from .runtime import autocast
 
 FILE_PATTERN = "epoch_{:04d}.npz"
 
@@ -53,6 +54,12 @@ def probe_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+
+
+def probe_samples(x: np.ndarray, y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stored samples and labels at probe_indices."""
+    index = probe_indices(np.asarray(y), per_class, seed)
+    return np.asarray(x[index]), np.asarray(y[index])
 
 
 @torch.no_grad()
