@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,12 @@ def test_version(cli):
 
 
 @pytest.mark.parametrize("command, shown", [
-    ("prepare", ["--from", "--out", "--val-fraction", "--seed", "--size", "[default: 0.1]", "[default: 0]"]),
+    ("prepare shapes", ["--from", "--out", "--val-fraction", "--seed", "--size", "[default: 0.1]", "[default: 0]"]),
     ("train", ["--set", "--resume", "--name", "--device", "optim.lr=5e-4"]),
     ("eval", ["--split", "--data", "--batch-size", "--device", "[default: 256]", "[default: auto]"]),
 ])
 def test_subcommand_help_works_and_shows_defaults(cli, command, shown):
-    result = cli(command, "--help")
+    result = cli(*command.split(), "--help")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     for text in shown:
@@ -68,16 +69,70 @@ def test_subcommand_help_works_and_shows_defaults(cli, command, shown):
     ("train", "[default: recipes/digits.yaml]"),
     ("train", "[default: the recipe's file name]"),
     ("train", "[default: train.device of the recipe, auto]"),
-    ("prepare", "[default: data/<dataset>]"),
-    ("prepare", "[default: the most common size; akoa: 228x260]"),
-    ("prepare", "[default: 2048]"),
-    ("prepare", "[default: the sagittal axis, from the affine]"),
+    ("prepare shapes", "[default: data/<dataset>]"),
+    ("prepare shapes", "[default: the most common size]"),
+    ("prepare akoa", "[default: 228x260]"),
+    ("prepare modelnet40", "[default: 2048]"),
+    ("prepare modelnet40", "[default: one per CPU core]"),
+    ("prepare akoa", "[default: the sagittal axis, from the affine]"),
     ("eval", "[default: test, or val when there is no test split]"),
 ])
 def test_help_shows_the_documented_defaults(cli, command, default):
-    result = cli(command, "--help")
+    result = cli(*command.split(), "--help")
     assert result.exit_code == 0
     assert default in " ".join(result.stdout.replace("│", " ").split())
+
+
+# what each `prepare DATASET --help` lists, and nothing else (NAME: any other name, an image folder)
+PREPARE_OPTIONS = {
+    "digits": {"--out"},
+    "mnist": {"--from", "--out"},
+    "cifar10": {"--from", "--out", "--val-fraction", "--seed", "--size"},
+    "modelnet40": {"--from", "--out", "--seed", "--points", "--workers"},
+    "akoa": {"--from", "--out", "--seed", "--size", "--labels", "--pattern", "--slices", "--axis", "--split", "--split-by"},
+    "flowers": {"--from", "--out", "--val-fraction", "--seed", "--size"},
+}
+
+
+@pytest.mark.parametrize("dataset", PREPARE_OPTIONS)
+def test_prepare_help_of_a_dataset_lists_only_its_own_options(cli, dataset):
+    result = cli("prepare", dataset, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"perceiver prepare {dataset} [OPTIONS]" in result.stdout
+    listed = set(re.findall(r"^│ (--[\w-]+)", result.stdout, flags=re.MULTILINE))  # the option column
+    assert listed == PREPARE_OPTIONS[dataset] | {"--help"}
+
+
+@pytest.mark.parametrize("args", [("prepare",), ("prepare", "--help")])
+def test_prepare_alone_lists_the_datasets_and_the_image_folder_fallback(cli, args):
+    result = cli(*args)
+    page = " ".join(result.output.replace("│", " ").split())
+    for dataset in ("digits", "mnist", "cifar10", "modelnet40", "akoa"):
+        assert f" {dataset} " in page
+    assert "any other name reads a labelled image folder or zip" in page
+    assert "perceiver prepare akoa --help" in page
+
+
+@pytest.mark.parametrize("args, taken_by", [
+    (["modelnet40", "--size", "8x8"], "`prepare akoa`"),  # today's options of other datasets
+    (["akoa", "--points=100"], "`prepare modelnet40` only"),
+    (["digits", "--seed", "3"], "`prepare NAME` (an image folder)"),
+    (["flowers", "--slices", "4"], "`prepare akoa` only"),
+])
+def test_prepare_refuses_an_option_of_another_dataset_naming_who_takes_it(cli, workdir, args, taken_by):
+    message = assert_user_error(cli("prepare", *args))
+    dataset, option = args[0], args[1].split("=")[0]
+    assert message.startswith(f"error: {option} applies to ") and taken_by in message
+    assert f"not to {dataset}" in message and f"`perceiver prepare {dataset} --help`" in message
+    assert not (workdir / "data").exists()
+
+
+def test_prepare_any_other_name_reads_an_image_zip_under_that_name(cli, workdir, image_zip):
+    result = cli("prepare", "flowers", "--from", image_zip, "--size", "4x4", "--val-fraction", "0.25", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((workdir / "data" / "flowers" / "manifest.json").read_text())
+    assert manifest["dataset"] == "flowers" and manifest["input"] == {"kind": "image", "shape": [4, 4, 3]}
+    assert manifest["splits"]["val"]["count"] == 18 and manifest["classes"] == sorted(SHAPE_CLASSES)
 
 
 # --- train ---------------------------------------------------------------------------------------

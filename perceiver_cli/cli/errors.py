@@ -1,0 +1,130 @@
+"""How the CLI shows a failure: a user's mistake is one line on stderr and exit 2 (click's usage errors
+included), Ctrl-C a short note and exit 130; --debug shows the traceback instead. Anything else is a
+bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+
+import typer
+from rich.markup import escape
+
+from ..console import err_console
+from ..errors import UserError
+
+try:  # typer 0.2x carries its own copy of click, whose exceptions are not click's
+    from typer._click import exceptions as click_errors
+except ImportError:
+    from click import exceptions as click_errors
+
+# what to turn down when a command runs out of memory, by command
+MEMORY_KNOBS = {
+    "train": "lower train.batch_size, model.num_latents or model.latent_dim, or set train.activation_checkpointing=true",
+    "bench": "lower --batch or --input-size, or model.num_latents / model.latent_dim (--set)",
+    "eval": "lower --batch-size",
+    "attention": "capture fewer --samples",
+    "prepare": "lower --size (or --points)",
+}
+DEBUG = False
+_interrupt_note = None  # set by a command that can say how to continue after Ctrl-C: () -> str
+
+
+def set_debug(debug: bool) -> None:
+    global DEBUG
+    DEBUG = debug
+
+
+def on_interrupt(note) -> None:
+    """What Ctrl-C says from now on in this command: note() -> str."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """A mistyped option or value (click's usage errors) is one line on stderr and exit 2, like every
+    other mistake, instead of a usage banner and a framed box; `perceiver` alone still shows the help."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.ClickException as exc:
+            code = exc.exit_code
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `perceiver` alone: the help, as before
+                exc.show()
+            else:
+                context = getattr(exc, "ctx", None)
+                hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+                message = " ".join(exc.format_message().split())
+                err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def user_errors(command: str):
+    """Decorate a command (named as in MEMORY_KNOBS): turn a user's mistake into one line on stderr and
+    exit 2 (a UserError, an OS error on a file, memory that cannot be had); Ctrl-C into a short note
+    and exit 130. --debug shows the traceback instead."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            on_interrupt(None)
+            try:
+                return function(*args, **kwargs)
+            except KeyboardInterrupt:
+                if DEBUG:
+                    raise
+                err_console.print(_interrupt_note() if _interrupt_note else "interrupted", highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                message = _user_message(exc, command)
+                if message is None or DEBUG:
+                    raise
+                err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+
+        return wrapper
+
+    return decorate
+
+
+def _user_message(exc: Exception, command: str) -> str | None:
+    """The one line for an error the user can act on; None for a bug (which keeps its traceback)."""
+    if isinstance(exc, UserError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        text = _os_error_text(exc)
+    elif _is_out_of_memory(exc):
+        text = f"out of memory: {_asked_memory(str(exc))}; {MEMORY_KNOBS.get(command, 'ask for less')}"
+    else:
+        return None
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())  # always one line
+
+
+def _os_error_text(exc: OSError) -> str:
+    from ..atomic import os_error_advice
+
+    return f"{exc.filename if exc.filename is not None else 'a file'}: {os_error_advice(exc)}"
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def _asked_memory(text: str) -> str:
+    """'asked for 25.6 GB at once' from the allocator's message (CPU, CUDA or NumPy)."""
+    cpu = re.search(r"tried to allocate (\d+) bytes", text)
+    if cpu:
+        return f"one allocation of {int(cpu.group(1)) / 1e9:,.1f} GB did not fit"
+    other = re.search(r"(?:Tried to|Unable to) allocate ([\d.]+ [KMGTP]i?B)", text)
+    return f"one allocation of {other.group(1)} did not fit" if other else "an allocation did not fit"
