@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import TINY, set_args
-from perceiver_cli.attention.render import grid_order
 from perceiver_cli.attention.stats import map_stats, token_mass
 from perceiver_cli.data import prepared
 from perceiver_cli.engine import capture as captures
+from perceiver_cli.engine.capture import grid_order
 from perceiver_cli.engine.runtime import InputTransform
 from perceiver_cli.model import build_model
 from perceiver_cli.recipe import ModelConfig
@@ -72,6 +72,22 @@ def test_permuted_runs_are_put_back_in_image_order():
                                 np.array([0]), np.array([0]), np.ones((1, 1), np.float32), (2, 2), 1, permutation)
     weights = np.array([1.0, 0.0, 0.0, 0.0])  # all on token 0, which sits at grid position 2
     assert grid_order(captured, weights).tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_the_tensorboard_preview_shows_where_an_image_is_read_and_any_point_cloud():
+    from perceiver_cli.engine.preview import tensorboard_image
+
+    weights = np.zeros((1, 2, 1, 1, 4), np.float16)
+    weights[0, :, 0, 0, 0] = 1.0  # all attention on token 0, which sits at grid position 2: bottom left
+    captured = captures.Capture(0, weights, np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 1]), np.array([0, 1]),
+                                np.eye(2, dtype=np.float32), (2, 2), 1, np.array([2, 0, 3, 1]))
+    image = tensorboard_image(captured, ["a", "b"], height=8)
+    assert image.dtype == np.uint8 and image.shape == (2 * (14 + 8), 160, 3)  # a captioned row per sample
+    overlay = image[14:22, 8:16].astype(int)  # the second panel of the first row, 4 px per input pixel
+    assert (overlay[4:, :4] != overlay[:4, :4]).any() and (overlay[:4, :4] == overlay[:4, 4:]).all()
+    points = captures.Capture(0, np.full((1, 1, 1, 1, 5), 0.2, np.float16), np.zeros((1, 5, 3), np.float32),
+                              np.array([0]), np.array([0]), np.ones((1, 1), np.float32), (), 1, None)
+    assert tensorboard_image(points, ["a"]).ndim == 3
 
 
 def test_probe_is_a_few_per_class_and_fixed_by_the_seed():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.capture import Capture
+from ..engine.capture import Capture, grid_order
 from ..errors import UserError
 from ..runs.files import save_figure
 from .stats import latent_mass, token_mass
@@ -35,15 +35,6 @@ def check_colormap(name: str) -> None:
     if name not in matplotlib.colormaps:
         examples = ", ".join(n for n in ("viridis", "magma", "inferno", "plasma", "jet", "hot") if n in matplotlib.colormaps)
         raise UserError(f"--colormap {name!r}: matplotlib does not know it (e.g. {examples})")
-
-
-def grid_order(capture: Capture, weights: np.ndarray) -> np.ndarray:
-    """Weights (..., tokens) with the tokens back in grid order (undoing a fixed pixel permutation)."""
-    if capture.permutation is None:
-        return weights
-    out = np.empty_like(weights)
-    out[..., capture.permutation] = weights  # token j sits at grid position permutation[j]
-    return out
 
 
 def selected(capture: Capture, sample: int, stage: int, head: int | None) -> np.ndarray:
@@ -159,24 +150,7 @@ def render_evolution(captures: list[Capture], stats: dict, path: Path, stage: in
     return path
 
 
-def _save(fig, path) -> None:
-    """To a file atomically (an OS error is one clear line), or into a buffer."""
+def _save(fig, path: Path) -> None:
+    """To a file atomically (an OS error is one clear line)."""
     fig.tight_layout()
-    if isinstance(path, (str, Path)):
-        save_figure(fig, Path(path), dpi=110)
-    else:
-        fig.savefig(path, format="png", dpi=110)
-        _pyplot().close(fig)
-
-
-def tensorboard_image(capture: Capture, classes: list[str], samples: int = 4) -> np.ndarray:
-    """The first cross-attend's panel as an H x W x 3 uint8 array (for SummaryWriter.add_image)."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    render(capture, classes, buffer, stage=0, head=None, samples=samples, colormap="viridis", alpha=0.6)
-    buffer.seek(0)
-    with Image.open(buffer) as img:
-        return np.asarray(img.convert("RGB"))
+    save_figure(fig, Path(path), dpi=110)

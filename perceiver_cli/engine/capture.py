@@ -48,6 +48,15 @@ class Capture:
         return not self.token_grid
 
 
+def grid_order(capture: Capture, weights: np.ndarray) -> np.ndarray:
+    """Weights (..., tokens) with the tokens back in grid order (undoing a fixed pixel permutation)."""
+    if capture.permutation is None:
+        return weights
+    out = np.empty_like(weights)
+    out[..., capture.permutation] = weights  # token j sits at grid position permutation[j]
+    return out
+
+
 def probe_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """`per_class` samples of every class (fewer where a class has fewer), chosen by `seed`; the same
     indices every time, so captures of different epochs show the same samples."""

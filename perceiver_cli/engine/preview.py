@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .capture import Capture
+from .capture import Capture, grid_order
 
 ALPHA = 0.6  # the overlay's opacity, as `perceiver attention`'s default
 CAPTION = 14  # pixels above each row for "true -> predicted (probability)"
@@ -23,11 +23,7 @@ def tensorboard_image(capture: Capture, classes: list[str], samples: int = 4, he
 
 def token_mass(capture: Capture, sample: int) -> np.ndarray:
     """(tokens,) in grid order, summing to 1."""
-    mass = capture.weights[0, sample].astype(np.float64).sum(axis=(0, 1))
-    if capture.permutation is not None:  # token j sits at grid position permutation[j]
-        ordered = np.empty_like(mass)
-        ordered[capture.permutation] = mass
-        mass = ordered
+    mass = grid_order(capture, capture.weights[0, sample].astype(np.float64).sum(axis=(0, 1)))
     return mass / mass.sum()
 
 
