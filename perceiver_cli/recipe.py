@@ -81,6 +81,7 @@ class DataConfig(Section):
     dataset: str = Field("digits", description="name of the prepared dataset (digits, mnist, cifar10, or your own)")
     root: Optional[str] = Field(None, description="prepared dataset directory (default data/<dataset>; digits needs none)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train carved out (seeded) as validation when the data has no val split")
+    residency: Literal["auto", "device", "host", "stream"] = Field("auto", description="where training data lives: device = the whole dataset on the training device (fastest); stream = memory-mapped from the prepared files, each batch gathered by background threads (pinned, prefetched), for data larger than memory; host = streamed from the same files; auto = device when the data takes at most half the free device memory, else stream (train.log says which)")
     num_points: Optional[int] = Field(None, gt=0, description="points: use this many of the prepared points per cloud (a random subset per training step, the first ones in evaluation); null = all")
     point_scaling: Literal["sphere", "cube"] = Field("sphere", description="points: unit sphere (as prepared) or unit cube (max |coordinate| = 1, the paper's choice)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training augmentations")
@@ -104,7 +105,8 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, gt=0, description="training epochs")
-    batch_size: int = Field(64, gt=0, description="samples per step")
+    batch_size: int = Field(64, gt=0, description="samples per optimizer step, over all ranks together (the global batch: each of N ranks takes batch_size / N)")
+    grad_accum: int = Field(1, gt=0, description="split each rank's share of a batch into this many forward/backward passes before the optimizer step (less memory, the same training)")
     eval_batch_size: int = Field(256, gt=0, description="samples per evaluation step")
     seed: int = Field(0, ge=0, description="seed for initialisation, data split, shuffling and augmentation")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")

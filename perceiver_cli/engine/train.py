@@ -26,6 +26,7 @@ import yaml
 
 from ..data import prepared
 from ..data.augment import augment_images, augment_points, mix, subsample_points
+from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
 from ..data.splits import split_train_val
 from ..errors import UserError
 from ..model import build_model, count_parameters
@@ -34,11 +35,12 @@ from ..runs import checkpoint
 from ..runs.directory import create_run_dir
 from ..runs.files import append_line, remove_stale_temporaries, write_text
 from ..runs.metrics import restored_rows, sync_metrics, write_metrics
+from .dist import DistContext
 from .display import TrainingDisplay, format_rate
 from .graphs import training_forward
 from .optim import build_optimizer, build_scheduler
-from .runtime import (InputTransform, as_tensor, autocast, keep_freed_memory, loss_and_accuracy, predict,
-                      resolve_device, use_bf16)
+from .runtime import InputTransform, autocast, keep_freed_memory, resolve_device, use_bf16
+from .step import TrainStep
 
 
 @dataclass
@@ -53,45 +55,68 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, recipe: Recipe, dataset: prepared.PreparedDataset, run_dir: Path,
-                 resume_state: dict | None = None, quiet: bool = False, device: str | None = None):
-        self.recipe, self.dataset, self.run_dir, self.quiet = recipe, dataset, run_dir, quiet
+                 resume_state: dict | None = None, quiet: bool = False, device: str | None = None,
+                 dist: DistContext | None = None):
+        self.recipe, self.dataset, self.run_dir = recipe, dataset, run_dir
         t = recipe.train
-        self.device = resolve_device(device or t.device)
+        self.dist = dist or DistContext()
+        self.quiet = quiet or not self.dist.is_main  # only rank 0 shows progress
+        self.device = self.dist.device if dist is not None else resolve_device(device or t.device)
         if self.device.type == "cpu":
             keep_freed_memory()
         self.bf16 = use_bf16(t.precision, self.device)
-        torch.manual_seed(t.seed)
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        self.rank_batch = rank_batch_size(t.batch_size, self.dist.world)
+        if t.grad_accum > self.rank_batch:
+            raise UserError(f"train.grad_accum={t.grad_accum} splits each rank's {self.rank_batch} samples into more "
+                            f"passes than samples; lower train.grad_accum or raise train.batch_size")
 
         (train_x, train_y), (val_x, val_y) = split_train_val(dataset, recipe.data.val_fraction, t.seed)
         if len(train_y) == 0:
             raise UserError(f"dataset '{dataset.name}' has an empty train split")
-        self.train_x, self.train_y = as_tensor(train_x, self.device), as_tensor(train_y, self.device)
-        self.val_x, self.val_y = as_tensor(val_x, self.device), as_tensor(val_y, self.device)
+        self.residency, self.residency_reason = choose_residency(recipe.data.residency, train_x.nbytes + val_x.nbytes,
+                                                                 self.device)
+        # training batches are global (every rank augments the whole batch the same way, then takes
+        # its part), so the inputs never depend on the world size; validation is sharded
+        self.train_data = make_loader(self.residency, train_x, train_y, t.batch_size, t.seed, self.device)
+        self.val_data = make_loader(self.residency, val_x, val_y, t.eval_batch_size, t.seed, self.device,
+                                    self.dist.rank, self.dist.world)
+        self.train_count, self.val_count = len(train_y), len(val_y)
         self.transform = InputTransform(dataset.input_spec, dataset.normalization, self.device, recipe.data)
         self.input_kind = dataset.input_spec["kind"]
 
         self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         self.parameters = count_parameters(self.model)
-        self.steps_per_epoch = math.ceil(len(self.train_y) / t.batch_size)
+        self.steps_per_epoch = math.ceil(len(train_y) / t.batch_size)
         self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
-        self.forward = training_forward(self.model, t, self.device, self.bf16)
+        # compile (or graph) first, then wrap for DDP, as nanoGPT does; a captured backward would skip
+        # DDP's gradient all-reduce, so several ranks train without CUDA graphs
+        self.graphs_note = None
+        if self.dist.world > 1 and t.cuda_graphs and self.device.type == "cuda":
+            t = t.model_copy(update={"cuda_graphs": False})
+            self.graphs_note = "CUDA graphs off: a captured backward would skip DDP's gradient all-reduce"
+        self.local_forward = training_forward(self.model, t, self.device, self.bf16)
+        self.forward = self.dist.wrap(self.local_forward, self.device)
         self.ema = None  # the averaged weights (torch's AveragedModel: a copy of the model)
         if t.ema_decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
+        self.step = TrainStep(self.forward, self.model.parameters(), self.optimizer, self.scheduler, self.ema,
+                              optim_config=recipe.optim, device=self.device, bf16=self.bf16, grad_accum=t.grad_accum,
+                              world=self.dist.world, ema_source=self.model)
 
         self.start_epoch, self.best, self.rows = 1, None, []
         self.resumed = resume_state is not None
         if self.resumed:
             self._restore(resume_state)
         self.probe = None  # the fixed samples whose attention is captured
-        if t.save_attention_maps or t.tensorboard:
+        if self.dist.is_main and (t.save_attention_maps or t.tensorboard):
             from .capture import probe_samples
             x, y = (val_x, val_y) if len(val_y) else (train_x, train_y)
             self.probe = probe_samples(x, y, t.attention_samples, t.seed)
-        self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard else None
+        self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard and self.dist.is_main else None
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -143,13 +168,6 @@ class Trainer:
 
     # --- loop -------------------------------------------------------------------------------------
 
-    def _batches(self, epoch: int):
-        """Shuffled index batches; the order depends only on (seed, epoch), so a resumed run
-        sees the same batches it would have seen."""
-        generator = torch.Generator().manual_seed(self.recipe.train.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_y), generator=generator).to(self.device)
-        return order.split(self.recipe.train.batch_size), generator
-
     def training_inputs(self, stored: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A stored batch -> augmented model inputs. Images are augmented as uint8 (a crop is
         indexing); point clouds after scaling, so scale/jitter amounts mean the same for any data."""
@@ -163,54 +181,43 @@ class Trainer:
         return self.transform(stored)
 
     def _train_epoch(self, epoch: int, display: TrainingDisplay) -> dict:
-        t = self.recipe.train
-        torch.manual_seed(t.seed * 100_003 + epoch)  # dropout stream, reproducible on resume
-        batches, generator = self._batches(epoch)
+        t, rank, world = self.recipe.train, self.dist.rank, self.dist.world
+        torch.manual_seed(t.seed * 100_003 + epoch + 1_000_003 * rank)  # dropout: per rank, reproducible on resume
+        batches = self.train_data.epoch(epoch)
+        generator = batches.generator  # drew the order; the augmentation draws on from it
         self.model.train()
         display.start_epoch(epoch, len(batches))
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, start = 0, time.perf_counter()
-        for step, index in enumerate(batches):
-            x, y = self.training_inputs(self.train_x[index], generator), self.train_y[index]
-            x, partner, weight = mix(x, self.recipe.data.augment.mixup, generator)
-            with autocast(self.device, self.bf16):
-                logits = self.forward(x)
-            loss = self._loss(logits.float(), y, partner, weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.recipe.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if step % 10 == 0 or step == len(batches) - 1:  # a sync every 10 steps, not every step
-                loss_now = loss_sum.item() / seen
-                if not math.isfinite(loss_now):
-                    self._diverged(epoch)
-                display.step(loss_now, correct.item() / seen, seen / (time.perf_counter() - start))
-            else:
-                display.advance()
+        # this rank's sums; totals: the same summed over ranks (at each sync)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, samples
+        start = time.perf_counter()
+        with batches:
+            for step, (stored, y, _) in enumerate(batches):
+                x = self.training_inputs(stored, generator)
+                x, partner, weight = mix(x, self.recipe.data.augment.mixup, generator)
+                part = rank_part(len(y), rank, world)
+                y_mixed = None if partner is None else y[partner][part]
+                loss_sum, correct = self.step(x[part], y[part], y_mixed, weight, global_count=len(y))
+                sums += torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y[part]), device=self.device, dtype=torch.float64)])
+                if step % 10 == 0 or step == len(batches) - 1:  # a sync every 10 steps, not every step
+                    loss_now, accuracy_now, seen = self._totals(sums)
+                    if not math.isfinite(loss_now):
+                        self._diverged(epoch)
+                    display.step(loss_now, accuracy_now, seen / (time.perf_counter() - start))
+                else:
+                    display.advance()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        train_loss = loss_sum.item() / seen
+        train_loss, train_accuracy, seen = self._totals(sums)
         if not math.isfinite(train_loss):
             self._diverged(epoch)
-        return {"train_loss": train_loss, "train_accuracy": correct.item() / seen,
+        return {"train_loss": train_loss, "train_accuracy": train_accuracy,
                 "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, partner, weight: float) -> torch.Tensor:
-        """Cross-entropy; with mixup, weighted between the labels of the two mixed samples."""
-        smoothing = self.recipe.optim.label_smoothing
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        if partner is None:
-            return loss
-        return weight * loss + (1 - weight) * F.cross_entropy(logits, y[partner], label_smoothing=smoothing)
+    def _totals(self, sums: torch.Tensor) -> tuple[float, float, int]:
+        """(mean loss, accuracy, samples) so far in the epoch, over all ranks."""
+        loss, correct, seen = self.dist.sum(sums.clone()).tolist()
+        return loss / seen, correct / seen, int(seen)
 
     def _diverged(self, epoch: int):
         saved = self.run_dir / "checkpoints" / "last.pt"
@@ -221,13 +228,24 @@ class Trainer:
             f"or optim.grad_clip{kept}"
         )
 
+    @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
-        if len(self.val_y) == 0:
+        """(loss, accuracy) on the validation data: each rank its shard, the sums added over ranks."""
+        if self.val_count == 0:
             return float("nan"), float("nan")
-        t = self.recipe.train
-        model = self.ema.module if self.ema is not None else self.forward  # forward: compiled when asked
-        logits = predict(model, self.val_x, self.transform, t.eval_batch_size, self.bf16, self.device)
-        return loss_and_accuracy(logits, self.val_y)
+        model = self.ema.module if self.ema is not None else self.local_forward  # compiled when asked
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, correct
+        with self.val_data.in_order(self.recipe.train.eval_batch_size) as batches:
+            for stored, y, _ in batches:
+                with autocast(self.device, self.bf16):
+                    logits = model(self.transform(stored)).float()
+                sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                     (logits.argmax(1) == y).sum().double()])
+        model.train(was_training)
+        loss, correct = self.dist.sum(sums).tolist()
+        return loss / self.val_count, correct / self.val_count
 
     def _improved(self, row: dict) -> bool:
         key = self.recipe.train.best_metric
@@ -242,12 +260,16 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         try:
-            return self._fit()
+            result = self._fit()
+            self.dist.barrier()  # rank 0's last writes are done before any rank reports
+            return result
         except BaseException:  # Ctrl-C included: a new run with no saved epoch leaves nothing behind
             self._close()
-            if not self.resumed and not any((self.run_dir / "checkpoints").glob("*.pt")):
+            if self.dist.is_main and not self.resumed and not any((self.run_dir / "checkpoints").glob("*.pt")):
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        finally:
+            self.dist.close()
 
     def _fit(self) -> TrainResult:
         t = self.recipe.train
@@ -265,17 +287,23 @@ class Trainer:
                 if improved:
                     value = row[t.best_metric] if t.best_metric != "last" else epoch
                     self.best = {"epoch": epoch, "metric": t.best_metric, "value": value}
-                self._after_epoch(epoch, row)
-                self._log(_epoch_line(row, t.epochs))
-                state = self.state(epoch)  # built once, written to one or both files
-                hint = self._resume_hint()
-                if improved:
-                    checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt", hint)
-                checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", hint)
-                write_metrics(self.run_dir, self.rows, hint)
+                if self.dist.is_main:
+                    self._write_epoch(epoch, row, improved)
                 display.end_epoch(row)
         self._close()
         return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
+
+    def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
+        """Everything an epoch writes (rank 0 only), in the order that makes a kill harmless: the
+        attention capture, the log line, best.pt, last.pt (the commit point), the metrics files."""
+        self._after_epoch(epoch, row)
+        self._log(_epoch_line(row, self.recipe.train.epochs))
+        state = self.state(epoch)  # built once, written to one or both files
+        hint = self._resume_hint()
+        if improved:
+            checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt", hint)
+        checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", hint)
+        write_metrics(self.run_dir, self.rows, hint)
 
     def _resume_hint(self) -> str:
         if (self.run_dir / "checkpoints" / "last.pt").is_file():
@@ -306,6 +334,12 @@ class Trainer:
                     self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(key, key), value, epoch)
             self.tensorboard.flush()
 
+    def _log_setup(self) -> None:
+        """Choices made for the user, with their reasons, in train.log."""
+        self._log(f"data: {self.residency_reason}")
+        if self.graphs_note:
+            self._log(self.graphs_note)
+
     def _log(self, line: str) -> None:
         append_line(self.run_dir / "train.log", line, self._resume_hint())
 
@@ -331,18 +365,24 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
               device: str | None = None) -> Trainer:
-    """A new run directory with config.yaml and the header of train.log, and its Trainer."""
+    """A new run directory with config.yaml and the header of train.log, and its Trainer. Under
+    torchrun this process is one rank: rank 0 makes the directory and every rank trains into it."""
+    dist, _ = DistContext.start(resolve_device(device or recipe.train.device))
     name = recipe.train.name or recipe_path.stem
-    run_dir = create_run_dir(Path(recipe.train.runs_dir), name)
+    run_dir = Path(dist.share(str(create_run_dir(Path(recipe.train.runs_dir), name)) if dist.is_main else None))
     try:
-        trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, device=device)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        trainer._log(
-            f"recipe {recipe_path} dataset {dataset.name} ({len(trainer.train_y)} train / {len(trainer.val_y)} val) "
-            f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16}"
-        )
+        trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, dist=dist)
+        if dist.is_main:
+            write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            trainer._log(
+                f"recipe {recipe_path} dataset {dataset.name} ({trainer.train_count} train / {trainer.val_count} val) "
+                f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16} world {dist.world}"
+            )
+            trainer._log_setup()
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
+        if dist.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
+        dist.close()
         raise
     return trainer
 
@@ -350,35 +390,44 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
                device: str | None = None) -> Trainer:
     """Continue runs/<name> from checkpoints/last.pt (best.pt if last.pt is damaged) with the config
-    stored in it; first clear what killed writes left and restore metrics.jsonl/csv from it."""
+    stored in it; first clear what killed writes left and restore metrics.jsonl/csv from it. The
+    global batch and the batch order are the run's, so it may come back on another number of ranks."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: not a run directory (runs/<name>, holding checkpoints/last.pt)")
     loaded = checkpoint.load_run(run_dir, prefer="last")
     state = loaded.state
-    remove_stale_temporaries(run_dir)
-    if "metrics" in state:
-        sync_metrics(run_dir, restored_rows(state, run_dir))
     config = state["config"]
     for assignment in overrides:
         apply_override(config, assignment)
     recipe = recipe_from_dict(config, source=f"{run_dir} (resumed)", overridden=overridden_keys(overrides))
-    if state["epoch"] >= recipe.train.epochs:
-        raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
-                        f"extend it with --set train.epochs=N")
-    dataset = dataset_loader(recipe.data)
-    trainer = Trainer(recipe, dataset, run_dir, resume_state=state, quiet=quiet, device=device)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    if loaded.note:
-        trainer._log(f"note: {loaded.note}")
-    trainer._log(f"resumed at epoch {trainer.start_epoch}")
-    loaded.tell()
+    dist, _ = DistContext.start(resolve_device(device or recipe.train.device))
+    try:
+        if dist.is_main:
+            remove_stale_temporaries(run_dir)
+            if "metrics" in state:
+                sync_metrics(run_dir, restored_rows(state, run_dir))
+        if state["epoch"] >= recipe.train.epochs:
+            raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
+                            f"extend it with --set train.epochs=N")
+        dataset = dataset_loader(recipe.data)
+        trainer = Trainer(recipe, dataset, run_dir, resume_state=state, quiet=quiet, dist=dist)
+    except BaseException:
+        dist.close()
+        raise
+    if dist.is_main:
+        write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        if loaded.note:
+            trainer._log(f"note: {loaded.note}")
+        trainer._log(f"resumed at epoch {trainer.start_epoch} (world {dist.world})")
+        trainer._log_setup()
+        loaded.tell()
     return trainer
 
 
 def describe(trainer: Trainer) -> str:
-    n_train, n_val = len(trainer.train_y), len(trainer.val_y)
     precision = "bf16 autocast" if trainer.bf16 else "fp32"
-    return (f"[bold]{trainer.dataset.name}[/] {n_train:,} train / {n_val:,} val · {trainer.parameters:,} parameters · "
-            f"{trainer.device} {precision} · run [cyan]{trainer.run_dir}[/]")
+    ranks = f" × {trainer.dist.world} ranks ({trainer.dist.backend})" if trainer.dist.world > 1 else ""
+    return (f"[bold]{trainer.dataset.name}[/] {trainer.train_count:,} train / {trainer.val_count:,} val · "
+            f"{trainer.parameters:,} parameters · {trainer.device}{ranks} {precision} · run [cyan]{trainer.run_dir}[/]")
 

@@ -1,0 +1,99 @@
+"""Processes training together: torch.distributed's process group, read from torchrun's environment.
+
+One process is world size 1: every reduction is then the identity, so the training loop has one code
+path. Under `torchrun` (or `perceiver train --devices N`, which starts it) RANK, WORLD_SIZE and
+LOCAL_RANK are set: NCCL joins the ranks on CUDA (each on its LOCAL_RANK GPU), gloo on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import UserError
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None: one process, no group
+    device: torch.device | None = None  # where this rank trains
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 prints, creates the run directory and writes every file of the run."""
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device: torch.device) -> tuple[DistContext, torch.device]:
+        """Join the process group torchrun describes (or none), and the device this rank trains on."""
+        if not launched_by_torchrun():
+            return cls(device=device), device
+        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        if device.type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise UserError(f"rank {rank}: LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are "
+                                f"visible here; start at most that many processes per node (--nproc-per-node)")
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            # a rank that crashed is noticed by torchrun, which stops the others; the timeout is the backstop
+            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        return cls(rank, world, local, backend, device), device
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The model as the ranks train it: DistributedDataParallel (gradients averaged across ranks in
+        the backward) when there are several, the model itself when there is one."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all ranks (in place; the identity for one process)."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any: one rank's reason to stop stops them all, no hang."""
+        if self.world == 1:
+            return flag
+        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        return bool(self.sum(torch.tensor(float(flag), device=device)).item() > 0)
+
+    def share(self, value):
+        """Rank 0's `value` (any picklable object of ours: a run directory's name), on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.backend is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (what checkpoints, EMA and captures use)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
