@@ -36,6 +36,10 @@ def set_debug(debug: bool) -> None:
     DEBUG = debug
 
 
+def is_debug() -> bool:
+    return DEBUG
+
+
 def on_interrupt(note) -> None:
     """What Ctrl-C says from now on in this command: note() -> str."""
     global _interrupt_note

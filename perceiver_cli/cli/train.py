@@ -21,6 +21,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue runs/<name> from its last finished epoch (the recipe stored in it is used; --set still applies)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name.  \\[default: the recipe's file name]"),
     device: Optional[Device] = typer.Option(None, "--device", help="Force the device.  \\[default: train.device of the recipe, auto]"),
+    devices: int = typer.Option(1, "--devices", min=1, help="Train on this many GPUs of this machine (or CPU processes with --device cpu), as ranks started through torch.distributed.run; train.batch_size stays the global batch. Under torchrun, leave it out: the process is already one rank."),
 ):
     """Train a Perceiver from a recipe into runs/<name>/ (config, metrics, checkpoints, log)."""
     from ..data.sources import load_for_recipe
@@ -28,6 +29,8 @@ def train(
     from ..recipe import load_recipe
 
     device_name = device.value if device else None
+    if devices > 1:
+        _start_ranks(devices, recipe, overrides, resume, name, device_name)
     if resume is not None:
         if recipe is not None:
             raise UserError("give either a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
@@ -38,9 +41,37 @@ def train(
             loaded.train.name = name
         dataset = load_for_recipe(loaded.data)
         trainer = start_run(loaded, path, dataset, quiet=is_quiet(), device=device_name)
+    if not trainer.dist.is_main:  # rank 0 speaks for all ranks
+        trainer.fit()
+        return
     on_interrupt(lambda: _how_to_continue(trainer.run_dir))
     info(describe(trainer), soft_wrap=True)
     tables.trained(trainer.fit())
+
+
+def _start_ranks(devices: int, recipe, overrides, resume, name, device_name) -> None:
+    """`--devices N`: this same command as N ranks (rank 0 prints and writes), then exit with their code."""
+    import torch
+
+    from ..console import is_quiet
+    from ..engine.dist import launched_by_torchrun, run_ranks
+    from .errors import is_debug
+
+    if launched_by_torchrun():
+        raise UserError(f"--devices {devices}: this process is already one rank of torchrun; leave --devices out "
+                        f"(torchrun's --nproc-per-node sets the number of ranks)")
+    if device_name != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
+        raise UserError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s); ask for at most that many")
+    if device_name != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"--devices {devices}: no CUDA device is visible; add --device cpu to train {devices} CPU "
+                        f"processes (gloo), or run on a machine with GPUs")
+    argv = (["--quiet"] if is_quiet() else []) + (["--debug"] if is_debug() else []) + ["train"]
+    argv += [recipe] if recipe else []
+    for assignment in overrides:
+        argv += ["--set", assignment]
+    argv += (["--resume", str(resume)] if resume else []) + (["--name", name] if name else [])
+    argv += ["--device", device_name] if device_name else []
+    raise typer.Exit(run_ranks(devices, argv))
 
 
 def _how_to_continue(run_dir: Path) -> str:

@@ -8,6 +8,7 @@ LOCAL_RANK are set: NCCL joins the ranks on CUDA (each on its LOCAL_RANK GPU), g
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -97,3 +98,36 @@ def unwrap(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def run_ranks(count: int, argv: list[str]) -> int:
+    """Start `count` ranks of `python -m perceiver_cli ARGV` on this machine through torch.distributed.run
+    (torchrun's own machinery: a local rendezvous, one process per rank) and wait for them; their exit code.
+    Rank 0 prints as one process would. When a rank fails, torchrun stops the others; the first error
+    line is shown once (rank 0's, or another rank's with its number), not once per rank."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for its ranks, without its warning
+    with tempfile.TemporaryDirectory(prefix="perceiver-ranks-") as logs:
+        quiet_ranks = ",".join(f"{r}:2" for r in range(1, count))  # ranks > 0: stderr to files, read on failure
+        args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={count}", "--log-dir", logs,
+                                             "--redirects", quiet_ranks, "--module", "perceiver_cli", *argv])
+        for name in list(logging.Logger.manager.loggerDict):  # torchrun's notes are for its own users
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        try:
+            run(args)
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
+            if rank != 0 and not any(f.exitcode and f.exitcode > 0 for r, f in exc.failures.items() if r == 0):
+                lines = [line for path in Path(logs).rglob(f"{rank}/stderr.log")
+                         for line in path.read_text(errors="replace").splitlines() if line.strip()]
+                print(f"rank {rank}: {lines[-1] if lines else f'exited with code {code}'}", file=sys.stderr)
+            return code
+    return 0

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
 from ..runs import checkpoint
-from ..runs.directory import create_run_dir
+from ..runs.directory import create_run_dir, remove_unsaved
 from ..runs.files import append_line, remove_stale_temporaries, write_text
 from ..runs.metrics import restored_rows, sync_metrics, write_metrics
 from .dist import DistContext
@@ -265,8 +265,8 @@ class Trainer:
             return result
         except BaseException:  # Ctrl-C included: a new run with no saved epoch leaves nothing behind
             self._close()
-            if self.dist.is_main and not self.resumed and not any((self.run_dir / "checkpoints").glob("*.pt")):
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.dist.is_main and not self.resumed:
+                remove_unsaved(self.run_dir)
             raise
         finally:
             self.dist.close()

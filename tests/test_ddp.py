@@ -1,0 +1,118 @@
+"""Training on several ranks (DistributedDataParallel over gloo on this CPU) is training on one:
+with the same global batch, 2 ranks end with the parameters and metrics of 1 process (to float
+tolerance), with and without train.grad_accum, started by `--devices 2` or by torchrun itself; only
+rank 0 writes. And where the data lives (resident or streamed) never changes the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, set_args
+from perceiver_cli.data import prepared
+
+# dropout off (its streams differ per rank by design), augmentation on (drawn for the global batch).
+# SGD: Adam divides by the gradient's own size, so a parameter whose true gradient is zero (the key
+# bias: softmax ignores a shift shared by all keys) would move by lr in the direction of float noise,
+# which any other summation order (ranks, micro-batches) draws differently
+IMAGES = TINY + ["train.epochs=1", "train.precision=fp32", "optim.name=sgd", "optim.lr=0.05", "data.augment.random_crop_padding=1",
+                 "data.augment.horizontal_flip=true"]
+POINTS = TINY + ["train.epochs=2", "train.precision=fp32", "optim.name=sgd", "optim.lr=0.05", "train.batch_size=16", "data.dataset=blobs",
+                 "data.root=data/blobs", "data.augment.point_scale=[0.9, 1.1]", "data.augment.jitter=0.01"]
+
+
+def write_blobs(root: Path) -> Path:
+    """A prepared point-cloud dataset: 3 classes of 64-point clouds, each a blob of its own shape."""
+    rng = np.random.default_rng(0)
+    def clouds(n):
+        y = np.arange(n) % 3
+        x = rng.normal(size=(n, 64, 3)) * np.array([[1.0, 0.3, 0.3], [0.3, 1.0, 0.3], [0.3, 0.3, 1.0]])[y][:, None, :]
+        return x.astype(np.float32), y.astype(np.int64)
+    splits = {name: prepared.Split(*clouds(n)) for name, n in (("train", 90), ("val", 30))}
+    dataset = prepared.PreparedDataset(name="blobs", classes=["x", "y", "z"], splits=splits,
+                                       input_spec={"kind": "points", "shape": [64, 3], "coords": 3, "features": 0,
+                                                   "scaling": "unit-sphere"})
+    prepared.write(dataset, root)
+    return root
+
+
+def run_ranks(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_training(one: Path, many: Path) -> None:
+    a, b = weights(one), weights(many)
+    assert a.keys() == b.keys()
+    for name in a:  # relative 1e-5: the ranks sum their gradients in another order than one process
+        gap = (a[name] - b[name]).norm() / a[name].norm().clamp_min(1e-12)
+        assert gap < 1e-5, (name, float(gap))
+    rows_a = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (many / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), key
+
+
+def only_rank_0_wrote(run: Path, epochs: int) -> None:
+    log = (run / "train.log").read_text().splitlines()
+    assert sum(line.startswith("recipe ") for line in log) == 1
+    assert [line.split()[1] for line in log if line.startswith("epoch ")] == [f"{e}/{epochs}" for e in range(1, epochs + 1)]
+    assert "world 2" in log[0]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
+    assert not [p for p in run.rglob(".*")], "temporary files left"
+
+
+def test_two_gloo_ranks_started_by_devices_train_as_one_process(cli, workdir):
+    assert cli("train", *set_args(IMAGES), "--name", "one", "--device", "cpu").exit_code == 0
+    result = run_ranks(workdir, "-m", "perceiver_cli", "train", *set_args(IMAGES), "--name", "two",
+                       "--devices", "2", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("best.pt is") + result.stdout.count("best val_accuracy") == 1  # rank 0 speaks once
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["one", "two"]
+    assert_same_training(workdir / "runs/one", workdir / "runs/two")
+    only_rank_0_wrote(workdir / "runs/two", epochs=1)
+
+
+def test_two_ranks_under_torchrun_with_grad_accum_train_points_as_one_process(cli, workdir):
+    write_blobs(workdir / "data" / "blobs")
+    assert cli("train", *set_args(POINTS), "--name", "one", "--device", "cpu").exit_code == 0
+    result = run_ranks(workdir, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                       "-m", "perceiver_cli", "--quiet", "train", *set_args(POINTS + ["train.grad_accum=2"]),
+                       "--name", "two", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["one", "two"]
+    assert_same_training(workdir / "runs/one", workdir / "runs/two")
+    only_rank_0_wrote(workdir / "runs/two", epochs=2)
+
+
+def test_a_rank_that_fails_stops_all_with_one_line(workdir):
+    result = run_ranks(workdir, "-m", "perceiver_cli", "train", *set_args(TINY + ["train.batch_size=63"]),
+                       "--devices", "2", "--device", "cpu")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train.batch_size 63" in lines[0] and "multiple of 2" in lines[0], result.stderr
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+@pytest.mark.parametrize("residency", ["stream", "host"])
+def test_streamed_data_trains_bit_identically_to_resident(cli, workdir, residency):
+    write_blobs(workdir / "data" / "blobs")
+    for name, where in (("resident", "device"), ("streamed", residency)):
+        result = cli("train", *set_args(POINTS + [f"data.residency={where}"]), "--name", name, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+    a, b = weights(workdir / "runs/resident"), weights(workdir / "runs/streamed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert f"data: data.residency={residency}" in (workdir / "runs/streamed/train.log").read_text()
