@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..engine.runtime import autocast
 
@@ -109,15 +108,17 @@ def make_model(which: str, config, input_spec: dict, classes: int, checkpointing
 
 
 def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf16: bool, device: torch.device):
-    """One training step (forward, backward, optimizer) or one inference forward, as a closure."""
+    """One training step (the engine's own: forward, loss, backward, clipping, optimizer) or one
+    inference forward, as a closure. The optimizer is plain AdamW for every model measured."""
     if mode == "train":
+        from ..engine.step import TrainStep
+        from ..recipe import OptimConfig
+
+        train_step = TrainStep(model, [p for group in optimizer.param_groups for p in group["params"]], optimizer,
+                               optim_config=OptimConfig(name="adamw"), device=device, bf16=bf16)
+
         def step():
-            with autocast(device, bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(x, y)
     else:
         def step():
             with torch.no_grad(), autocast(device, bf16):

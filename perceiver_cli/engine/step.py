@@ -44,7 +44,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        chunks = [c for c in torch.arange(len(y), device=y.device).tensor_split(self.grad_accum) if len(c)]
+        n, k = len(y), self.grad_accum  # micro-batches as slices: views, not copies
+        chunks = [slice(n * i // k, n * (i + 1) // k) for i in range(k) if n * (i + 1) // k > n * i // k]
         if not chunks:  # a short last batch left this rank nothing: a zero gradient still joins DDP's all-reduce
             sum(p.sum() for p in self.parameters).mul(0).backward()
         for i, index in enumerate(chunks):
@@ -55,8 +56,9 @@ class TrainStep:
                     logits = self.forward(x[index])
                 loss = classification_loss(logits.float(), y[index], None if y_mixed is None else y_mixed[index],
                                            weight, self.optim.label_smoothing)
-                (loss * (len(index) * self.world / global_count)).backward()
-            loss_sum += loss.detach() * len(index)
+                count = index.stop - index.start
+                (loss * (count * self.world / global_count)).backward()
+            loss_sum += loss.detach() * count
             correct += (logits.argmax(1) == y[index]).sum()
         if self.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.optim.grad_clip)
