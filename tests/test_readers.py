@@ -441,6 +441,66 @@ def test_round_trip_through_write_and_load(tmp_path):
     assert mnist.split("test").x.shape == (10, 28, 28, 1) and mnist.classes[9] == "9"
 
 
+def make_mixed_folder(root: Path, per_class: int = 40) -> Path:
+    """3 classes x `per_class` random 48x48 colour PNGs, a gray one, one cut short (its header reads, its
+    pixels do not) and one that is no image: with val held out, a late failure re-plans the split."""
+    rng = np.random.default_rng(11)
+    for cls in ("bird", "cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / cls / f"{i:03d}.png")
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(root / "cat" / "gray.png")
+    whole = (root / "dog" / "000.png").read_bytes()
+    (root / "dog" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (root / "bird" / "junk.png").write_bytes(b"nope")
+    return root
+
+
+# what `prepare` wrote for make_mixed_folder before it streamed (the reader that held every image)
+MIXED_DIGESTS = {
+    "train": {"x": "55c85152bcd92fd1ed2618746fc907615bac1af00aa5d45d793c0c96250cf21a",
+              "y": "6d1338f6966a41a100f4f0c4c753523913c0f2967a925b09595c7ec4f1f33e3a"},
+    "val": {"x": "7c749936db82c9400b1556763138b7a60b4d5302ce07037342d96afd92941841",
+            "y": "8dceb37014a91bc50c6a245f293ef58c8fd439ad375b8642686202496e886c2e"},
+}
+MIXED_NORMALIZATION = {"mean": [0.500798, 0.499583, 0.500499], "std": [0.28991, 0.289625, 0.289746]}
+
+
+def test_prepare_holds_a_chunk_of_an_image_folder_and_writes_what_it_always_wrote(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from perceiver_cli.data.sources import read_source  # what `perceiver prepare NAME --from FOLDER` reads with
+
+    def prepare(per_class: int) -> tuple[int, dict]:
+        root = tmp_path / f"pets{per_class}"
+        if not root.exists():
+            make_mixed_folder(root, per_class)
+        prepared.write(read_source("pets", root, val_fraction=0.2, seed=1), tmp_path / "warm")  # imports, caches
+        tracemalloc.start()
+        try:
+            dataset = read_source("pets", root, val_fraction=0.2, seed=1)
+            out = prepared.write(dataset, tmp_path / f"out{per_class}")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(dataset.split("val").x, prepared.load(out).split("val").x)  # the written arrays, mapped
+        return peak, prepared.read_manifest(out)
+
+    _, manifest = prepare(40)
+    assert {split: info["sha256"] for split, info in manifest["splits"].items()} == MIXED_DIGESTS
+    assert manifest["normalization"] == MIXED_NORMALIZATION
+    assert {split: info["count"] for split, info in manifest["splits"].items()} == {"train": 97, "val": 24}
+    assert [s["path"] for s in manifest["skipped"]] == ["bird/junk.png", "dog/cut.png"]
+    assert manifest["skipped"][1]["reason"].startswith("cannot decode")  # found only when decoded: val re-planned
+
+    monkeypatch.setattr(prepared, "CHUNK_ELEMENTS", 4 * 48 * 48 * 3, raising=False)  # chunks of 4 images
+    few, manifest = prepare(40)
+    assert {split: info["sha256"] for split, info in manifest["splits"].items()} == MIXED_DIGESTS  # chunks change no byte
+    many, _ = prepare(160)
+    more_images = 3 * (160 - 40) * 48 * 48 * 3
+    assert many - few < more_images / 4, f"peak {few:,} -> {many:,} bytes for {more_images:,} bytes more of images"
+
+
 def test_real_cifar10_jpg_zip():
     """All 50,000 real CIFAR-10 training JPEGs (about 15 s)."""
     zip_path = SHARED_DATA / "cifar10-jpg" / "train.zip"
@@ -467,7 +527,8 @@ def test_prepare_a_size_whose_arrays_cannot_fit_is_refused_before_decoding(cli, 
     result = cli("prepare", "shapes", "--from", image_folder, "--size", "100000x100000")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     line, = result.stderr.splitlines()
-    assert line.startswith("error: --size 100000x100000: 72 images of 100000x100000x3 would need at least")
+    # prepare streams: what must fit is one chunk (here one image) and its statistics, not all 72
+    assert line.startswith("error: --size 100000x100000: 1 image of 100000x100000x3 would need at least")
     assert "GiB of memory to prepare" in line and "give a smaller --size" in line
     assert not (workdir / "data").exists()
 
@@ -482,10 +543,14 @@ def test_the_size_check_says_which_size_fits(tmp_path, monkeypatch):
 
     root = make_class_folder(tmp_path / "pets")  # 31 images, the first in colour
     monkeypatch.setattr(memory, "available_bytes", lambda: 500_000)
-    with pytest.raises(UserError, match=r"--size 64x64: 31 images of 64x64x3 would need at least 0.7 MiB") as info:
-        read_image_folder(root, "pets", size=(64, 64))
+    # streamed (as prepare reads): one chunk (here all 31) and its float64 statistics are held at once
+    with pytest.raises(UserError, match=r"--size 64x64: 31 images of 64x64x3 would need at least 3.3 MiB") as info:
+        read_image_folder(root, "pets", size=(64, 64), stream=True)
     height, width = (int(n) for n in re.search(r"\(about (\d+)x(\d+) fits\)", str(info.value)).groups())
-    assert read_image_folder(root, "pets", size=(height, width)).input_spec["shape"] == [height, width, 3]
+    assert read_image_folder(root, "pets", size=(height, width), stream=True).input_spec["shape"] == [height, width, 3]
+    # read into memory (eval --data): the images, once
+    with pytest.raises(UserError, match=r"--size 128x128: 31 images of 128x128x3 would need at least 1.5 MiB"):
+        read_image_folder(root, "pets", size=(128, 128))
 
 
 def test_decompression_bombs_are_skipped_images_with_a_clear_reason(tmp_path, monkeypatch, recwarn):

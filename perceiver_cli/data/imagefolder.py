@@ -9,6 +9,9 @@ Class names are the sorted union of the class folders of all splits; the label i
 list. Images are decoded with PIL, made RGB (or 1-channel L when every image is grayscale) and
 resized (bilinear) to `size` or else to the most common size. Images that cannot be decoded are
 listed in `skipped` and left out; they never stop the read.
+
+`perceiver prepare` streams: the headers plan the arrays, and the images are decoded while the
+arrays are written, a chunk at a time, so the dataset is never held in memory whole.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,7 +32,8 @@ from ..console import track
 from ..errors import UserError
 from .files import is_hidden, open_source
 from .memory import check_image_size
-from .prepared import PreparedDataset, Split, channel_stats, check_seed, stratified_holdout
+from .prepared import (Planned, PreparedDataset, RowStream, Split, check_seed, chunk_rows, materialize,
+                       stratified_holdout)
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -38,7 +43,10 @@ NO_IMAGES = "no images found; expected <root>/<class>/*.png|jpg or <root>/<split
 
 
 def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: int = 0,
-                      size: tuple[int, int] | None = None) -> PreparedDataset:
+                      size: tuple[int, int] | None = None, stream: bool = False) -> PreparedDataset:
+    """The folder's images as a dataset. The headers are read here, which is enough to plan the
+    arrays; `stream`: the images are decoded while prepared.write writes them, a chunk at a time
+    (never the whole dataset in memory); otherwise they are decoded into arrays here."""
     source = Path(source)
     if not 0 <= val_fraction < 1:
         raise UserError(f"val_fraction {val_fraction}: must be at least 0 and below 1 (e.g. 0.1)")
@@ -52,57 +60,139 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
             raise UserError(f"{source}: {NO_IMAGES}")
         layout, wrapper, samples, skipped = _layout(found)
         if size is not None and samples:  # before decoding anything: a size whose arrays cannot fit is refused
-            check_image_size(tuple(size), len(samples), _channels(read(samples[0][2])))
-        classes = sorted({cls for _, cls, _ in samples})
-        label_of = {cls: i for i, cls in enumerate(classes)}
-        images, native = [], []
-        per_split = {split: ([], [], []) for split in SPLIT_ORDER}  # arrays index, labels, paths
-        for split, cls, path in track(samples, f"decoding {source.name}", total=len(samples)):
-            try:
-                array, shape = _decode(read(path), size)
-            except Exception as exc:  # PIL raises many types for corrupt data; a bad file must not stop the read
-                skipped.append({"path": path, "reason": _reason(exc)})
-                continue
-            per_split[split][0].append(len(images))
-            per_split[split][1].append(label_of[cls])
-            per_split[split][2].append(path)
-            images.append(array)
-            native.append(shape)
-    if not images:
-        raise UserError(f"{source}: none of the {len(samples)} images could be read "
-                        f"(e.g. {skipped[0]['path']}: {skipped[0]['reason']}); check the files")
+            height, width = size
+            channels = _channels(read(samples[0][2]))
+            held = len(samples) if not stream else min(len(samples), chunk_rows(height * width * channels))
+            check_image_size(tuple(size), held, channels, copies=1 if not stream else STREAM_COPIES)
+        facts = [_header(read(path)) for _, _, path in track(samples, f"reading {source.name}", total=len(samples))]
+    folder = _FolderStream(source, samples, facts, skipped, size, val_fraction, seed)
+    dataset = PreparedDataset(name=name, classes=folder.classes, input_spec={}, splits={}, stream=folder,
+                              source={"kind": "image-folder" if source.is_dir() else "image-zip", "path": str(source),
+                                      "files": len(found), "layout": layout, "wrapper": wrapper})
+    folder.apply(dataset)
+    return dataset if stream else materialize(dataset)
 
-    x, target, resized = _stack(images, native, size)
-    images.clear()  # the arrays are held twice at most: decoded and stacked, or stacked and split
-    sample_shape = list(x.shape[1:])
-    splits = {split: Split(x[idx], np.array(labels, dtype=np.int64), {"source_files": paths})
-              for split, (idx, labels, paths) in per_split.items() if idx}
-    del x
-    held_out = None
-    if "train" in splits and "val" not in splits and "test" not in splits and val_fraction > 0:
-        splits, held_out = _hold_out_val(splits["train"], val_fraction, seed)
 
-    stats_split = next(splits[s] for s in ("train", "test", "val") if s in splits)
-    source_info = {
-        "kind": "image-folder" if source.is_dir() else "image-zip",
-        "path": str(source),
-        "files": len(found),
-        "layout": layout,
-        "wrapper": wrapper,
-        "size": list(target),
-        "resized": resized,
-    }
-    if held_out:
-        source_info["held_out"] = held_out
-    return PreparedDataset(
-        name=name,
-        classes=classes,
-        input_spec={"kind": "image", "shape": sample_shape},
-        splits=splits,
-        normalization=channel_stats(stats_split.x),
-        source=source_info,
-        skipped=skipped,
-    )
+# bytes held per byte of a chunk while streaming: the chunk, and its float64 copy for the statistics
+STREAM_COPIES = 9
+
+
+class _Fact(NamedTuple):
+    """What reading one image found: its native (H, W) and whether it is gray, or why it cannot be read."""
+    native: tuple[int, int] | None
+    gray: bool | None
+    reason: str | None = None
+
+
+def _header(data: bytes) -> _Fact:
+    """The image's size and colour from its header alone (nothing is decoded)."""
+    try:
+        with open_image(data) as img:
+            return _Fact((img.height, img.width), _is_gray(img))
+    except Exception as exc:  # PIL raises many types for corrupt data; a bad file must not stop the read
+        return _Fact(None, None, _reason(exc))
+
+
+class _Plan(NamedTuple):
+    """The arrays the readable images make: one size, one channel count, which image goes where."""
+    target: tuple[int, int]
+    channels: int
+    resized: int
+    outputs: dict[str, tuple[int, ...]]  # split -> indices into the samples, in order
+    held_out: dict | None
+
+
+class _FolderStream(RowStream):
+    """Plans the arrays from what is known of each image (its header at first), and decodes the
+    images in order while they are written. An image that turns out not to decode (a file cut
+    short) or to be colour where the plan said gray changes the plan: the images are then decoded
+    again knowing what the first pass found (as if every image had been decoded first)."""
+
+    def __init__(self, source: Path, samples, facts: list[_Fact], layout_skipped: list[dict], size, val_fraction, seed):
+        self.source, self.samples, self.facts, self.layout_skipped = source, samples, facts, layout_skipped
+        self.size, self.val_fraction, self.seed = size, val_fraction, seed
+        self.classes = sorted({cls for _, cls, _ in samples})
+        self.label_of = {cls: i for i, cls in enumerate(self.classes)}
+        self.plan = self._plan()
+
+    def _skipped(self) -> list[dict]:
+        return self.layout_skipped + [{"path": path, "reason": fact.reason}
+                                      for (_, _, path), fact in zip(self.samples, self.facts) if fact.reason]
+
+    def _plan(self) -> _Plan:
+        readable = [i for i, fact in enumerate(self.facts) if fact.reason is None]
+        if not readable:
+            first = self._skipped()[0]
+            raise UserError(f"{self.source}: none of the {len(self.samples)} images could be read "
+                            f"(e.g. {first['path']}: {first['reason']}); check the files")
+        counts = Counter(self.facts[i].native for i in readable)
+        target = tuple(self.size) if self.size is not None else max(counts, key=lambda s: (counts[s], s))
+        channels = 1 if all(self.facts[i].gray for i in readable) else 3
+        outputs = {split: members for split in SPLIT_ORDER
+                   if (members := tuple(i for i in readable if self.samples[i][0] == split))}
+        held_out = None
+        if list(outputs) == ["train"] and self.val_fraction > 0:  # a stratified val carved out of train
+            members = np.array(outputs["train"])
+            labels = np.array([self.label_of[self.samples[i][1]] for i in members], dtype=np.int64)
+            keep, held = stratified_holdout(labels, self.val_fraction, self.seed)
+            if len(held):  # else every class has a single image: nothing to spare
+                outputs = {"train": tuple(members[keep].tolist()), "val": tuple(members[held].tolist())}
+                held_out = {"split": "val", "from": "train", "fraction": self.val_fraction, "seed": self.seed}
+        resized = sum(n for s, n in counts.items() if s != target)
+        return _Plan(target, channels, resized, outputs, held_out)
+
+    def apply(self, dataset: PreparedDataset) -> None:
+        """Make `dataset` say what the plan makes."""
+        (height, width), plan = self.plan.target, self.plan
+        dataset.input_spec = {"kind": "image", "shape": [height, width, plan.channels]}
+        dataset.splits = {}
+        for split, members in plan.outputs.items():
+            extra = {"source_files": [self.samples[i][2] for i in members]}
+            if plan.held_out and split == "val":
+                extra["held_out_from"] = "train"  # traceable to its files through source_files
+            labels = np.array([self.label_of[self.samples[i][1]] for i in members], dtype=np.int64)
+            dataset.splits[split] = Split(Planned((len(members), height, width, plan.channels), np.dtype(np.uint8)),
+                                          labels, extra)
+        dataset.source.update({"size": [height, width], "resized": plan.resized})
+        dataset.source.pop("held_out", None)
+        if plan.held_out:
+            dataset.source["held_out"] = plan.held_out
+        dataset.skipped = self._skipped()
+        self.stats_split = next(s for s in ("train", "test", "val") if s in dataset.splits)
+        self.dataset = dataset
+
+    def produce(self, sink) -> bool:
+        plan = self.plan
+        destination = {i: split for split, members in plan.outputs.items() for i in members}
+        foreseen = True  # until something the plan did not foresee: then only learn, and deliver nothing
+        with open_source(self.source) as (_, read):
+            for i, (_, _, path) in enumerate(track(self.samples, f"decoding {self.source.name}", total=len(self.samples))):
+                if self.facts[i].reason is not None:  # known not to decode
+                    continue
+                try:
+                    array, native = _decode(read(path), plan.target)
+                except Exception as exc:  # PIL raises many types for corrupt data; a bad file must not stop the read
+                    self.facts[i] = _Fact(None, None, _reason(exc))
+                    foreseen = False
+                    continue
+                self.facts[i] = _Fact(native, array.ndim == 2)
+                if array.ndim == 3 and plan.channels == 1:
+                    foreseen = False
+                if foreseen:
+                    sink(destination[i], _as_row(array, plan.channels))
+        replanned = self._plan()
+        if foreseen and replanned == plan:
+            return True
+        self.plan = replanned
+        self.apply(self.dataset)
+        return False
+
+
+def _as_row(array: np.ndarray, channels: int) -> np.ndarray:
+    """H W C: gray images join colour ones as R = G = B, exactly what PIL's L -> RGB gives."""
+    if array.ndim == 3:
+        return array
+    return np.repeat(array[..., None], 3, axis=2) if channels == 3 else array[..., None]
 
 
 def _is_image(parts: list[str]) -> bool:
@@ -185,32 +275,3 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):  # its message holds a memory address: keep the manifest stable
         return "not a readable image (corrupt, or not the format its extension says)"
     return f"cannot decode: {exc}" if str(exc) else f"cannot decode: {type(exc).__name__}"
-
-
-def _stack(images: list[np.ndarray], native: list[tuple[int, int]], size) -> tuple[np.ndarray, tuple[int, int], int]:
-    """(N H W C uint8, (H, W), how many were resized): one size, and RGB unless every image is gray."""
-    counts = Counter(native)
-    target = tuple(size) if size is not None else max(counts, key=lambda s: (counts[s], s))
-    resized = sum(n for s, n in counts.items() if s != target)
-    if size is None:  # the size is known only now: bring the others to it
-        for i, shape in enumerate(native):
-            if shape != target:
-                images[i] = np.asarray(Image.fromarray(images[i]).resize((target[1], target[0]), Image.Resampling.BILINEAR))
-    if all(img.ndim == 2 for img in images):
-        return np.stack(images)[..., None], target, resized
-    # mixed: gray images join the colour ones as R = G = B, exactly what PIL's L -> RGB gives
-    rgb = [img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2) for img in images]
-    return np.stack(rgb), target, resized
-
-
-def _hold_out_val(train: Split, fraction: float, seed: int) -> tuple[dict[str, Split], dict | None]:
-    """A stratified `val` carved out of train, traceable to its files through source_files."""
-    keep, held = stratified_holdout(train.y, fraction, seed)
-    if len(held) == 0:  # every class has a single image: nothing to spare
-        return {"train": train}, None
-    files = train.extra["source_files"]
-    splits = {
-        "train": Split(train.x[keep], train.y[keep], {"source_files": [files[i] for i in keep]}),
-        "val": Split(train.x[held], train.y[held], {"source_files": [files[i] for i in held], "held_out_from": "train"}),
-    }
-    return splits, {"split": "val", "from": "train", "fraction": fraction, "seed": seed}

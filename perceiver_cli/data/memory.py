@@ -44,8 +44,8 @@ def check_fits(need: int, what: str, smaller: str, fits) -> None:
 
 
 def check_image_size(size: tuple[int, int], images: int, channels: int, copies: int = 2) -> None:
-    """Refuse `--size HxW` when `images` uint8 images of that size, held `copies` times over while
-    they are stacked into arrays, need more memory than is available now."""
+    """Refuse `--size HxW` when `images` uint8 images of that size, held at once (`copies` bytes of
+    memory per byte of them), need more memory than is available now."""
     height, width = size
 
     def fits(share: float) -> str:  # both sides shrink alike
@@ -53,7 +53,7 @@ def check_image_size(size: tuple[int, int], images: int, channels: int, copies: 
         return f"{max(1, int(height * scale))}x{max(1, int(width * scale))}"
 
     check_fits(copies * images * height * width * channels,
-               f"--size {height}x{width}: {images:,} images of {height}x{width}x{channels}", "a smaller --size", fits)
+               f"--size {height}x{width}: {images:,} image{'s' if images != 1 else ''} of {height}x{width}x{channels}", "a smaller --size", fits)
 
 
 # peak bytes per point while one mesh is sampled (trimesh's float64 temporaries; measured: 177)

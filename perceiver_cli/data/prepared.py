@@ -24,6 +24,10 @@ The manifest is validated against this schema when loaded (extra keys are kept),
 against it: its sha256 (once per change of the file), its length, sample shape and labels. Any
 mismatch is one line saying to run the prepare again.
 
+The arrays are written front to back in chunks (npy.py); a reader that streams (a RowStream: an
+image folder) delivers its rows while they are written, so no dataset is held in memory whole.
+`load(mmap=True)` maps the inputs instead of reading them, for data larger than memory.
+
 The directory is written atomically: everything goes to a temporary sibling, flushed to disk, which
 then takes the place of the old one in one step (see swap.py), so an interrupted prepare leaves the
 old dataset or the new one, never half of one or none.
@@ -33,10 +37,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,6 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..atomic import atomic_writer, fsync_directory, temporary_sibling, write_json_atomic
 from ..errors import UserError
 from . import swap
+from .memory import size_text
+from .npy import NpyWriter, nbytes
 
 FORMAT = "perceiver-prepared/1"
 VERIFIED = ".verified.json"
@@ -108,9 +116,39 @@ class Manifest(_Open):
 
 @dataclass
 class Split:
-    x: np.ndarray
+    x: np.ndarray  # or Planned: the inputs a RowStream delivers while they are written
     y: np.ndarray
     extra: dict = field(default_factory=dict)  # anything else a split records (e.g. source files)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A split's inputs before they are read: their shape and dtype only."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.shape, self.dtype)
+
+
+class RowStream:
+    """A reader that delivers its inputs while they are written, so that a dataset larger than
+    memory is never held whole: its dataset's splits hold Planned inputs until then."""
+
+    stats_split: str | None = None  # whose channel statistics become the normalization
+
+    def produce(self, sink: Callable[[str, np.ndarray], None]) -> bool:
+        """Every split's rows in order, through sink(split, row). False when reading found what the
+        plan had not foreseen (an image that fails to decode): the dataset now says what its splits
+        really are, and the rows are to be delivered again."""
+        raise NotImplementedError
+
+
+PASSES = 3  # a stream re-plans at most once for what it finds; a third pass would mean reads that differ
 
 
 @dataclass
@@ -123,6 +161,7 @@ class PreparedDataset:
     source: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
     root: Path | None = None
+    stream: RowStream | None = None  # set while the inputs are still to be read
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -139,22 +178,41 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CHUNK_ELEMENTS = 2**24  # float64 chunks of at most 128 MB however large the samples
+
+
+def chunk_rows(sample_size: int) -> int:
+    """Rows per chunk written (and per channel_stats step): at most 4096, of CHUNK_ELEMENTS values at
+    most. The statistics' rounding depends on these steps: keep them."""
+    return min(4096, max(1, CHUNK_ELEMENTS // max(1, sample_size)))
+
+
+class ChannelStats:
+    """Per-channel mean/std of uint8 images in [0, 1] units, from chunks of chunk_rows rows at a time."""
+
+    def __init__(self, channels: int):
+        self.total, self.total_sq, self.count = np.zeros(channels), np.zeros(channels), 0
+
+    def add(self, rows: np.ndarray) -> None:
+        chunk = rows.reshape(-1, len(self.total)).astype(np.float64)
+        chunk /= 255.0
+        self.total += chunk.sum(0)
+        np.square(chunk, out=chunk)  # in place: one float64 copy of the chunk, not two (same sums)
+        self.total_sq += chunk.sum(0)
+        self.count += chunk.shape[0]
+
+    def result(self) -> dict:
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.total_sq / self.count - mean**2, 1e-12))
+        return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+
+
 def channel_stats(x: np.ndarray) -> dict:
     """Per-channel mean/std of uint8 images in [0, 1] units (computed in chunks to bound memory)."""
-    channels = x.shape[-1]
-    total = np.zeros(channels)
-    total_sq = np.zeros(channels)
-    count = 0
-    rows = min(4096, max(1, 2**24 // max(1, x[0].size)))  # float64 chunks of at most 128 MB, however large the images
+    stats, rows = ChannelStats(x.shape[-1]), chunk_rows(x[0].size)
     for start in range(0, len(x), rows):
-        chunk = x[start : start + rows].reshape(-1, channels).astype(np.float64)
-        chunk /= 255.0
-        total += chunk.sum(0)
-        total_sq += np.square(chunk).sum(0)
-        count += chunk.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+        stats.add(x[start : start + rows])
+    return stats.result()
 
 
 def class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -184,12 +242,15 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 
 
 def write(dataset: PreparedDataset, out: Path) -> Path:
-    """Write atomically to `out` (replacing an existing prepared dataset there)."""
+    """Write atomically to `out` (replacing an existing prepared dataset there). The arrays are
+    written in chunks; a streamed dataset's inputs are read as they are written, and are memory
+    maps of the written files afterwards."""
     out = Path(out)
     check_target(out)
     tmp = temporary_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _check_disk(dataset, out)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         _write_into(dataset, tmp)
@@ -199,8 +260,89 @@ def write(dataset: PreparedDataset, out: Path) -> Path:
                         f"free some space or choose another --out") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if dataset.stream is not None:
+        for name, split in dataset.splits.items():
+            split.x = np.load(out / f"{name}_x.npy", mmap_mode="r")
+        dataset.stream = None
     dataset.root = out
     return out
+
+
+def _check_disk(dataset: PreparedDataset, out: Path) -> None:
+    """Refuse, before writing, arrays that the file system of `out` has no room for."""
+    need = sum(split.x.nbytes + len(split.y) * 8 for split in dataset.splits.values())
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise UserError(f"the arrays of {dataset.name} need {size_text(need)} on disk and {out.parent} has "
+                        f"{size_text(free)} free; free some space or choose another --out")
+
+
+def materialize(dataset: PreparedDataset) -> PreparedDataset:
+    """A streamed dataset's inputs read into memory (for a folder small enough to hold)."""
+    if dataset.stream is None:
+        return dataset
+    arrays, filled = {}, {}
+
+    def sink(name: str, row: np.ndarray) -> None:
+        arrays[name][filled[name]] = row
+        filled[name] += 1
+
+    def one_pass() -> bool:
+        arrays.update({name: np.empty(split.x.shape, split.x.dtype) for name, split in dataset.splits.items()})
+        filled.update(dict.fromkeys(arrays, 0))
+        return dataset.stream.produce(sink)
+
+    _passes(dataset, one_pass)
+    for name, split in dataset.splits.items():
+        split.x = arrays[name]
+    if dataset.stream.stats_split:
+        dataset.normalization = channel_stats(dataset.splits[dataset.stream.stats_split].x)
+    dataset.stream = None
+    return dataset
+
+
+def _passes(dataset: PreparedDataset, one_pass: Callable[[], bool]) -> None:
+    """Run passes over the inputs until one delivers what its stream's plan said."""
+    for _ in range(PASSES):
+        if one_pass():
+            return
+    raise RuntimeError(f"{dataset.name}: the inputs read differently on each of {PASSES} passes")
+
+
+class _ReadAgain(Exception):
+    """The stream re-planned: the files of this pass are dropped."""
+
+
+def _write_inputs(dataset: PreparedDataset, folder: Path) -> dict[str, str]:
+    """Each split's x file, written in chunks; {filename: sha256}. A streamed dataset's normalization
+    is taken from its rows as they pass."""
+    stats_split = dataset.stream.stats_split if dataset.stream is not None else None
+    digests = {}
+
+    def one_pass() -> bool:
+        try:
+            with ExitStack() as files:
+                writers, stats = {}, None
+                for name, split in dataset.splits.items():
+                    if name == stats_split:
+                        stats = ChannelStats(split.x.shape[-1])
+                    fh = files.enter_context(atomic_writer(folder / f"{name}_x.npy"))
+                    writers[name] = NpyWriter(fh, split.x.shape, split.x.dtype, chunk_rows(math.prod(split.x.shape[1:])),
+                                              stats.add if name == stats_split else None)
+                if dataset.stream is None:
+                    for name, split in dataset.splits.items():
+                        writers[name].add_rows(split.x)
+                elif not dataset.stream.produce(lambda name, row: writers[name].add(row)):
+                    raise _ReadAgain
+                digests.update({f"{name}_x.npy": writer.finish() for name, writer in writers.items()})
+        except _ReadAgain:
+            return False
+        if stats is not None:
+            dataset.normalization = stats.result()
+        return True
+
+    _passes(dataset, one_pass)
+    return digests
 
 
 def check_target(out: Path) -> None:
@@ -216,14 +358,17 @@ def check_target(out: Path) -> None:
 
 def _write_into(dataset: PreparedDataset, folder: Path) -> None:
     """Arrays, manifest.json and .verified.json into `folder`, each on disk before the folder is swapped in."""
+    digests = _write_inputs(dataset, folder)
     manifest_splits, verified = {}, {}
     for name, split in dataset.splits.items():
         files = {"x": f"{name}_x.npy", "y": f"{name}_y.npy"}
-        arrays = {"x": np.ascontiguousarray(split.x), "y": np.ascontiguousarray(split.y.astype(np.int64))}
-        for key, filename in files.items():
-            with atomic_writer(folder / filename) as fh:
-                np.save(fh, arrays[key], allow_pickle=False)
-            verified[filename] = _verified_entry(folder / filename)
+        y = np.ascontiguousarray(split.y, dtype=np.int64)
+        with atomic_writer(folder / files["y"]) as fh:
+            writer = NpyWriter(fh, y.shape, y.dtype, len(y))
+            writer.add_rows(y)
+            digests[files["y"]] = writer.finish()
+        for filename in files.values():  # stamped once in place: renames change a file's ctime
+            verified[filename] = {"stamp": _stamp(folder / filename), "sha256": digests[filename]}
         manifest_splits[name] = {
             "count": int(len(split.y)),
             "class_counts": class_counts(split.y, dataset.classes),

@@ -34,7 +34,8 @@ def default_root(dataset: str) -> Path:
 def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
                 size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
                 akoa=None) -> prepared.PreparedDataset:
-    """Read `source` into a PreparedDataset (not yet written). `akoa`: an AkoaOptions."""
+    """Read `source` into a PreparedDataset (not yet written; an image folder's images are decoded
+    while prepared.write writes them). `akoa`: an AkoaOptions."""
     if dataset == "digits":
         from .digits import read_digits
         return read_digits()
@@ -57,7 +58,7 @@ def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int
         from .cifar10 import read_cifar10
         return read_cifar10(source)
     from .imagefolder import read_image_folder
-    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size)
+    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size, stream=True)
 
 
 def _looks_like_cifar_batches(path: Path) -> bool:
