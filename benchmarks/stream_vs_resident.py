@@ -58,12 +58,12 @@ def main() -> None:
             print(f"turn {turn} {name:8s} {rates[name][-1]:12,.0f} samples/s", flush=True)
     median = {name: statistics.median(r) for name, r in rates.items()}
     print(json.dumps({
-        "data": args.data, "split": args.split, "samples": len(split.y), "sample_shape": list(split.x.shape[1:]),
+        "data": args.data, "split": args.split, "samples": len(split.y), "sample_shape": "x".join(map(str, split.x.shape[1:])),
         "batch": args.batch, "device": str(device), "stream_workers": stream.workers, "torch_threads": torch.get_num_threads(),
         "resident_load_s": round(loading, 2),
         "samples_per_s": {name: round(v) for name, v in median.items()},
         "stream_over_resident": round(median["stream"] / median["resident"], 3),
-        "turns": {name: [round(v) for v in r] for name, r in rates.items()},
+        "turns": {name: " ".join(f"{v:.0f}" for v in r) for name, r in rates.items()},
     }, indent=2))
 
 
