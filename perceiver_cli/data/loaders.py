@@ -112,7 +112,8 @@ class Epoch:
 
 class Loader:
     """What both loaders share: the order, the sharding, the steps. `rows` restricts the arrays to
-    those rows (e.g. train without its held-out share) without copying them."""
+    those rows (e.g. train without its held-out share): the resident loader copies them to the
+    device, the streamed one reads them where they are."""
 
     def __init__(self, x, y, batch_size: int, seed: int, device, rank: int = 0, world: int = 1, rows=None):
         if not 0 <= rank < world:
