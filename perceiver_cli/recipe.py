@@ -114,6 +114,7 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model (the first steps compile it; bench reports that time apart)")
     cuda_graphs: bool = Field(True, description="on CUDA, capture the training forward and backward once and replay them as CUDA graphs: one launch instead of thousands of small ones per step (ignored on CPU and with activation_checkpointing)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward pass instead of storing them: less memory for very large inputs, about a third more compute")
+    checkpoint_every_steps: Optional[int] = Field(None, gt=0, description="also write checkpoints/last.pt every this many steps inside an epoch, with the position in it, so that a run killed mid-epoch resumes at the batch it had reached; null = after each epoch only (under torchrun: every 100 steps)")
     save_attention_maps: bool = Field(False, description="capture the cross-attention of a fixed probe batch (a few validation samples per class) into attention/epoch_NNNN.npz")
     attention_interval: int = Field(10, gt=0, description="capture every this many epochs (and after the last one)")
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")

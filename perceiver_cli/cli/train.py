@@ -25,7 +25,7 @@ def train(
 ):
     """Train a Perceiver from a recipe into runs/<name>/ (config, metrics, checkpoints, log)."""
     from ..data.sources import load_for_recipe
-    from ..engine.train import describe, resume_run, start_run
+    from ..engine.train import describe, earlier_attempt, resume_run, start_run
     from ..recipe import load_recipe
 
     device_name = device.value if device else None
@@ -39,8 +39,11 @@ def train(
         loaded, path = load_recipe(recipe, overrides)
         if name is not None:
             loaded.train.name = name
-        dataset = load_for_recipe(loaded.data)
-        trainer = start_run(loaded, path, dataset, quiet=is_quiet(), device=device_name)
+        earlier = earlier_attempt(loaded)  # torchrun restarted this job: continue the run it was writing
+        if earlier is not None:
+            trainer = resume_run(earlier, load_for_recipe, quiet=is_quiet(), device=device_name)
+        else:
+            trainer = start_run(loaded, path, load_for_recipe(loaded.data), quiet=is_quiet(), device=device_name)
     if not trainer.dist.is_main:  # rank 0 speaks for all ranks
         trainer.fit()
         return

@@ -51,7 +51,15 @@ class DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
             # a rank that crashed is noticed by torchrun, which stops the others; the timeout is the backstop
-            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+            timeout = timedelta(minutes=30)
+            # torchrun's store outlives a restart (--max-restarts): keys of this attempt's own, or the new
+            # ranks may read a dead rank's address from the attempt before and fail to connect
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=rank == 0 and not agent_store, timeout=timeout)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend, store=dist.PrefixStore(f"perceiver/attempt-{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
         return cls(rank, world, local, backend, device), device
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -83,6 +91,14 @@ class DistContext:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value) -> list | None:
+        """Every rank's `value` (picklable), as a list on rank 0; None on the others."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(value, out, dst=0)
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -15,6 +15,7 @@ leaves no run directory.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..runs import checkpoint
 from ..runs.directory import create_run_dir, remove_unsaved
 from ..runs.files import append_line, remove_stale_temporaries, write_text
 from ..runs.metrics import restored_rows, sync_metrics, write_metrics
-from .dist import DistContext
+from .dist import DistContext, launched_by_torchrun
 from .display import TrainingDisplay, format_rate
 from .graphs import training_forward
 from .optim import build_optimizer, build_scheduler
@@ -107,7 +108,8 @@ class Trainer:
                               optim_config=recipe.optim, device=self.device, bf16=self.bf16, grad_accum=t.grad_accum,
                               world=self.dist.world, ema_source=self.model)
 
-        self.start_epoch, self.best, self.rows = 1, None, []
+        self.start_epoch, self.best, self.rows, self.position = 1, None, [], None
+        self.checkpoint_every = t.checkpoint_every_steps or (100 if launched_by_torchrun() else None)
         self.resumed = resume_state is not None
         if self.resumed:
             self._restore(resume_state)
@@ -139,6 +141,8 @@ class Trainer:
             ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = state["epoch"] + 1
+        position = state.get("position")  # written inside an epoch (train.checkpoint_every_steps)
+        self.position = position if position and position["epoch"] == self.start_epoch else None
         self.best = state.get("best")
         self.rows = restored_rows(state, self.run_dir)
 
@@ -183,28 +187,38 @@ class Trainer:
     def _train_epoch(self, epoch: int, display: TrainingDisplay) -> dict:
         t, rank, world = self.recipe.train, self.dist.rank, self.dist.world
         torch.manual_seed(t.seed * 100_003 + epoch + 1_000_003 * rank)  # dropout: per rank, reproducible on resume
-        batches = self.train_data.epoch(epoch)
+        position, self.position = self.position, None
+        batches = self.train_data.epoch(epoch, start_step=position["step"] if position else 0)
         generator = batches.generator  # drew the order; the augmentation draws on from it
+        # this rank's sums (loss, correct, samples); _totals adds them over the ranks
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        if position:  # continue inside the epoch exactly where the checkpoint was written
+            generator.set_state(position["generator"])
+            self._restore_random_state(position["random"])
+            if self.dist.is_main:
+                sums += torch.tensor(position["sums"], device=self.device, dtype=torch.float64)
+        first, total = (position["step"] if position else 0), self.train_data.steps_per_epoch
         self.model.train()
         display.start_epoch(epoch, len(batches))
-        # this rank's sums; totals: the same summed over ranks (at each sync)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, samples
         start = time.perf_counter()
         with batches:
-            for step, (stored, y, _) in enumerate(batches):
+            for step, (stored, y, _) in enumerate(batches, start=first):
                 x = self.training_inputs(stored, generator)
                 x, partner, weight = mix(x, self.recipe.data.augment.mixup, generator)
                 part = rank_part(len(y), rank, world)
                 y_mixed = None if partner is None else y[partner][part]
                 loss_sum, correct = self.step(x[part], y[part], y_mixed, weight, global_count=len(y))
-                sums += torch.stack([loss_sum.double(), correct.double(), torch.tensor(len(y[part]), device=self.device, dtype=torch.float64)])
-                if step % 10 == 0 or step == len(batches) - 1:  # a sync every 10 steps, not every step
+                count = torch.tensor(part.stop - part.start, device=self.device, dtype=torch.float64)
+                sums += torch.stack([loss_sum.double(), correct.double(), count])
+                if step % 10 == 0 or step == total - 1:  # a sync every 10 steps, not every step
                     loss_now, accuracy_now, seen = self._totals(sums)
                     if not math.isfinite(loss_now):
                         self._diverged(epoch)
                     display.step(loss_now, accuracy_now, seen / (time.perf_counter() - start))
                 else:
                     display.advance()
+                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and step + 1 < total:
+                    self._save_position(epoch, step + 1, sums, generator)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -213,6 +227,35 @@ class Trainer:
             self._diverged(epoch)
         return {"train_loss": train_loss, "train_accuracy": train_accuracy,
                 "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
+
+    def _save_position(self, epoch: int, step: int, sums: torch.Tensor, generator: torch.Generator) -> None:
+        """last.pt inside an epoch: the weights after `step` steps, and all a resumed epoch needs to see
+        exactly the batches it had left: the step, the augmentation generator, every rank's dropout
+        stream and the epoch's sums so far (over all ranks)."""
+        totals = self.dist.sum(sums.clone()).tolist()
+        streams = self.dist.gather(self._random_state())
+        if not self.dist.is_main:
+            return
+        state = self.state(epoch - 1)
+        state["position"] = {"epoch": epoch, "step": step, "generator": generator.get_state(), "sums": totals,
+                             "random": streams}
+        checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", self._resume_hint())
+
+    def _random_state(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore_random_state(self, streams: list) -> None:
+        """This rank's dropout stream as it was; on another number of ranks there is no such stream,
+        and the seeded one of the epoch stays (the batches and augmentation are still the same)."""
+        if len(streams) != self.dist.world:
+            return
+        mine = streams[self.dist.rank]
+        torch.set_rng_state(mine["cpu"])
+        if "cuda" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
 
     def _totals(self, sums: torch.Tensor) -> tuple[float, float, int]:
         """(mean loss, accuracy, samples) so far in the epoch, over all ranks."""
@@ -262,6 +305,9 @@ class Trainer:
         try:
             result = self._fit()
             self.dist.barrier()  # rank 0's last writes are done before any rank reports
+            marker = _attempt_marker(self.recipe.train.runs_dir)
+            if marker is not None and self.dist.is_main:  # finished: no restart of this job will look for it
+                marker.unlink(missing_ok=True)
             return result
         except BaseException:  # Ctrl-C included: a new run with no saved epoch leaves nothing behind
             self._close()
@@ -363,6 +409,27 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")
 
 
+def _attempt_marker(runs_dir: str) -> Path | None:
+    """runs/.torchrun-<job id>: which run directory this torchrun job writes, for its restarts to find."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    return Path(runs_dir) / f".torchrun-{job}" if launched_by_torchrun() and job else None
+
+
+def earlier_attempt(recipe: Recipe) -> Path | None:
+    """The run an earlier attempt of this torchrun job wrote, when torchrun (--max-restarts) has
+    restarted the job after a rank died: the same command then resumes it instead of starting anew.
+    An earlier attempt that saved nothing is removed, so that the run keeps its name."""
+    marker = _attempt_marker(recipe.train.runs_dir)
+    if marker is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" or not marker.is_file():
+        return None
+    run_dir = marker.parent / marker.read_text().strip()
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        return run_dir
+    if int(os.environ["RANK"]) == 0 and run_dir.is_dir():
+        remove_unsaved(run_dir)
+    return None
+
+
 def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
               device: str | None = None) -> Trainer:
     """A new run directory with config.yaml and the header of train.log, and its Trainer. Under
@@ -373,6 +440,9 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
     try:
         trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, dist=dist)
         if dist.is_main:
+            marker = _attempt_marker(recipe.train.runs_dir)
+            if marker is not None:
+                write_text(marker, run_dir.name)
             write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             trainer._log(
                 f"recipe {recipe_path} dataset {dataset.name} ({trainer.train_count} train / {trainer.val_count} val) "
