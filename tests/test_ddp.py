@@ -116,3 +116,24 @@ def test_streamed_data_trains_bit_identically_to_resident(cli, workdir, residenc
     a, b = weights(workdir / "runs/resident"), weights(workdir / "runs/streamed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert f"data: data.residency={residency}" in (workdir / "runs/streamed/train.log").read_text()
+
+
+def test_a_streamed_run_reads_its_inputs_from_the_files_never_into_memory(workdir):
+    """data.residency=stream keeps the prepared arrays on disk (memory maps), the held-out share of
+    train included (indices, not a copy), and train.log says where the data lives and why."""
+    from perceiver_cli.data.sources import load_for_recipe
+    from perceiver_cli.engine.train import start_run
+    from perceiver_cli.recipe import load_recipe
+
+    root = write_blobs(workdir / "data" / "blobs")
+    (root / "val_x.npy").unlink()
+    (root / "val_y.npy").unlink()
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["splits"]["val"]
+    (root / "manifest.json").write_text(json.dumps(manifest))  # train only: validation is carved out of it
+    recipe, path = load_recipe(None, POINTS + ["data.residency=stream", "data.val_fraction=0.2"])
+    trainer = start_run(recipe, path, load_for_recipe(recipe.data, mmap=True), quiet=True, device="cpu")
+    assert isinstance(trainer.train_data.x, np.memmap) and isinstance(trainer.val_data.x, np.memmap)
+    assert (trainer.train_count, trainer.val_count) == (72, 18)
+    assert "data: data.residency=stream (as set)" in (trainer.run_dir / "train.log").read_text()
+    trainer.fit()

@@ -28,22 +28,25 @@ def train(
     from ..engine.train import describe, earlier_attempt, resume_run, start_run
     from ..recipe import load_recipe
 
+    def training_data(data_config):  # memory-mapped: resident or streamed as data.residency decides
+        return load_for_recipe(data_config, mmap=True)
+
     device_name = device.value if device else None
     if devices > 1:
         _start_ranks(devices, recipe, overrides, resume, name, device_name)
     if resume is not None:
         if recipe is not None:
             raise UserError("give either a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
-        trainer = resume_run(resume, load_for_recipe, overrides, quiet=is_quiet(), device=device_name)
+        trainer = resume_run(resume, training_data, overrides, quiet=is_quiet(), device=device_name)
     else:
         loaded, path = load_recipe(recipe, overrides)
         if name is not None:
             loaded.train.name = name
         earlier = earlier_attempt(loaded)  # torchrun restarted this job: continue the run it was writing
         if earlier is not None:
-            trainer = resume_run(earlier, load_for_recipe, quiet=is_quiet(), device=device_name)
+            trainer = resume_run(earlier, training_data, quiet=is_quiet(), device=device_name)
         else:
-            trainer = start_run(loaded, path, load_for_recipe(loaded.data), quiet=is_quiet(), device=device_name)
+            trainer = start_run(loaded, path, training_data(loaded.data), quiet=is_quiet(), device=device_name)
     if not trainer.dist.is_main:  # rank 0 speaks for all ranks
         trainer.fit()
         return

@@ -83,12 +83,13 @@ def download(dataset: str, into: Path) -> Path:
     return into if dataset == "mnist" else into / DOWNLOADS[dataset][0][1]
 
 
-def load_for_recipe(data_config) -> prepared.PreparedDataset:
-    """The prepared dataset a recipe names; digits is built in memory when not prepared."""
+def load_for_recipe(data_config, mmap: bool = False) -> prepared.PreparedDataset:
+    """The prepared dataset a recipe names; digits is built in memory when not prepared. `mmap`: the
+    inputs as memory maps of their files (training reads them resident or streamed, data.residency)."""
     root = Path(data_config.root) if data_config.root else default_root(data_config.dataset)
     prepared.restore(root)
     if (root / "manifest.json").is_file():
-        return prepared.load(root)
+        return prepared.load(root, mmap=mmap)
     if data_config.dataset == "digits":
         from .digits import read_digits
         return read_digits()

@@ -5,11 +5,19 @@ from __future__ import annotations
 from . import prepared
 
 
-def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed: int):
-    """The dataset's own val split if it has one, else a seeded stratified share of train."""
+def split_train_val_rows(dataset: prepared.PreparedDataset, val_fraction: float, seed: int):
+    """((x, y, rows) of train, (x, y, rows) of validation): the dataset's own val split if it has one,
+    else a seeded stratified share of train. rows index x and y (None: all of them), so no sample is
+    copied and memory-mapped arrays stay on disk until a batch reads them."""
     train = dataset.split("train")
     if "val" in dataset.splits:
         val = dataset.splits["val"]
-        return (train.x, train.y), (val.x, val.y)
+        return (train.x, train.y, None), (val.x, val.y, None)
     keep, held = prepared.stratified_holdout(train.y, val_fraction, seed)
-    return (train.x[keep], train.y[keep]), (train.x[held], train.y[held])
+    return (train.x, train.y, keep), (train.x, train.y, held)
+
+
+def split_train_val(dataset: prepared.PreparedDataset, val_fraction: float, seed: int):
+    """The same samples as arrays: ((x, y) of train, (x, y) of validation)."""
+    return tuple((x, y) if rows is None else (x[rows], y[rows])
+                 for x, y, rows in split_train_val_rows(dataset, val_fraction, seed))

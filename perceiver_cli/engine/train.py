@@ -28,7 +28,7 @@ import yaml
 from ..data import prepared
 from ..data.augment import augment_images, augment_points, mix, subsample_points
 from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
-from ..data.splits import split_train_val
+from ..data.splits import split_train_val_rows
 from ..errors import UserError
 from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
@@ -72,17 +72,20 @@ class Trainer:
             raise UserError(f"train.grad_accum={t.grad_accum} splits each rank's {self.rank_batch} samples into more "
                             f"passes than samples; lower train.grad_accum or raise train.batch_size")
 
-        (train_x, train_y), (val_x, val_y) = split_train_val(dataset, recipe.data.val_fraction, t.seed)
-        if len(train_y) == 0:
+        (train_x, train_y, train_rows), (val_x, val_y, val_rows) = split_train_val_rows(
+            dataset, recipe.data.val_fraction, t.seed)
+        self.train_count = len(train_y) if train_rows is None else len(train_rows)
+        self.val_count = len(val_y) if val_rows is None else len(val_rows)
+        if self.train_count == 0:
             raise UserError(f"dataset '{dataset.name}' has an empty train split")
-        self.residency, self.residency_reason = choose_residency(recipe.data.residency, train_x.nbytes + val_x.nbytes,
-                                                                 self.device)
+        nbytes = _bytes(train_x, train_rows) + _bytes(val_x, val_rows)
+        self.residency, self.residency_reason = choose_residency(recipe.data.residency, nbytes, self.device)
         # training batches are global (every rank augments the whole batch the same way, then takes
         # its part), so the inputs never depend on the world size; validation is sharded
-        self.train_data = make_loader(self.residency, train_x, train_y, t.batch_size, t.seed, self.device)
+        self.train_data = make_loader(self.residency, train_x, train_y, t.batch_size, t.seed, self.device,
+                                      rows=train_rows)
         self.val_data = make_loader(self.residency, val_x, val_y, t.eval_batch_size, t.seed, self.device,
-                                    self.dist.rank, self.dist.world)
-        self.train_count, self.val_count = len(train_y), len(val_y)
+                                    self.dist.rank, self.dist.world, rows=val_rows)
         self.transform = InputTransform(dataset.input_spec, dataset.normalization, self.device, recipe.data)
         self.input_kind = dataset.input_spec["kind"]
 
@@ -116,7 +119,8 @@ class Trainer:
         self.probe = None  # the fixed samples whose attention is captured
         if self.dist.is_main and (t.save_attention_maps or t.tensorboard):
             from .capture import probe_samples
-            x, y = (val_x, val_y) if len(val_y) else (train_x, train_y)
+            x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
+            x, y = (x, y) if rows is None else (x[rows], y[rows])
             self.probe = probe_samples(x, y, t.attention_samples, t.seed)
         self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard and self.dist.is_main else None
 
@@ -407,6 +411,11 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.3e} "
             f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")
+
+
+def _bytes(array, rows) -> int:
+    """The bytes of `array`'s samples at `rows` (all when None), without reading them."""
+    return array.nbytes if rows is None else array.nbytes // max(len(array), 1) * len(rows)
 
 
 def _attempt_marker(runs_dir: str) -> Path | None:
