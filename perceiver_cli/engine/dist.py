@@ -119,8 +119,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def run_ranks(count: int, argv: list[str]) -> int:
     """Start `count` ranks of `python -m perceiver_cli ARGV` on this machine through torch.distributed.run
     (torchrun's own machinery: a local rendezvous, one process per rank) and wait for them; their exit code.
-    Rank 0 prints as one process would. When a rank fails, torchrun stops the others; the first error
-    line is shown once (rank 0's, or another rank's with its number), not once per rank."""
+    Rank 0 prints as one process would. When a rank fails, torchrun stops the others, and its error line
+    is shown once: rank 0's, or another rank's (with its number) when rank 0 did not say it."""
     import logging
     import tempfile
     from pathlib import Path
@@ -130,20 +130,30 @@ def run_ranks(count: int, argv: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for its ranks, without its warning
     with tempfile.TemporaryDirectory(prefix="perceiver-ranks-") as logs:
-        quiet_ranks = ",".join(f"{r}:2" for r in range(1, count))  # ranks > 0: stderr to files, read on failure
+        # every rank's stderr to a file (stdout stays live: rank 0's progress), replayed below
         args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={count}", "--log-dir", logs,
-                                             "--redirects", quiet_ranks, "--module", "perceiver_cli", *argv])
+                                             "--redirects", "2", "--module", "perceiver_cli", *argv])
         for name in list(logging.Logger.manager.loggerDict):  # torchrun's notes are for its own users
             if name.startswith("torch.distributed"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
+
+        def said(rank: int) -> list[str]:
+            return [line for path in Path(logs).rglob(f"{rank}/stderr.log")
+                    for line in path.read_text(errors="replace").splitlines() if line.strip()]
         try:
             run(args)
         except ChildFailedError as exc:
             rank, failure = exc.get_first_failure()
             code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
-            if rank != 0 and not any(f.exitcode and f.exitcode > 0 for r, f in exc.failures.items() if r == 0):
-                lines = [line for path in Path(logs).rglob(f"{rank}/stderr.log")
-                         for line in path.read_text(errors="replace").splitlines() if line.strip()]
-                print(f"rank {rank}: {lines[-1] if lines else f'exited with code {code}'}", file=sys.stderr)
+            first = said(0)
+            for line in first:
+                print(line, file=sys.stderr)
+            theirs = said(rank) if rank != 0 else []
+            if theirs and theirs[-1] not in first:
+                print(f"rank {rank}: {theirs[-1]}", file=sys.stderr)
+            elif not first and not theirs:
+                print(f"error: rank {rank} exited with code {code}", file=sys.stderr)
             return code
+        for line in said(0):
+            print(line, file=sys.stderr)
     return 0
