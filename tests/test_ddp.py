@@ -135,5 +135,6 @@ def test_a_streamed_run_reads_its_inputs_from_the_files_never_into_memory(workdi
     trainer = start_run(recipe, path, load_for_recipe(recipe.data, mmap=True), quiet=True, device="cpu")
     assert isinstance(trainer.train_data.x, np.memmap) and isinstance(trainer.val_data.x, np.memmap)
     assert (trainer.train_count, trainer.val_count) == (72, 18)
+    assert trainer.steps_per_epoch == 5 and trainer.train_data.steps_per_epoch == 5  # 72 rows / 16, not 90 / 16
     assert "data: data.residency=stream (as set)" in (trainer.run_dir / "train.log").read_text()
     trainer.fit()

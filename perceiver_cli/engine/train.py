@@ -92,7 +92,7 @@ class Trainer:
         self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         self.parameters = count_parameters(self.model)
-        self.steps_per_epoch = math.ceil(len(train_y) / t.batch_size)
+        self.steps_per_epoch = math.ceil(self.train_count / t.batch_size)
         self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
         # compile (or graph) first, then wrap for DDP, as nanoGPT does; a captured backward would skip
