@@ -212,8 +212,8 @@ class Trainer:
                 part = rank_part(len(y), rank, world)
                 y_mixed = None if partner is None else y[partner][part]
                 loss_sum, correct = self.step(x[part], y[part], y_mixed, weight, global_count=len(y))
-                count = torch.tensor(part.stop - part.start, device=self.device, dtype=torch.float64)
-                sums += torch.stack([loss_sum.double(), correct.double(), count])
+                sums[:2] += torch.stack([loss_sum.double(), correct.double()])
+                sums[2] += part.stop - part.start  # a scalar argument: no tensor made and copied each step
                 if step % 10 == 0 or step == total - 1:  # a sync every 10 steps, not every step
                     loss_now, accuracy_now, seen = self._totals(sums)
                     if not math.isfinite(loss_now):
