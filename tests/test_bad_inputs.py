@@ -587,10 +587,10 @@ def interrupt_in_epoch(mp, epoch: int) -> None:
 
     real = Trainer._train_epoch
 
-    def train_epoch(self, e, display):
+    def train_epoch(self, e):
         if e == epoch:
             raise KeyboardInterrupt
-        return real(self, e, display)
+        return real(self, e)
     mp.setattr(Trainer, "_train_epoch", train_epoch)
 
 

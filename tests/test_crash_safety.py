@@ -25,6 +25,7 @@ from conftest import TINY, set_args
 from perceiver_cli.data.prepared import PreparedDataset, Split
 from perceiver_cli.data.sources import load_for_recipe
 from perceiver_cli.engine import capture as captures
+from perceiver_cli.engine.callbacks import TrainLog
 from perceiver_cli.engine.train import Trainer, resume_run, start_run
 from perceiver_cli.errors import UserError
 from perceiver_cli.recipe import load_recipe
@@ -47,15 +48,16 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)  # as the test process: the same kernels, so bit-identical results
 from perceiver_cli.cli import app
+from perceiver_cli.engine.callbacks import TrainLog
 from perceiver_cli.engine.train import Trainer
 
 name, moment, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 epoch = [0]
-train_epoch, log, replace = Trainer._train_epoch, Trainer._log, os.replace
+train_epoch, log, replace = Trainer._train_epoch, TrainLog.write, os.replace
 
-def tracked(self, number, display):
+def tracked(self, number):
     epoch[0] = number
-    return train_epoch(self, number, display)
+    return train_epoch(self, number)
 
 def logged(self, line):
     log(self, line)
@@ -70,7 +72,7 @@ def replaced(src, dst, *rest, **options):
     if hit:
         os._exit(9)
 
-Trainer._train_epoch, Trainer._log, os.replace = tracked, logged, replaced
+Trainer._train_epoch, TrainLog.write, os.replace = tracked, logged, replaced
 app(["train", *args, "--name", "crash"])
 """
 
@@ -366,10 +368,10 @@ def test_ctrl_c_in_the_first_epoch_leaves_no_run_directory_but_keeps_a_saved_one
     train_epoch = Trainer._train_epoch
 
     def interrupted_in(epoch_to_stop):
-        def run(self, epoch, display):
+        def run(self, epoch):
             if epoch == epoch_to_stop:
                 raise KeyboardInterrupt
-            return train_epoch(self, epoch, display)
+            return train_epoch(self, epoch)
         return run
 
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in(1))
@@ -427,7 +429,7 @@ def test_runs_dir_that_is_a_file_is_one_line(cli, workdir, tiny):
 
 
 def test_a_full_disk_mid_run_is_one_line_and_the_last_epoch_is_kept(cli, workdir, tiny, monkeypatch):
-    fsync, log = os.fsync, Trainer._log
+    fsync, log = os.fsync, TrainLog.write
     full = [False]
 
     def fill_disk_at_epoch_2(self, line):  # the disk fills up while epoch 2 trains
@@ -439,7 +441,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_last_epoch_is_kept(cli, workdir
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync(fd)
 
-    monkeypatch.setattr(Trainer, "_log", fill_disk_at_epoch_2)
+    monkeypatch.setattr(TrainLog, "write", fill_disk_at_epoch_2)
     monkeypatch.setattr(os, "fsync", fsync_or_full)
     line = one_line_error(cli("train", *set_args(tiny + ["train.best_metric=last"]), "--name", "full"))
     run = Path("runs") / "full"

@@ -1,15 +1,15 @@
-"""The training loop: one engine for CPU and CUDA.
+"""The training loop: one engine for CPU and CUDA, one rank or many.
 
-The whole dataset sits on the device as stored (uint8 images); each step indexes a batch, turns
-it into floats, augments it there and runs forward/backward under optional bf16 autocast. Every
-epoch ends with validation, a metrics row and atomic checkpoints (last.pt, and best.pt when
-validation improved), so an interrupted run resumes from its last finished epoch.
-
-What an epoch writes, in order: the attention capture, its train.log line, best.pt, last.pt (the
+The Trainer keeps the step loop, validation and the epoch row. Batches come from a Loader
+(data/loaders.py: resident on the device, or streamed from memory maps; the same global batches
+for any residency and world size), process groups and reductions from a DistContext (dist.py;
+one process is world size 1), the step itself from TrainStep (step.py). Every file the run writes
+and what it shows are callbacks (callbacks.py) that run on rank 0, at an epoch's end in the order
+that makes a kill harmless: the attention capture, its train.log line, best.pt, last.pt (the
 commit point: it carries the metrics rows), metrics.jsonl/csv. A kill before last.pt is renamed
-redoes the epoch on resume, and rewrites the same capture; a kill after it loses nothing, since
-resume rewrites the metrics files from last.pt. A run that fails before its first epoch is saved
-leaves no run directory.
+redoes the epoch on resume (or its rest, from a mid-epoch last.pt); a kill after it loses nothing,
+since resume rewrites the metrics files from last.pt. A run that fails before its first epoch is
+saved leaves no run directory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from ..data import prepared
 from ..data.augment import augment_images, augment_points, mix, subsample_points
@@ -34,10 +33,10 @@ from ..model import build_model, count_parameters
 from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
 from ..runs import checkpoint
 from ..runs.directory import create_run_dir, remove_unsaved
-from ..runs.files import append_line, remove_stale_temporaries, write_text
-from ..runs.metrics import restored_rows, sync_metrics, write_metrics
+from ..runs.files import remove_stale_temporaries, write_text
+from ..runs.metrics import restored_rows, sync_metrics
+from .callbacks import Callback, default_callbacks
 from .dist import DistContext, launched_by_torchrun
-from .display import TrainingDisplay, format_rate
 from .graphs import training_forward
 from .optim import build_optimizer, build_scheduler
 from .runtime import InputTransform, autocast, keep_freed_memory, resolve_device, use_bf16
@@ -57,7 +56,7 @@ class TrainResult:
 class Trainer:
     def __init__(self, recipe: Recipe, dataset: prepared.PreparedDataset, run_dir: Path,
                  resume_state: dict | None = None, quiet: bool = False, device: str | None = None,
-                 dist: DistContext | None = None):
+                 dist: DistContext | None = None, callbacks: list[Callback] = ()):
         self.recipe, self.dataset, self.run_dir = recipe, dataset, run_dir
         t = recipe.train
         self.dist = dist or DistContext()
@@ -116,13 +115,16 @@ class Trainer:
         self.resumed = resume_state is not None
         if self.resumed:
             self._restore(resume_state)
-        self.probe = None  # the fixed samples whose attention is captured
-        if self.dist.is_main and (t.save_attention_maps or t.tensorboard):
-            from .capture import probe_samples
-            x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
-            x, y = (x, y) if rows is None else (x[rows], y[rows])
-            self.probe = probe_samples(x, y, t.attention_samples, t.seed)
-        self.tensorboard = _tensorboard_writer(run_dir) if t.tensorboard and self.dist.is_main else None
+        # every file the run writes, and what it shows, is a callback's job, on rank 0 only
+        self.callbacks: list[Callback] = []
+        if self.dist.is_main:
+            probe = None  # the fixed samples whose attention is captured
+            if t.save_attention_maps or t.tensorboard:
+                from .capture import probe_samples
+                x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
+                x, y = (x, y) if rows is None else (x[rows], y[rows])
+                probe = probe_samples(x, y, t.attention_samples, t.seed)
+            self.callbacks = default_callbacks(self, probe) + list(callbacks)
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -188,7 +190,17 @@ class Trainer:
             return augment_points(self.transform(stored), data.augment, generator)
         return self.transform(stored)
 
-    def _train_epoch(self, epoch: int, display: TrainingDisplay) -> dict:
+    def _emit(self, moment: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, moment)(self, *args)
+
+    def begin(self, notes: list[str]) -> None:
+        """The run is set up: the callbacks write config.yaml and `notes` (with the choices made for
+        the user, and why) to train.log."""
+        notes = list(notes) + [f"data: {self.residency_reason}"] + ([self.graphs_note] if self.graphs_note else [])
+        self._emit("run_start", notes)
+
+    def _train_epoch(self, epoch: int) -> dict:
         t, rank, world = self.recipe.train, self.dist.rank, self.dist.world
         torch.manual_seed(t.seed * 100_003 + epoch + 1_000_003 * rank)  # dropout: per rank, reproducible on resume
         position, self.position = self.position, None
@@ -203,7 +215,7 @@ class Trainer:
                 sums += torch.tensor(position["sums"], device=self.device, dtype=torch.float64)
         first, total = (position["step"] if position else 0), self.train_data.steps_per_epoch
         self.model.train()
-        display.start_epoch(epoch, len(batches))
+        self._emit("epoch_start", epoch, len(batches))
         start = time.perf_counter()
         with batches:
             for step, (stored, y, _) in enumerate(batches, start=first):
@@ -218,9 +230,9 @@ class Trainer:
                     loss_now, accuracy_now, seen = self._totals(sums)
                     if not math.isfinite(loss_now):
                         self._diverged(epoch)
-                    display.step(loss_now, accuracy_now, seen / (time.perf_counter() - start))
+                    self._emit("step_end", (loss_now, accuracy_now, seen / (time.perf_counter() - start)))
                 else:
-                    display.advance()
+                    self._emit("step_end", None)
                 if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and step + 1 < total:
                     self._save_position(epoch, step + 1, sums, generator)
         if self.device.type == "cuda":
@@ -243,7 +255,7 @@ class Trainer:
         state = self.state(epoch - 1)
         state["position"] = {"epoch": epoch, "step": step, "generator": generator.get_state(), "sums": totals,
                              "random": streams}
-        checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", self._resume_hint())
+        self._emit("mid_epoch", state)
 
     def _random_state(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
@@ -324,93 +336,26 @@ class Trainer:
     def _fit(self) -> TrainResult:
         t = self.recipe.train
         started = time.perf_counter() - (self.rows[-1]["elapsed_s"] if self.rows else 0.0)
-        with TrainingDisplay(t.epochs, quiet=self.quiet) as display:
-            display.rows.extend(self.rows)
-            for epoch in range(self.start_epoch, t.epochs + 1):
-                row = {"epoch": epoch, **self._train_epoch(epoch, display)}
-                row["val_loss"], row["val_accuracy"] = self._validate()
-                row["lr"] = self.optimizer.param_groups[0]["lr"]
-                row["elapsed_s"] = time.perf_counter() - started
-                row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
-                self.rows.append(row)
-                improved = self._improved(row)
-                if improved:
-                    value = row[t.best_metric] if t.best_metric != "last" else epoch
-                    self.best = {"epoch": epoch, "metric": t.best_metric, "value": value}
-                if self.dist.is_main:
-                    self._write_epoch(epoch, row, improved)
-                display.end_epoch(row)
+        self._emit("fit_start")
+        for epoch in range(self.start_epoch, t.epochs + 1):
+            row = {"epoch": epoch, **self._train_epoch(epoch)}
+            row["val_loss"], row["val_accuracy"] = self._validate()
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["elapsed_s"] = time.perf_counter() - started
+            row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+            self.rows.append(row)
+            improved = self._improved(row)
+            if improved:
+                value = row[t.best_metric] if t.best_metric != "last" else epoch
+                self.best = {"epoch": epoch, "metric": t.best_metric, "value": value}
+            self._emit("epoch_end", epoch, row, improved)  # rank 0: capture, log, best.pt, last.pt, metrics
         self._close()
         return TrainResult(self.run_dir, self.rows, self.best, self.parameters, str(self.device), self.bf16)
 
-    def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
-        """Everything an epoch writes (rank 0 only), in the order that makes a kill harmless: the
-        attention capture, the log line, best.pt, last.pt (the commit point), the metrics files."""
-        self._after_epoch(epoch, row)
-        self._log(_epoch_line(row, self.recipe.train.epochs))
-        state = self.state(epoch)  # built once, written to one or both files
-        hint = self._resume_hint()
-        if improved:
-            checkpoint.save(state, self.run_dir / "checkpoints" / "best.pt", hint)
-        checkpoint.save(state, self.run_dir / "checkpoints" / "last.pt", hint)
-        write_metrics(self.run_dir, self.rows, hint)
-
-    def _resume_hint(self) -> str:
-        if (self.run_dir / "checkpoints" / "last.pt").is_file():
-            return f"then continue the run from its last saved epoch: perceiver train --resume {self.run_dir}"
-        return ""
-
     def _close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-    def _after_epoch(self, epoch: int, row: dict) -> None:
-        """Attention capture at the interval, TensorBoard scalars every epoch."""
-        t = self.recipe.train
-        if self.probe is not None and (epoch % t.attention_interval == 0 or epoch == t.epochs):
-            from . import capture as captures
-
-            captured = captures.capture(self.model, *self.probe, self.transform, self.device, epoch, self.bf16)
-            if t.save_attention_maps:
-                captures.save(captured, self.run_dir / "attention")
-            if self.tensorboard is not None:
-                from .preview import tensorboard_image
-
-                self.tensorboard.add_image("attention/stage_0", tensorboard_image(captured, self.dataset.classes),
-                                           epoch, dataformats="HWC")
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch" and value == value:
-                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(key, key), value, epoch)
-            self.tensorboard.flush()
-
-    def _log_setup(self) -> None:
-        """Choices made for the user, with their reasons, in train.log."""
-        self._log(f"data: {self.residency_reason}")
-        if self.graphs_note:
-            self._log(self.graphs_note)
-
-    def _log(self, line: str) -> None:
-        append_line(self.run_dir / "train.log", line, self._resume_hint())
-
-
-_TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
-                     "val_accuracy": "accuracy/val", "lr": "lr", "samples_per_s": "throughput/samples_per_s"}
-
-
-def _tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
-                        "(or set train.tensorboard=false)") from None
-    return SummaryWriter(log_dir=str(run_dir))
-
-
-def _epoch_line(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
-            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.3e} "
-            f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")
+        callbacks, self.callbacks = self.callbacks, []  # closed once, even when closing fails
+        for callback in callbacks:
+            callback.close()
 
 
 def _bytes(array, rows) -> int:
@@ -440,24 +385,22 @@ def earlier_attempt(recipe: Recipe) -> Path | None:
 
 
 def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
-              device: str | None = None) -> Trainer:
+              device: str | None = None, callbacks: list[Callback] = ()) -> Trainer:
     """A new run directory with config.yaml and the header of train.log, and its Trainer. Under
     torchrun this process is one rank: rank 0 makes the directory and every rank trains into it."""
     dist, _ = DistContext.start(resolve_device(device or recipe.train.device))
     name = recipe.train.name or recipe_path.stem
     run_dir = Path(dist.share(str(create_run_dir(Path(recipe.train.runs_dir), name)) if dist.is_main else None))
     try:
-        trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, dist=dist)
+        trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, dist=dist, callbacks=callbacks)
         if dist.is_main:
             marker = _attempt_marker(recipe.train.runs_dir)
             if marker is not None:
                 write_text(marker, run_dir.name)
-            write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-            trainer._log(
-                f"recipe {recipe_path} dataset {dataset.name} ({trainer.train_count} train / {trainer.val_count} val) "
-                f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16} world {dist.world}"
-            )
-            trainer._log_setup()
+        trainer.begin([
+            f"recipe {recipe_path} dataset {dataset.name} ({trainer.train_count} train / {trainer.val_count} val) "
+            f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16} world {dist.world}"
+        ])
     except BaseException:
         if dist.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
@@ -467,7 +410,7 @@ def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDatas
 
 
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
-               device: str | None = None) -> Trainer:
+               device: str | None = None, callbacks: list[Callback] = ()) -> Trainer:
     """Continue runs/<name> from checkpoints/last.pt (best.pt if last.pt is damaged) with the config
     stored in it; first clear what killed writes left and restore metrics.jsonl/csv from it. The
     global batch and the batch order are the run's, so it may come back on another number of ranks."""
@@ -490,16 +433,13 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
             raise UserError(f"{run_dir} already finished {state['epoch']} of {recipe.train.epochs} epochs; "
                             f"extend it with --set train.epochs=N")
         dataset = dataset_loader(recipe.data)
-        trainer = Trainer(recipe, dataset, run_dir, resume_state=state, quiet=quiet, dist=dist)
+        trainer = Trainer(recipe, dataset, run_dir, resume_state=state, quiet=quiet, dist=dist, callbacks=callbacks)
     except BaseException:
         dist.close()
         raise
+    trainer.begin(([f"note: {loaded.note}"] if loaded.note else [])
+                  + [f"resumed at epoch {trainer.start_epoch} (world {dist.world})"])
     if dist.is_main:
-        write_text(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        if loaded.note:
-            trainer._log(f"note: {loaded.note}")
-        trainer._log(f"resumed at epoch {trainer.start_epoch} (world {dist.world})")
-        trainer._log_setup()
         loaded.tell()
     return trainer
 
