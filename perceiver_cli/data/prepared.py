@@ -4,15 +4,18 @@ A prepared dataset is a directory:
 
     manifest.json          what is in it (documented below)
     <split>_x.npy          inputs of one split: uint8 images (N, H, W, C), or float32 points/sequences
-    <split>_y.npy          int64 labels (N,)
+    <split>_y.npy          int64 labels (N,), or with a mask target uint8 label maps (N, H, W)
 
 manifest.json:
     format         "perceiver-prepared/1"
     dataset        name (e.g. "cifar10")
     classes        class names in label order
     input          {"kind": "image", "shape": [H, W, C]} (or points/sequence) of one sample
+    target         optional: {"kind": "class"} (the default when absent) is one label per sample;
+                   {"kind": "mask", "shape": [H, W]} one label per pixel of an image (segmentation),
+                   classes[0] the background; written only for masks
     normalization  {"mean": [...], "std": [...]}: per-channel statistics of train, in [0, 1] units
-    splits         {split: {"count", "class_counts": {class: n}, "files": {"x", "y"},
+    splits         {split: {"count", "class_counts": {class: n (samples, or pixels of a mask)}, "files": {"x", "y"},
                             "sha256": {"x", "y"}, ...}}
     source         what it was read from
     skipped        [{"path", "reason"}] for every input that could not be read; [] when none
@@ -26,7 +29,7 @@ mismatch is one line saying to run the prepare again.
 
 The arrays are written front to back in chunks (npy.py); a reader that streams (a RowStream: an
 image folder) delivers its rows while they are written, so no dataset is held in memory whole.
-`load(mmap=True)` maps the inputs instead of reading them, for data larger than memory.
+`load(mmap=True)` maps the inputs (and label masks) instead of reading them, for data larger than memory.
 
 The directory is written atomically: everything goes to a temporary sibling, flushed to disk, which
 then takes the place of the old one in one step (see swap.py), so an interrupted prepare leaves the
@@ -98,6 +101,24 @@ class InputSpec(_Open):
         return self
 
 
+class TargetSpec(_Open):
+    kind: Literal["class", "mask"]
+    shape: Optional[list[Annotated[int, Field(ge=1)]]] = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.kind == "mask" and (self.shape is None or len(self.shape) != 2):
+            raise ValueError("a mask target has a shape [H, W]")
+        return self
+
+
+CLASS_TARGET = {"kind": "class"}
+
+
+def is_mask(target: dict | None) -> bool:
+    return bool(target) and target.get("kind") == "mask"
+
+
 class Normalization(_Open):
     mean: list[float]
     std: list[float]
@@ -108,6 +129,7 @@ class Manifest(_Open):
     dataset: str
     classes: list[str] = Field(min_length=1)
     input: InputSpec
+    target: Optional[TargetSpec] = None
     normalization: Optional[Normalization] = None
     splits: dict[str, SplitInfo] = Field(min_length=1)
     source: dict = Field(default_factory=dict)
@@ -162,6 +184,7 @@ class PreparedDataset:
     skipped: list[dict] = field(default_factory=list)
     root: Path | None = None
     stream: RowStream | None = None  # set while the inputs are still to be read
+    target: dict = field(default_factory=lambda: dict(CLASS_TARGET))  # or {"kind": "mask", "shape": [H, W]}
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -216,7 +239,8 @@ def channel_stats(x: np.ndarray) -> dict:
 
 
 def class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
-    counts = np.bincount(y, minlength=len(classes))
+    """Samples per class, or pixels per class of label masks."""
+    counts = np.bincount(np.asarray(y).reshape(-1), minlength=len(classes))
     return {name: int(n) for name, n in zip(classes, counts)}
 
 
@@ -270,7 +294,8 @@ def write(dataset: PreparedDataset, out: Path) -> Path:
 
 def _check_disk(dataset: PreparedDataset, out: Path) -> None:
     """Refuse, before writing, arrays that the file system of `out` has no room for."""
-    need = sum(split.x.nbytes + len(split.y) * 8 for split in dataset.splits.values())
+    need = sum(split.x.nbytes + (split.y.nbytes if is_mask(dataset.target) else len(split.y) * 8)
+               for split in dataset.splits.values())
     free = shutil.disk_usage(out.parent).free
     if need > free:
         raise UserError(f"the arrays of {dataset.name} need {size_text(need)} on disk and {out.parent} has "
@@ -362,9 +387,10 @@ def _write_into(dataset: PreparedDataset, folder: Path) -> None:
     manifest_splits, verified = {}, {}
     for name, split in dataset.splits.items():
         files = {"x": f"{name}_x.npy", "y": f"{name}_y.npy"}
-        y = np.ascontiguousarray(split.y, dtype=np.int64)
+        mask = is_mask(dataset.target)
+        y = np.ascontiguousarray(split.y, dtype=np.uint8 if mask else np.int64)
         with atomic_writer(folder / files["y"]) as fh:
-            writer = NpyWriter(fh, y.shape, y.dtype, len(y))
+            writer = NpyWriter(fh, y.shape, y.dtype, chunk_rows(math.prod(y.shape[1:])) if mask else len(y))
             writer.add_rows(y)
             digests[files["y"]] = writer.finish()
         for filename in files.values():  # stamped once in place: renames change a file's ctime
@@ -381,6 +407,7 @@ def _write_into(dataset: PreparedDataset, folder: Path) -> None:
         "dataset": dataset.name,
         "classes": list(dataset.classes),
         "input": dataset.input_spec,
+        **({"target": dataset.target} if is_mask(dataset.target) else {}),  # class datasets: as before masks
         "normalization": dataset.normalization,
         "splits": manifest_splits,
         "source": dataset.source,
@@ -429,7 +456,8 @@ def _prepare_again(raw: dict, root: Path) -> str:
     """How to make this dataset again, from what its manifest still says."""
     name = raw.get("dataset") if isinstance(raw.get("dataset"), str) else "<dataset>"
     source = raw.get("source") if isinstance(raw.get("source"), dict) else {}
-    origin = f" --from {source['path']}" if isinstance(source.get("path"), str) else ""
+    origin = "".join(f" --{key} {source[key]}" for key in ("images", "labels") if isinstance(source.get(key), str))
+    origin = f" --from {source['path']}" if isinstance(source.get("path"), str) else origin
     return f"re-run `perceiver prepare {name}{origin} --out {root}`"
 
 
@@ -437,19 +465,21 @@ def load(root: Path, verify: bool = False, mmap: bool = False) -> PreparedDatase
     """Read a prepared dataset, checked against its manifest. Each array's sha256 is verified when
     the file is new or changed since it was last verified; `verify` re-checks them all regardless.
     `mmap`: the inputs (x) are read-only memory maps of their files, read as they are used (data
-    larger than memory); the labels are always read into memory."""
+    larger than memory), and so are label masks; class labels are always read into memory."""
     root = Path(root)
     restore(root)
     manifest, raw = _read_manifest(root / "manifest.json")
     again = _prepare_again(raw, root)
     _verify_digests(root, manifest, again, everything=verify)
+    target = raw.get("target", CLASS_TARGET)
     splits = {}
     for name, info in manifest.splits.items():
         arrays = {}
         for key in ("x", "y"):
             path = root / getattr(info.files, key)
+            mapped = mmap and (key == "x" or is_mask(target))
             try:
-                arrays[key] = np.load(path, allow_pickle=False, mmap_mode="r" if mmap and key == "x" else None)
+                arrays[key] = np.load(path, allow_pickle=False, mmap_mode="r" if mapped else None)
             except (OSError, ValueError) as exc:
                 raise UserError(f"{path}: cannot read ({exc}); {again}") from None
         _check_split(root, info, manifest, arrays["x"], arrays["y"], again)
@@ -464,24 +494,39 @@ def load(root: Path, verify: bool = False, mmap: bool = False) -> PreparedDatase
         source=manifest.source,
         skipped=manifest.skipped,
         root=root,
+        target=target,
     )
 
 
 def _check_split(root: Path, info: SplitInfo, manifest: Manifest, x: np.ndarray, y: np.ndarray, again: str) -> None:
-    """The arrays are what the manifest says: N samples of input.shape, N integer labels of its classes."""
+    """The arrays are what the manifest says: N samples of input.shape, N integer labels of its classes
+    (or, with a mask target, N uint8 label maps of the images' height and width)."""
     x_path, y_path, classes = root / info.files.x, root / info.files.y, len(manifest.classes)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    mask = manifest.target is not None and manifest.target.kind == "mask"
+    if mask:
+        image = manifest.input.shape[:2]
+        if manifest.input.kind != "image" or manifest.target.shape != image:
+            raise UserError(f"{root / 'manifest.json'}: target.shape {manifest.target.shape} is not the height and "
+                            f"width of input.shape {manifest.input.shape}; {again}")
+        if y.dtype != np.uint8 or y.ndim != 3 or list(y.shape[1:]) != image:
+            raise UserError(f"{y_path}: label masks must be uint8 of shape (N, {image[0]}, {image[1]}), found "
+                            f"{y.dtype} of shape {list(y.shape)}; {again}")
+    elif y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"{y_path}: labels must be one integer per sample, found {y.dtype} of shape {list(y.shape)}; {again}")
     if x.ndim < 1 or len(x) != info.count or len(y) != info.count:
-        raise UserError(f"{x_path} holds {len(x) if x.ndim else 0} samples and {y_path.name} {len(y)} labels, "
-                        f"where manifest.json says {info.count}; {again}")
+        raise UserError(f"{x_path} holds {len(x) if x.ndim else 0} samples and {y_path.name} {len(y)} "
+                        f"{'masks' if mask else 'labels'}, where manifest.json says {info.count}; {again}")
     wanted = "uint8" if manifest.input.kind == "image" else "floating"
     if not np.issubdtype(x.dtype, np.uint8 if wanted == "uint8" else np.floating):
         raise UserError(f"{x_path}: {manifest.input.kind} samples must be {wanted}, found {x.dtype}; {again}")
     if list(x.shape[1:]) != manifest.input.shape:
         raise UserError(f"{x_path}: samples of shape {list(x.shape[1:])}, where manifest.json says input.shape "
                         f"{manifest.input.shape}; {again}")
-    outside = y[(y < 0) | (y >= classes)]
+    if mask:  # uint8 has no negatives; a memory map's maximum is read through in pages, never copied whole
+        outside = np.atleast_1d(y.max() if y.size else 0)
+        outside = outside[outside >= classes]
+    else:
+        outside = y[(y < 0) | (y >= classes)]
     if outside.size:
         raise UserError(f"{y_path}: label {int(outside[0])} is outside the {classes} classes of manifest.json "
                         f"(labels 0..{classes - 1}); {again}")
