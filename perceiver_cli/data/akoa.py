@@ -264,7 +264,8 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # --- the split -----------------------------------------------------------------------------------
 
-def split_groups(groups: list[str], labels: np.ndarray, num_classes: int, shares, seed: int) -> np.ndarray:
+def split_groups(groups: list[str], labels: np.ndarray, num_classes: int, shares, seed: int,
+                 fix: str = "add data, change --split, or use --split-by volume") -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) per sample, whole groups at a time.
 
     Groups go largest first (ties in a seeded random order) to the split that still needs the
@@ -287,8 +288,7 @@ def split_groups(groups: list[str], labels: np.ndarray, num_classes: int, shares
         assigned[split_of_group[g]] += counts[g]
     empty = [SPLIT_NAMES[s] for s in range(3) if shares[s] > 0 and not (split_of_group == s).any()]
     if empty:
-        raise UserError(f"only {len(keys)} groups to split: the {', '.join(empty)} split would be empty; "
-                        f"add data, change --split, or use --split-by volume")
+        raise UserError(f"only {len(keys)} groups to split: the {', '.join(empty)} split would be empty; {fix}")
     return split_of_group[group_of]
 
 
