@@ -73,6 +73,56 @@ def parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
     return int(match.group(1)), int(match.group(2))
 
 
+def parse_slices(slices: str) -> Optional[int]:
+    """--slices N or 'all' (None)."""
+    if slices.strip().lower() == "all":
+        return None
+    if slices.strip().isdigit():
+        return int(slices)
+    raise UserError(f"--slices {slices!r}: give a number of slices per volume or 'all'")
+
+
+def parse_split(split: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in split.split(","))
+    except ValueError:
+        raise UserError(f"--split {split!r}: give three shares train,val,test, e.g. 0.7,0.15,0.15") from None
+
+
+def _set_slicing(options, slices: Optional[str], size: Optional[str], split: Optional[str]) -> None:
+    """The options akoa and knee-seg share, where given, into their reader's options."""
+    if slices is not None:
+        options.slices = parse_slices(slices)
+    if size is not None:
+        options.size = parse_size(size)
+    if split is not None:
+        options.split = parse_split(split)
+
+
+class _PixelLabels:
+    """A split's label masks as the summary table counts them: as many as the slices, their values every pixel."""
+
+    def __init__(self, y):
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.y.reshape(-1)
+
+
+def _summary_view(result):
+    """What tables.prepared is shown: a mask dataset's splits with their labels counted per pixel."""
+    from dataclasses import replace
+
+    from ..data.prepared import Split, is_mask
+
+    if not is_mask(result.target):
+        return result
+    return replace(result, splits={name: Split(s.x, _PixelLabels(s.y), s.extra) for name, s in result.splits.items()})
+
+
 def _prepare(dataset: str, source: Optional[Path], out: Optional[Path], **reading) -> None:
     """Read `source` with the dataset's reader and write it to `out` atomically; print what was prepared."""
     from ..data import prepared
@@ -85,7 +135,7 @@ def _prepare(dataset: str, source: Optional[Path], out: Optional[Path], **readin
     started = time.perf_counter()
     result = read_source(dataset, source, **reading)
     prepared.write(result, out)
-    tables.prepared(result, out, time.perf_counter() - started)
+    tables.prepared(_summary_view(result), out, time.perf_counter() - started)
 
 
 @app.command("digits", cls=DatasetCommand)
@@ -154,23 +204,34 @@ def akoa(
     from ..data.akoa import AkoaOptions
 
     options = AkoaOptions(labels=labels, pattern=pattern, axis=axis, seed=seed)
-    if slices is not None:
-        if slices.strip().lower() == "all":
-            options.slices = None
-        elif slices.strip().isdigit():
-            options.slices = int(slices)
-        else:
-            raise UserError(f"--slices {slices!r}: give a number of slices per volume or 'all'")
-    if size is not None:
-        options.size = parse_size(size)
-    if split is not None:
-        try:
-            options.split = tuple(float(part) for part in split.split(","))
-        except ValueError:
-            raise UserError(f"--split {split!r}: give three shares train,val,test, e.g. 0.7,0.15,0.15") from None
+    _set_slicing(options, slices, size, split)
     if split_by is not None:
         options.split_by = split_by.value
     _prepare("akoa", source, out, seed=seed, akoa=options)
+
+
+@app.command("knee-seg", cls=DatasetCommand)
+@user_errors("prepare")
+def knee_seg(
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Folder (or zip) of NIfTI label maps (.nii, .nii.gz): one integer label per voxel, 0 the background."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder (or zip) of their MR images. A map belongs to the image of the same file name, else to the one whose name (without .nii/.nii.gz) it contains or that contains it, the closest in length (9014797_00m.nii.gz <- 9014797_00m_seg.nii.gz)."),
+    synthesize: int = typer.Option(0, "--synthesize", min=0, help="SynthSeg images made per label map (random intensity per label, blur, bias field, noise, contrast), beside the real image if any; without --images the only images."),
+    out: Out = None,
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="Regex with named groups patient (and visit), searched in each file name.  \\[default: OAI naming, <patient>_<visit>_... as 9014797_00m_WB01_..., or OAI<patient>_...]"),
+    slices: Optional[str] = typer.Option(None, "--slices", help="Evenly spaced sagittal slices per volume, between the first and last slice holding a label (background-only edge slices teach nothing), or 'all' of those.  \\[default: 40]"),
+    size: Optional[str] = typer.Option(None, "--size", help="Resize every slice to HEIGHTxWIDTH (images bilinear, label maps nearest).  \\[default: 128x128]"),
+    split: Optional[str] = typer.Option(None, "--split", help="Shares of train,val,test, whole patients at a time; 0,0,1 makes all test (to evaluate a run on other patients).  \\[default: 0.7,0.15,0.15]"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the patient split and of the synthetic images."),
+    names: Optional[str] = typer.Option(None, "--names", help="Names of the label values 0,1,... comma separated, the first 'background', e.g. background,femur,tibia; a value without a name is refused.  \\[default: background and label_<v> for every value found]"),
+):
+    """Knee MRI segmentation: NIfTI label maps with their images (or SynthSeg images made from them), sliced, split by patient."""
+    from ..data.kneeseg import KneeSegOptions
+
+    options = KneeSegOptions(labels=labels, images=images, pattern=pattern, seed=seed, synthesize=synthesize)
+    _set_slicing(options, slices, size, split)
+    if names is not None:
+        options.names = [name.strip() for name in names.split(",")]
+    _prepare("knee-seg", None, out, seed=seed, kneeseg=options)
 
 
 @app.command(IMAGE_FOLDER, cls=DatasetCommand)

@@ -14,6 +14,7 @@ SOURCES = {
     "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/), or an image folder / zip laid out <split>/<class>/*.jpg",
     "modelnet40": "ModelNet40.zip or its extracted ModelNet40/ (<class>/{train,test}/*.off)",
     "akoa": "a folder or zip of knee MRI volumes (.nii, .nii.gz) or AKOA PNG slices",
+    "knee-seg": "a folder of NIfTI label maps (--labels) and their MR images (--images), or --synthesize K images per map",
 }
 # any other name is read as a labelled image folder or zip
 IMAGE_FOLDER = "a labelled image folder or zip: <root>/<class>/*.png|jpg or <root>/<split>/<class>/*"
@@ -33,12 +34,16 @@ def default_root(dataset: str) -> Path:
 
 def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
                 size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
-                akoa=None) -> prepared.PreparedDataset:
+                akoa=None, kneeseg=None) -> prepared.PreparedDataset:
     """Read `source` into a PreparedDataset (not yet written; an image folder's images are decoded
-    while prepared.write writes them). `akoa`: an AkoaOptions."""
+    while prepared.write writes them). `akoa`: an AkoaOptions; `kneeseg`: a KneeSegOptions (its
+    folders are in the options, not `source`)."""
     if dataset == "digits":
         from .digits import read_digits
         return read_digits()
+    if dataset == "knee-seg":
+        from .kneeseg import KneeSegOptions, read_kneeseg
+        return read_kneeseg(kneeseg or KneeSegOptions(seed=seed))
     if source is None:
         raise UserError(f"prepare {dataset}: --from is required ({SOURCES.get(dataset, IMAGE_FOLDER)})")
     source = Path(source)
@@ -95,4 +100,6 @@ def load_for_recipe(data_config, mmap: bool = False) -> prepared.PreparedDataset
         return read_digits()
     what = SOURCES.get(data_config.dataset, "your image folder or zip").split(" (")[0].split(", or")[0]
     how = f"perceiver prepare {data_config.dataset} --from <{what}>"
+    if data_config.dataset == "knee-seg":
+        how = "perceiver prepare knee-seg --labels <label maps> --images <images> (or --synthesize 2)"
     raise UserError(f"no prepared dataset at {root}/ (data.dataset={data_config.dataset}): run `{how}` first, or set data.root")
