@@ -51,7 +51,19 @@ class ModelConfig(Section):
     conv_stem: int = Field(0, ge=0, description="images: 0 = off (paper); k > 0 = conv 3x3 to k channels + GELU + maxpool 2 before tokenising (Perceiver IO)")
     permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
     permute_seed: int = Field(42, ge=0, description="seed of that permutation")
-    output: Literal["mean", "cls", "query"] = Field("mean", description="mean over latents (paper), a CLS latent, or a Perceiver IO query")
+    output: Literal["mean", "cls", "query"] = Field("mean", description="classify: mean over latents (paper), a CLS latent, or a Perceiver IO query")
+    decoder_dim: Optional[int] = Field(None, gt=0, description="segment/masked_image: channels of the output queries of the Perceiver IO decoder (default latent_dim)")
+    decoder_heads: int = Field(1, gt=0, description="segment/masked_image: heads of the decoder's cross-attention to the latents")
+    decoder_chunk: Optional[int] = Field(None, gt=0, description="segment/masked_image: decode this many output queries at a time (the same outputs in less memory, e.g. a large mask at inference); null = all at once")
+
+
+class TaskConfig(Section):
+    name: Literal["classify", "segment", "masked_image"] = Field("classify", description="what is learned: classify = one label per sample; segment = one label per pixel (a prepared dataset with masks, e.g. prepare knee-seg); masked_image = masked image modelling without labels (MAE), to pretrain an encoder for train.init")
+    output_stride: int = Field(1, gt=0, description="segment: each output query predicts an s x s block of pixels (1 = one query per pixel, as Perceiver IO; 4 = 16x fewer queries)")
+    query_pixels: bool = Field(True, description="segment: each output query also carries the input pixels of its block (as Perceiver IO's optical-flow queries carry the input): sharp boundaries; false = positions only")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="masked_image: share of the patches hidden from the encoder and reconstructed (MAE: 0.75)")
+    dice_weight: float = Field(1.0, ge=0, description="segment: weight of the soft Dice loss added to the per-pixel cross-entropy (keeps thin structures from drowning in background); 0 = cross-entropy only")
+    norm_pix_loss: bool = Field(True, description="masked_image: reconstruct each patch's pixels normalised by its own mean and std (MAE's better targets)")
 
 
 class AugmentConfig(Section):
@@ -120,16 +132,35 @@ class TrainConfig(Section):
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights (e.g. 0.99, updated every step); validation, best.pt/last.pt and perceiver eval use the averaged weights, resume continues both")
-    best_metric: Literal["val_accuracy", "val_loss", "last"] = Field("val_accuracy", description="which epoch best.pt (what perceiver eval reads) keeps: highest val accuracy, lowest val loss, or simply the last one (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance)")
+    best_metric: Literal["val_accuracy", "val_loss", "val_dice", "last"] = Field("val_accuracy", description="which epoch best.pt (what perceiver eval reads) keeps: highest val accuracy, lowest val loss, highest val mean Dice (segment: its default), or simply the last one (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance); masked_image defaults to val_loss")
+    init: Optional[str] = Field(None, description="start from another run's weights (runs/<name> or a .pt): every parameter of the encoder (and any other part) whose name and shape match is loaded, e.g. a masked_image run's encoder to fine-tune a classifier")
     name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
     runs_dir: str = Field("runs", description="where run directories are created")
 
 
 class Recipe(Section):
+    task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _task_defaults(self):
+        """best.pt keeps what the task measures best, unless the recipe says otherwise."""
+        if "best_metric" not in self.train.model_fields_set and self.task.name != "classify":
+            default = {"segment": "val_dice", "masked_image": "val_loss"}[self.task.name]
+            object.__setattr__(self.train, "best_metric", default)
+        if self.train.best_metric in ("val_accuracy", "val_dice") and self.task.name == "masked_image":
+            raise ValueError(f"train.best_metric={self.train.best_metric}: a masked_image run measures only its "
+                             f"reconstruction loss; use val_loss or last")
+        if self.train.save_attention_maps and self.task.name != "classify":
+            raise ValueError(f"train.save_attention_maps: attention captures label their probe samples by class, "
+                             f"which task.name={self.task.name} has not; set it to false")
+        if self.train.best_metric == "val_dice" and self.task.name != "segment":
+            raise ValueError("train.best_metric=val_dice is measured by task.name=segment only; use val_accuracy, "
+                             "val_loss or last")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self):

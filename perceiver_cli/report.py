@@ -42,6 +42,8 @@ class ReportResult:
 
 
 def summarise(rows: list[dict], run_dir: Path) -> dict:
+    nan = float("nan")  # a masked_image run measures no accuracy: its accuracy figures stay empty
+    rows = [{"train_accuracy": nan, "val_accuracy": nan, **row} for row in rows]
     first, last = rows[0], rows[-1]
     val = [r["val_accuracy"] for r in rows if r["val_accuracy"] == r["val_accuracy"]]
     best = max(rows, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)

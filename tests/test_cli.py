@@ -117,7 +117,8 @@ def test_prepare_alone_lists_the_datasets_and_the_image_folder_fallback(cli, arg
     (["modelnet40", "--size", "8x8"], "`prepare akoa`"),  # today's options of other datasets
     (["akoa", "--points=100"], "`prepare modelnet40` only"),
     (["digits", "--seed", "3"], "`prepare NAME` (an image folder)"),
-    (["flowers", "--slices", "4"], "`prepare akoa` only"),
+    (["flowers", "--slices", "4"], "`prepare akoa`, `prepare knee-seg`"),
+    (["flowers", "--axis", "1"], "`prepare akoa` only"),
 ])
 def test_prepare_refuses_an_option_of_another_dataset_naming_who_takes_it(cli, workdir, args, taken_by):
     message = assert_user_error(cli("prepare", *args))

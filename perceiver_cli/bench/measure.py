@@ -113,12 +113,16 @@ def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf1
     if mode == "train":
         from ..engine.step import TrainStep
         from ..recipe import OptimConfig
+        from ..tasks.classify import classification_loss
+
+        def loss(logits, target):  # the classification task's, without label smoothing or mixup
+            return classification_loss(logits.float(), target[0], None, 1.0, 0.0), (logits.argmax(1) == target[0]).sum()
 
         train_step = TrainStep(model, [p for group in optimizer.param_groups for p in group["params"]], optimizer,
-                               optim_config=OptimConfig(name="adamw"), device=device, bf16=bf16)
+                               loss=loss, optim_config=OptimConfig(name="adamw"), device=device, bf16=bf16)
 
         def step():
-            train_step(x, y)
+            train_step((x,), (y,), len(y))
     else:
         def step():
             with torch.no_grad(), autocast(device, bf16):

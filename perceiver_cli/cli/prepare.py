@@ -99,30 +99,6 @@ def _set_slicing(options, slices: Optional[str], size: Optional[str], split: Opt
         options.split = parse_split(split)
 
 
-class _PixelLabels:
-    """A split's label masks as the summary table counts them: as many as the slices, their values every pixel."""
-
-    def __init__(self, y):
-        self.y = y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.y.reshape(-1)
-
-
-def _summary_view(result):
-    """What tables.prepared is shown: a mask dataset's splits with their labels counted per pixel."""
-    from dataclasses import replace
-
-    from ..data.prepared import Split, is_mask
-
-    if not is_mask(result.target):
-        return result
-    return replace(result, splits={name: Split(s.x, _PixelLabels(s.y), s.extra) for name, s in result.splits.items()})
-
-
 def _prepare(dataset: str, source: Optional[Path], out: Optional[Path], **reading) -> None:
     """Read `source` with the dataset's reader and write it to `out` atomically; print what was prepared."""
     from ..data import prepared
@@ -135,7 +111,7 @@ def _prepare(dataset: str, source: Optional[Path], out: Optional[Path], **readin
     started = time.perf_counter()
     result = read_source(dataset, source, **reading)
     prepared.write(result, out)
-    tables.prepared(_summary_view(result), out, time.perf_counter() - started)
+    tables.prepared(result, out, time.perf_counter() - started)
 
 
 @app.command("digits", cls=DatasetCommand)

@@ -14,15 +14,27 @@ from ..console import console, err_console, info
 def prepared(result, out: Path, seconds: float) -> None:
     table = Table(title=f"{result.name} → {out}", header_style="bold")
     by_patient = all("patients" in split.extra for split in result.splits.values())
-    for column in ("split", "samples", "shape") + (("patients", "volumes") if by_patient else ()) + tuple(result.classes if by_patient else ()):
+    masks = (getattr(result, "target", None) or {}).get("kind") == "mask"  # labels per pixel: shares below
+    per_class = by_patient and not masks
+    for column in ("split", "samples", "shape") + (("patients", "volumes") if by_patient else ()) + tuple(result.classes if per_class else ()):
         table.add_column(column, justify="left" if column in ("split", "shape") else "right")
     for name, split in result.splits.items():
         row = [name, f"{len(split.y):,}", " × ".join(map(str, split.x.shape[1:]))]
         if by_patient:  # patients / volumes / slices per split and class
-            counts = np.bincount(split.y, minlength=len(result.classes))
-            row += [str(len(split.extra["patients"])), str(split.extra["volumes"]), *(f"{n:,}" for n in counts)]
+            row += [str(len(split.extra["patients"])), str(split.extra["volumes"])]
+        if per_class:
+            row += [f"{n:,}" for n in np.bincount(split.y, minlength=len(result.classes))]
         table.add_row(*row)
     info(table)
+    if masks:
+        pixels = sum(np.bincount(np.asarray(split.y).reshape(-1), minlength=len(result.classes))
+                     for split in result.splits.values())
+        shares = Table(title="pixels per label", header_style="bold")
+        shares.add_column("label")
+        shares.add_column("share", justify="right")
+        for name, count in zip(result.classes, pixels):
+            shares.add_row(name, f"{count / max(pixels.sum(), 1):.3%}")
+        info(shares)
     info(f"{len(result.classes)} classes: {', '.join(result.classes[:12])}{' …' if len(result.classes) > 12 else ''}")
     if by_patient:
         overlap = result.source.get("patients_in_several_splits", [])
@@ -41,7 +53,7 @@ def prepared(result, out: Path, seconds: float) -> None:
 def trained(result) -> None:
     best = result.best
     if best and best["metric"] == "last":
-        accuracy = result.rows[-1]["val_accuracy"]
+        accuracy = result.rows[-1].get("val_accuracy", float("nan"))
         shown = f" · val_accuracy {accuracy:.2%}" if accuracy == accuracy else ""
         console.print(f"best.pt is the last epoch ({best['epoch']}){shown} · {result.run_dir}", highlight=False)
     elif best and best["value"] == best["value"]:
@@ -54,6 +66,10 @@ def trained(result) -> None:
 
 def evaluation(result) -> None:
     report = result.report
+    if report.get("task") == "segment":
+        return segmentation(result)
+    if report.get("task") == "masked_image":
+        return reconstruction(result)
     loss = report["loss"]
     shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
     console.print(
@@ -76,6 +92,34 @@ def evaluation(result) -> None:
         for name, counts in zip(classes, report["confusion_matrix"]):
             matrix.add_row(name, *map(str, counts))
         info(matrix)
+    info(f"wrote {result.json_path} and {result.png_path}")
+
+
+def segmentation(result) -> None:
+    report = result.report
+    console.print(
+        f"[bold]{report['evaluated_on']}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
+        f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
+        f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint", highlight=False)
+    per_class = Table(title="per class", header_style="bold")
+    for column in ("class", "Dice", "IoU", "pixels", "predicted"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    figure = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731  NaN: neither present nor predicted
+    for row in report["per_class"]:
+        per_class.add_row(row["class"], figure(row["dice"]), figure(row["iou"]), f"{row['pixels']:,}",
+                          f"{row['predicted_pixels']:,}")
+    info(per_class)
+    info(f"wrote {result.json_path} and {result.png_path}")
+
+
+def reconstruction(result) -> None:
+    report = result.report
+    ratio = report["loss_over_baseline"]
+    console.print(
+        f"[bold]{report['evaluated_on']}[/]: reconstruction loss [bold]{report['loss']:.4f}[/] on the hidden "
+        f"{report['mask_ratio']:.0%} of the patches · patch-mean baseline {report['baseline_loss']:.4f}"
+        + (f" ({ratio:.2f}× of it)" if ratio is not None else "")
+        + f" · {report['samples']:,} samples · epoch {report['epoch']} checkpoint", highlight=False)
     info(f"wrote {result.json_path} and {result.png_path}")
 
 

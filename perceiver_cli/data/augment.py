@@ -43,10 +43,12 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def random_affine(images: torch.Tensor, degrees: float, scale: float, translate: float, mode: str,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, label_channels: int = 0) -> torch.Tensor:
     """Rotate by up to +-degrees, scale by a factor in [1 - scale, 1 + scale] and shift by up to
     +-translate of the image size, per sample, with bilinear resampling (sub-pixel shifts: on
-    small images such as 8x8 digits a whole-pixel shift is already a large change)."""
+    small images such as 8x8 digits a whole-pixel shift is already a large change). The last
+    `label_channels` channels are label maps: moved by the same transform, nearest-neighbour (a
+    label is never interpolated)."""
     b, h, w, _ = images.shape
 
     def uniform() -> torch.Tensor:  # B values in [-1, 1]
@@ -59,15 +61,22 @@ def random_affine(images: torch.Tensor, degrees: float, scale: float, translate:
     x = images.permute(0, 3, 1, 2).float()
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     padding = "reflection" if mode == "reflect" else "zeros"
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    colours = x.shape[1] - label_channels
+    out = F.grid_sample(x[:, :colours], grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    if label_channels:  # zeros padding brings in label 0, the background
+        labels = F.grid_sample(x[:, colours:], grid, mode="nearest", padding_mode=padding, align_corners=False)
+        out = torch.cat([out, labels], dim=1)
     out = out.permute(0, 2, 3, 1)
     return out.round_().clamp_(0, 255).to(images.dtype) if images.dtype == torch.uint8 else out.to(images.dtype)
 
 
-def augment_images(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+def augment_images(images: torch.Tensor, config, generator: torch.Generator, label_channels: int = 0) -> torch.Tensor:
+    """The recipe's image augmentations on a uint8 batch (B H W C). The last `label_channels`
+    channels are per-pixel labels that move with the image (segmentation masks): crops and flips
+    index every channel alike, and the affine resamples them nearest-neighbour."""
     if config.affine_degrees or config.affine_scale or config.affine_translate:
         images = random_affine(images, config.affine_degrees, config.affine_scale, config.affine_translate,
-                               config.padding_mode, generator)
+                               config.padding_mode, generator, label_channels)
     if config.random_crop_padding:
         images = random_crop(images, config.random_crop_padding, config.padding_mode, generator)
     if config.horizontal_flip:

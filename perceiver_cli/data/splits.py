@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import prepared
 
 
@@ -13,7 +15,9 @@ def split_train_val_rows(dataset: prepared.PreparedDataset, val_fraction: float,
     if "val" in dataset.splits:
         val = dataset.splits["val"]
         return (train.x, train.y, None), (val.x, val.y, None)
-    keep, held = prepared.stratified_holdout(train.y, val_fraction, seed)
+    # per-pixel labels (masks) have no class per sample to stratify on: a plain seeded share
+    labels = train.y if train.y.ndim == 1 else np.zeros(len(train.y), dtype=np.int64)
+    keep, held = prepared.stratified_holdout(labels, val_fraction, seed)
     return (train.x, train.y, keep), (train.x, train.y, held)
 
 

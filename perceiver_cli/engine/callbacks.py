@@ -195,7 +195,11 @@ def default_callbacks(trainer, probe: tuple | None) -> list[Callback]:
     return callbacks
 
 
+LOG_FIGURES = (("train_loss", "train_loss"), ("train_accuracy", "train_acc"), ("val_loss", "val_loss"),
+               ("val_accuracy", "val_acc"), ("val_dice", "val_dice"), ("val_baseline", "val_baseline"))
+
+
 def epoch_line(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
-            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.3e} "
+    figures = " ".join(f"{name} {row[key]:.4f}" for key, name in LOG_FIGURES if key in row)
+    return (f"epoch {row['epoch']}/{epochs} {figures} lr {row['lr']:.3e} "
             f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")

@@ -16,6 +16,8 @@ COLUMNS = [
     ("train_accuracy", "train acc", "{:.2%}"),
     ("val_loss", "val loss", "{:.4f}"),
     ("val_accuracy", "val acc", "{:.2%}"),
+    ("val_dice", "val dice", "{:.4f}"),  # segment: mean Dice over the foreground classes
+    ("val_baseline", "baseline", "{:.4f}"),  # masked_image: the loss of predicting each patch's mean
     ("lr", "lr", "{:.2e}"),
     ("samples_per_s", "samples/s", "rate"),
     ("epoch_time_s", "time", "{:.1f}s"),
@@ -33,12 +35,19 @@ def format_value(fmt: str, value) -> str:
     return format_rate(value) if fmt == "rate" else fmt.format(value)
 
 
+def shown_columns(rows: list[dict]) -> list[tuple]:
+    """The columns a task's rows have (every classification row has the same eight)."""
+    return [column for column in COLUMNS if column[0] in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s",
+                                                            "epoch_time_s") or any(column[0] in row for row in rows)]
+
+
 def epoch_table(rows: list[dict], title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
-    for _, header, _ in COLUMNS:
+    columns = shown_columns(rows)
+    for _, header, _ in columns:
         table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(*(format_value(fmt, row.get(key)) for key, _, fmt in COLUMNS))
+        table.add_row(*(format_value(fmt, row.get(key)) for key, _, fmt in columns))
     return table
 
 
@@ -83,7 +92,8 @@ class TrainingDisplay:
 
     def step(self, loss: float, accuracy: float, rate: float) -> None:
         if self.live_mode and self.task is not None:
-            stats = f"loss {loss:.4f}  acc {accuracy:.2%}  {format_rate(rate)} samples/s"
+            shown = "" if accuracy is None else f"acc {accuracy:.2%}  "
+            stats = f"loss {loss:.4f}  {shown}{format_rate(rate)} samples/s"
             self.progress.update(self.task, advance=1, stats=stats)
 
     def advance(self) -> None:
@@ -95,5 +105,5 @@ class TrainingDisplay:
         if self.live_mode:
             self.live.update(self._render())
         elif not self.quiet:
-            parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in COLUMNS[1:]]
+            parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in shown_columns([row])[1:]]
             console.print(f"epoch {row['epoch']}/{self.total_epochs}  " + "  ".join(parts), highlight=False, soft_wrap=True)

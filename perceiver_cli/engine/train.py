@@ -22,19 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..data import prepared
-from ..data.augment import augment_images, augment_points, mix, subsample_points
 from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
 from ..data.splits import split_train_val_rows
 from ..errors import UserError
-from ..model import build_model, count_parameters
+from ..model import count_parameters
 from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
 from ..runs import checkpoint
 from ..runs.directory import create_run_dir, remove_unsaved
 from ..runs.files import remove_stale_temporaries, write_text
 from ..runs.metrics import restored_rows, sync_metrics
+from ..tasks import build_task, take
 from .callbacks import Callback, default_callbacks
 from .dist import DistContext, launched_by_torchrun
 from .graphs import training_forward
@@ -86,9 +85,16 @@ class Trainer:
         self.val_data = make_loader(self.residency, val_x, val_y, t.eval_batch_size, t.seed, self.device,
                                     self.dist.rank, self.dist.world, rows=val_rows)
         self.transform = InputTransform(dataset.input_spec, dataset.normalization, self.device, recipe.data)
-        self.input_kind = dataset.input_spec["kind"]
+        self.task = build_task(recipe, dataset, self.transform)
 
-        self.model = build_model(recipe.model, dataset.input_spec, len(dataset.classes)).to(self.device)
+        self.model = self.task.build_model()
+        self.init_note = None
+        if t.init and resume_state is None:  # start from another run's weights (matched by name)
+            from ..runs.trained import init_weights
+            count, fresh = init_weights(self.model, t.init)
+            self.init_note = (f"init: {count} tensors from {t.init}; {len(fresh)} left as initialised"
+                              + (f" ({', '.join(sorted({n.split('.')[0] for n in fresh}))})" if fresh else ""))
+        self.model = self.model.to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         self.parameters = count_parameters(self.model)
         self.steps_per_epoch = math.ceil(self.train_count / t.batch_size)
@@ -107,7 +113,7 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
         self.step = TrainStep(self.forward, self.model.parameters(), self.optimizer, self.scheduler, self.ema,
-                              optim_config=recipe.optim, device=self.device, bf16=self.bf16, grad_accum=t.grad_accum,
+                              loss=self.task.loss, optim_config=recipe.optim, device=self.device, bf16=self.bf16, grad_accum=t.grad_accum,
                               world=self.dist.world, ema_source=self.model)
 
         self.start_epoch, self.best, self.rows, self.position = 1, None, [], None
@@ -119,7 +125,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         if self.dist.is_main:
             probe = None  # the fixed samples whose attention is captured
-            if t.save_attention_maps or t.tensorboard:
+            if (t.save_attention_maps or t.tensorboard) and self.task.name == "classify":
                 from .capture import probe_samples
                 x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
                 x, y = (x, y) if rows is None else (x[rows], y[rows])
@@ -172,23 +178,12 @@ class Trainer:
             "config": self.recipe.to_dict(),
             "dataset": self.dataset.name,
             "classes": list(self.dataset.classes),
+            "target": getattr(self.dataset, "target", None) or {"kind": "class"},
             "input_spec": self.dataset.input_spec,
             "normalization": self.dataset.normalization,
         }
 
     # --- loop -------------------------------------------------------------------------------------
-
-    def training_inputs(self, stored: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A stored batch -> augmented model inputs. Images are augmented as uint8 (a crop is
-        indexing); point clouds after scaling, so scale/jitter amounts mean the same for any data."""
-        data = self.recipe.data
-        if self.input_kind == "image":
-            return self.transform(augment_images(stored, data.augment, generator))
-        if self.input_kind == "points":
-            if data.num_points:
-                stored = subsample_points(stored, data.num_points, generator)
-            return augment_points(self.transform(stored), data.augment, generator)
-        return self.transform(stored)
 
     def _emit(self, moment: str, *args) -> None:
         for callback in self.callbacks:
@@ -197,7 +192,8 @@ class Trainer:
     def begin(self, notes: list[str]) -> None:
         """The run is set up: the callbacks write config.yaml and `notes` (with the choices made for
         the user, and why) to train.log."""
-        notes = list(notes) + [f"data: {self.residency_reason}"] + ([self.graphs_note] if self.graphs_note else [])
+        notes = list(notes) + [f"data: {self.residency_reason}"]
+        notes += [note for note in (self.graphs_note, self.init_note) if note]
         self._emit("run_start", notes)
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -219,18 +215,18 @@ class Trainer:
         start = time.perf_counter()
         with batches:
             for step, (stored, y, _) in enumerate(batches, start=first):
-                x = self.training_inputs(stored, generator)
-                x, partner, weight = mix(x, self.recipe.data.augment.mixup, generator)
+                inputs, target = self.task.train_batch(stored, y, generator)  # the global batch, augmented
                 part = rank_part(len(y), rank, world)
-                y_mixed = None if partner is None else y[partner][part]
-                loss_sum, correct = self.step(x[part], y[part], y_mixed, weight, global_count=len(y))
-                sums[:2] += torch.stack([loss_sum.double(), correct.double()])
+                loss_sum, metric = self.step(take(inputs, part), take(target, part), part.stop - part.start,
+                                             global_count=len(y))
+                sums[:2] += torch.stack([loss_sum.double(), metric])
                 sums[2] += part.stop - part.start  # a scalar argument: no tensor made and copied each step
                 if step % 10 == 0 or step == total - 1:  # a sync every 10 steps, not every step
                     loss_now, accuracy_now, seen = self._totals(sums)
                     if not math.isfinite(loss_now):
                         self._diverged(epoch)
-                    self._emit("step_end", (loss_now, accuracy_now, seen / (time.perf_counter() - start)))
+                    self._emit("step_end", (loss_now, accuracy_now if self.task.metric else None,
+                                            seen / (time.perf_counter() - start)))
                 else:
                     self._emit("step_end", None)
                 if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and step + 1 < total:
@@ -238,11 +234,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        train_loss, train_accuracy, seen = self._totals(sums)
+        train_loss, train_metric, seen = self._totals(sums)
         if not math.isfinite(train_loss):
             self._diverged(epoch)
-        return {"train_loss": train_loss, "train_accuracy": train_accuracy,
-                "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
+        row = {"train_loss": train_loss}
+        if self.task.metric:
+            row[f"train_{self.task.metric}"] = train_metric
+        return {**row, "samples_per_s": seen / elapsed, "epoch_time_s": elapsed}
 
     def _save_position(self, epoch: int, step: int, sums: torch.Tensor, generator: torch.Generator) -> None:
         """last.pt inside an epoch: the weights after `step` steps, and all a resumed epoch needs to see
@@ -288,23 +286,22 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _validate(self) -> tuple[float, float]:
-        """(loss, accuracy) on the validation data: each rank its shard, the sums added over ranks."""
+    def _validate(self) -> dict:
+        """The task's validation figures (val_loss, ...): each rank its shard, the sums added over ranks."""
         if self.val_count == 0:
-            return float("nan"), float("nan")
+            return self.task.empty_row()
         model = self.ema.module if self.ema is not None else self.local_forward  # compiled when asked
         was_training = model.training
         model.eval()
-        sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, correct
+        sums = torch.zeros(self.task.eval_size(), device=self.device, dtype=torch.float64)
         with self.val_data.in_order(self.recipe.train.eval_batch_size) as batches:
-            for stored, y, _ in batches:
+            for stored, y, index in batches:
+                inputs, target = self.task.eval_batch(stored, y, index)
                 with autocast(self.device, self.bf16):
-                    logits = model(self.transform(stored)).float()
-                sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                     (logits.argmax(1) == y).sum().double()])
+                    output = model(*inputs)
+                sums += self.task.eval_sums(output, target)
         model.train(was_training)
-        loss, correct = self.dist.sum(sums).tolist()
-        return loss / self.val_count, correct / self.val_count
+        return self.task.eval_row(self.dist.sum(sums).cpu(), self.val_count)
 
     def _improved(self, row: dict) -> bool:
         key = self.recipe.train.best_metric
@@ -315,7 +312,7 @@ class Trainer:
             return True
         if self.best is None:
             return True
-        return value > self.best["value"] if key == "val_accuracy" else value < self.best["value"]
+        return value < self.best["value"] if key == "val_loss" else value > self.best["value"]
 
     def fit(self) -> TrainResult:
         try:
@@ -338,8 +335,7 @@ class Trainer:
         started = time.perf_counter() - (self.rows[-1]["elapsed_s"] if self.rows else 0.0)
         self._emit("fit_start")
         for epoch in range(self.start_epoch, t.epochs + 1):
-            row = {"epoch": epoch, **self._train_epoch(epoch)}
-            row["val_loss"], row["val_accuracy"] = self._validate()
+            row = {"epoch": epoch, **self._train_epoch(epoch), **self._validate()}
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["elapsed_s"] = time.perf_counter() - started
             row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}

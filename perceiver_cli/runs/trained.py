@@ -4,6 +4,7 @@ its dataset (the split it validated on, or another), for eval, attention and lat
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -11,9 +12,20 @@ import torch
 from ..data.sources import load_for_recipe
 from ..data.splits import split_train_val
 from ..errors import UserError
-from ..model import build_model
 from ..recipe import recipe_from_dict
+from ..tasks import build_task
 from . import checkpoint
+
+
+def described_dataset(state: dict) -> SimpleNamespace:
+    """What a checkpoint says of the data it was trained on: enough to build its task's model."""
+    return SimpleNamespace(name=state["dataset"], classes=state["classes"], input_spec=state["input_spec"],
+                           normalization=state.get("normalization"), target=state.get("target") or {"kind": "class"})
+
+
+def build_trained_model(recipe, state: dict):
+    """The model of the checkpoint's task (classify for checkpoints from before tasks), untrained."""
+    return build_task(recipe, described_dataset(state), transform=None).build_model()
 
 
 def load_trained(target: Path, device: torch.device, prefer: str = "best"):
@@ -22,7 +34,7 @@ def load_trained(target: Path, device: torch.device, prefer: str = "best"):
     loaded = checkpoint.load_run(target, prefer)
     state = loaded.state
     recipe = recipe_from_dict(state["config"], source=str(loaded.path))
-    model = build_model(recipe.model, state["input_spec"], len(state["classes"]))
+    model = build_trained_model(recipe, state)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -51,3 +63,35 @@ def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:  # RGB -> luminance (ITU-R 601), as PIL's convert("L")
         return np.round(x[..., :3] @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
     return np.repeat(x, channels, axis=-1)
+
+
+ENCODER = ("adapter.", "latents", "cross_blocks.", "latent_blocks.")  # PerceiverEncoder's parameters
+
+
+def init_weights(model: torch.nn.Module, source: str) -> tuple[int, list[str]]:
+    """train.init: start `model` from `source`'s weights (a run directory's best checkpoint, or a .pt),
+    e.g. a masked_image run's encoder for a classifier. The encoder must be the same (every tensor,
+    name and shape: another architecture is refused); of the rest (decoders, heads), what has the
+    same name and shape is copied and what differs stays as initialised. Returns (tensors loaded,
+    names left as initialised)."""
+    if not (Path(source).is_dir() or Path(source).is_file()):
+        raise UserError(f"train.init={source}: no such run directory or checkpoint; give runs/<name> or a .pt file")
+    loaded = checkpoint.load_run(Path(source), prefer="best")
+    weights = loaded.state.get("training_model", loaded.state["model"])
+    own = model.state_dict()
+    encoder = lambda names: {n for n in names if n.startswith(ENCODER)}  # noqa: E731
+    differ = sorted(encoder(own) ^ encoder(weights))
+    differ += [f"{name} {list(weights[name].shape)} vs {list(own[name].shape)}"
+               for name in sorted(encoder(own) & encoder(weights)) if weights[name].shape != own[name].shape]
+    if differ:
+        raise UserError(f"train.init={source}: its encoder is of another architecture ({differ[0]}"
+                        f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}); give the model.* settings of "
+                        f"that run (see its config.yaml) or another train.init")
+    shared = [name for name in own if name in weights and weights[name].shape == own[name].shape]
+    model.load_state_dict({name: weights[name] for name in shared}, strict=False)
+    return len(shared), [name for name in own if name not in shared]
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run directory a checkpoint belongs to (where eval writes its files)."""
+    return checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent

@@ -1,5 +1,5 @@
-"""`perceiver eval`: accuracy, loss, per-class precision/recall/F1 and the confusion matrix of a
-trained checkpoint, on a split of its prepared dataset or on any labelled image folder / zip."""
+"""`perceiver eval` of a classifier: accuracy, loss, per-class precision/recall/F1 and the confusion
+matrix of a trained checkpoint, on a split of its prepared dataset or on any labelled image folder / zip."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from .engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, resolve_device, use_bf16
-from .errors import UserError
-from .runs.files import save_figure, write_json
-from .runs.trained import load_trained, match_channels, split_samples
+from ..engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, use_bf16
+from ..errors import UserError
+from ..runs.files import save_figure, write_json
+from ..runs.trained import match_channels, run_dir_of, split_samples
 
 
 @dataclass
@@ -25,7 +25,7 @@ class EvalResult:
 
 def folder_samples(data: Path, state: dict) -> tuple[np.ndarray, np.ndarray]:
     """All images of a labelled folder/zip, resized to the model's input, labels in the model's class order."""
-    from .data.imagefolder import read_image_folder
+    from ..data.imagefolder import read_image_folder
 
     if state["input_spec"]["kind"] != "image":
         raise UserError(f"--data {data}: this model reads {state['input_spec']['kind']}, not images")
@@ -81,24 +81,29 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path
     save_figure(fig, path, dpi=100)
 
 
-def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
-             device: str = "auto") -> EvalResult:
-    torch_device = resolve_device(device)
-    model, recipe, loaded = load_trained(Path(target), torch_device)
-    checkpoint_path, state = loaded.path, loaded.state
-    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
+def samples_to_evaluate(recipe, state: dict, split: str | None, data: Path | None, read_data):
+    """(x, y, file tag, description) of a split of the run's dataset, or of --data (read_data() reads it)."""
     if data is not None:
-        x, y = folder_samples(Path(data), state)
+        x, y = read_data()
         tag, described = f"data-{Path(data).stem}", str(data)
     else:
         x, y, split = split_samples(recipe, state, split)
         tag, described = split, f"{state['dataset']} {split} split"
     if len(y) == 0:
         raise UserError(f"{described}: no samples to evaluate")
+    return x, y, tag, described
+
+
+def evaluate_classifier(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
+                        torch_device: torch.device) -> EvalResult:
+    checkpoint_path, state = loaded.path, loaded.state
+    run_dir = run_dir_of(checkpoint_path)
+    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: folder_samples(Path(data), state))
     transform = InputTransform(state["input_spec"], state["normalization"], torch_device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, torch_device)
     logits = predict(model, as_tensor(x, torch_device), transform, batch_size, bf16, torch_device)
     report = {
+        "task": "classify",
         "checkpoint": str(checkpoint_path),
         "epoch": state["epoch"],
         "evaluated_on": described,
@@ -108,6 +113,5 @@ def evaluate(target: Path, split: str | None = None, data: Path | None = None, b
     png_path = run_dir / f"confusion_{tag}.png"
     write_json(json_path, report)
     plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}", png_path)
-    loaded.tell()
     return EvalResult(report, json_path, png_path)
 

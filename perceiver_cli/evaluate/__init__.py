@@ -1,0 +1,29 @@
+"""`perceiver eval`: a trained run measured the way its task is measured (classify: accuracy and a
+confusion matrix; segment: Dice and IoU per class with overlays; masked_image: reconstruction loss
+against the patch-mean baseline, with reconstructions), written as JSON and PNG into the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..engine.runtime import resolve_device
+from ..runs.trained import load_trained
+from .classify import EvalResult, evaluate_classifier, folder_samples, metrics, plot_confusion
+
+
+def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
+             device: str = "auto") -> EvalResult:
+    torch_device = resolve_device(device)
+    model, recipe, loaded = load_trained(Path(target), torch_device)
+    if recipe.task.name == "segment":
+        from .segment import evaluate_segmentation as run
+    elif recipe.task.name == "masked_image":
+        from .masked import evaluate_reconstruction as run
+    else:
+        run = evaluate_classifier
+    result = run(model, recipe, loaded, split, data, batch_size, torch_device)
+    loaded.tell()
+    return result
+
+
+__all__ = ["EvalResult", "evaluate", "folder_samples", "metrics", "plot_confusion"]

@@ -1,0 +1,98 @@
+"""Segmentation: one label per pixel (a prepared dataset with masks, e.g. `prepare knee-seg`).
+
+Perceiver IO's dense decoder (model/perceiver_io.py); the loss is per-pixel cross-entropy plus a
+soft Dice term (task.dice_weight) so that thin structures (cartilage) are not drowned by the
+background; metrics are pooled over all pixels of the split: per-class Dice 2|P∩T| / (|P| + |T|)
+and IoU |P∩T| / |P∪T|, mean Dice over the foreground classes, pixel accuracy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.augment import augment_images
+from ..model.perceiver_io import DensePerceiver
+from .base import Task
+
+
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - mean over foreground classes of the soft Dice of softmax(logits) (B H W K) and y (B H W)."""
+    probabilities = logits.softmax(-1)[..., 1:]
+    truth = F.one_hot(y, logits.shape[-1])[..., 1:].to(probabilities.dtype)
+    intersection = (probabilities * truth).sum((0, 1, 2))
+    total = probabilities.sum((0, 1, 2)) + truth.sum((0, 1, 2))
+    return 1 - ((2 * intersection + 1) / (total + 1)).mean()
+
+
+def confusion_counts(predicted: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """(3, K) float64: per class |P∩T|, |P|, |T| in pixels."""
+    predicted, y = predicted.reshape(-1), y.reshape(-1)
+    both = torch.bincount(y[predicted == y], minlength=classes)
+    return torch.stack([both, torch.bincount(predicted, minlength=classes),
+                        torch.bincount(y, minlength=classes)]).double()
+
+
+def dice_and_iou(counts: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-class Dice and IoU from confusion_counts (summed over batches); NaN for a class that is
+    neither predicted nor present."""
+    both, predicted, truth = counts
+    union = predicted + truth - both
+    dice = torch.where(predicted + truth > 0, 2 * both / (predicted + truth), float("nan"))
+    iou = torch.where(union > 0, both / union, float("nan"))
+    return dice.tolist(), iou.tolist()
+
+
+def mean_foreground(values: list[float]) -> float:
+    present = [v for v in values[1:] if v == v]
+    return sum(present) / len(present) if present else float("nan")
+
+
+class SegmentTask(Task):
+    name = "segment"
+
+    def __init__(self, recipe, dataset, transform):
+        super().__init__(recipe, dataset, transform)
+        self.classes = len(dataset.classes)
+
+    def build_model(self):
+        task = self.recipe.task
+        return DensePerceiver(self.recipe.model, self.dataset.input_spec, self.classes, task.output_stride,
+                              task.query_pixels)
+
+    def train_batch(self, stored, labels, generator):
+        # the mask rides along as one more uint8 channel, so every augmentation moves it with the image
+        both = augment_images(torch.cat([stored, labels[..., None].to(stored.dtype)], dim=-1), self.recipe.data.augment,
+                              generator, label_channels=1)
+        return (self.transform(both[..., :-1]),), (both[..., -1].long(),)
+
+    def eval_batch(self, stored, labels, index):
+        return (self.transform(stored),), (labels.long(),)
+
+    def loss(self, logits, target):
+        (y,) = target
+        logits = logits.float()
+        loss = F.cross_entropy(logits.permute(0, 3, 1, 2), y, label_smoothing=self.recipe.optim.label_smoothing)
+        if self.recipe.task.dice_weight:
+            loss = loss + self.recipe.task.dice_weight * soft_dice_loss(logits, y)
+        return loss, (logits.argmax(-1) == y).float().mean((1, 2)).sum()
+
+    def eval_sums(self, logits, target):
+        (y,) = target
+        logits = logits.float()
+        loss = F.cross_entropy(logits.permute(0, 3, 1, 2), y, reduction="none").mean((1, 2)).sum()
+        predicted = logits.argmax(-1)
+        accuracy = (predicted == y).float().mean((1, 2)).sum()
+        return torch.cat([torch.stack([loss.double(), accuracy.double()]),
+                          confusion_counts(predicted, y, self.classes).reshape(-1)])
+
+    def eval_size(self):
+        return 2 + 3 * self.classes
+
+    def eval_row(self, sums, count):
+        dice, _ = dice_and_iou(sums[2:].reshape(3, self.classes))
+        return {"val_loss": float(sums[0]) / count, "val_accuracy": float(sums[1]) / count,
+                "val_dice": mean_foreground(dice)}
+
+    def checkpoint_extra(self):
+        return {"classes": list(self.dataset.classes)}
