@@ -170,10 +170,16 @@ def _classes(run_dir: Path) -> list[str]:
 def _trained(run_dir: Path, which: str, device):
     """(model, recipe, checkpoint.Loaded) of best or last (the run's other one if that is damaged) or a .pt file."""
     if which in ("best", "last"):
-        return load_trained(run_dir, device, prefer=which)
-    if not Path(which).is_file():
+        trained = load_trained(run_dir, device, prefer=which)
+    elif not Path(which).is_file():
         raise UserError(f"--checkpoint {which}: no such file; give best, last or a .pt file")
-    return load_trained(Path(which), device)
+    else:
+        trained = load_trained(Path(which), device)
+    task = trained[1].task.name
+    if task != "classify":  # the captures label each probe sample with its class and the model's guess
+        raise UserError(f"{run_dir}: attention maps are drawn for classification runs; this is a task.name={task} "
+                        f"run (see perceiver eval {run_dir} for what it predicts)")
+    return trained
 
 
 def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:

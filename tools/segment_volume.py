@@ -1,0 +1,51 @@
+"""Draw what a segmentation run predicts on a NIfTI volume that has no label map (e.g. a real MR
+scan), as image | prediction for a few sagittal slices, sliced and scaled as `prepare knee-seg`
+slices its images. Until `perceiver predict` exists, this is how to look at a model on a new scan.
+
+    python tools/segment_volume.py runs/knee_seg ../shared/data/knee-mri/dess_sagittal_right_knee.nii.gz \
+        --slices 6 --out dess_overlay.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_cli.data.akoa import _load_nifti, _resize, _to_uint8
+from perceiver_cli.engine.runtime import InputTransform, autocast, resolve_device, use_bf16
+from perceiver_cli.evaluate.segment import plot_overlays
+from perceiver_cli.runs.trained import load_trained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a segmentation run directory (or its checkpoint)")
+    parser.add_argument("volume", help="a NIfTI volume (.nii / .nii.gz)")
+    parser.add_argument("--slices", type=int, default=6, help="evenly spaced slices in the middle 60 %% of the volume")
+    parser.add_argument("--out", default="segment_volume.png")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    model, recipe, loaded = load_trained(Path(args.run), device)
+    state = loaded.state
+    height, width, _ = state["input_spec"]["shape"]
+    path = Path(args.volume)
+    volume = _load_nifti(path.read_bytes(), path.name.lower().endswith(".gz"), None)  # slices, superior-first rows
+    chosen = [int(i) for i in np.linspace(0.2 * (len(volume) - 1), 0.8 * (len(volume) - 1), args.slices).round()]
+    x = np.stack([_resize(s, (height, width)) for s in _to_uint8(volume, chosen)])[..., None]
+    transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
+    with torch.no_grad(), autocast(device, use_bf16(recipe.train.precision, device)):
+        predicted = model(transform(torch.from_numpy(x).to(device))).float().argmax(-1).to(torch.uint8).cpu().numpy()
+    shares = np.bincount(predicted.reshape(-1), minlength=len(state["classes"])) / predicted.size
+    plot_overlays(x, None, predicted, state["classes"], f"{path.name}: slices {chosen}", Path(args.out),
+                  samples=list(range(len(chosen))))
+    print(f"wrote {args.out}; predicted share per label: "
+          + ", ".join(f"{name} {share:.2%}" for name, share in zip(state["classes"], shares)))
+
+
+if __name__ == "__main__":
+    main()
