@@ -1,5 +1,6 @@
 """`perceiver bench`: what one recipe's model costs per step, how that grows with the input, and how
-it compares with lucidrains/perceiver-pytorch in the same process.
+it compares in the same process with lucidrains/perceiver-pytorch (classify recipes) or with
+krasserm/perceiver-io's per-pixel Perceiver IO (segment recipes: dense.py, krasserm.py).
 
 Every figure goes into one JSON document (returned, and written with --json) with the environment.
 """
@@ -21,8 +22,8 @@ from ..engine.optim import build_optimizer
 from ..engine.runtime import cpu_has_bf16_units, keep_freed_memory, resolve_device, use_bf16
 from ..errors import UserError
 from ..model import count_parameters
-from . import lucidrains
-from .flops import forward_flops
+from . import dense, krasserm, lucidrains
+from .flops import Flops, forward_flops
 from .measure import StepTimes, datasheet_peak, peak_above, reset_peak, make_model, make_step, matmul_peak, synthetic_batch, time_alternating, time_steps
 from .memory import OUT_OF_MEMORY, peak_memory_in_fresh_process
 
@@ -33,8 +34,12 @@ KNOWN_INPUTS = {
     "cifar10": {"kind": "image", "shape": [32, 32, 3]},
     "modelnet40": {"kind": "points", "shape": [2048, 3], "coords": 3, "features": 0},
     "akoa": {"kind": "image", "shape": [228, 260, 1]},
+    "knee-seg": {"kind": "image", "shape": [128, 128, 1]},
 }
-KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "modelnet40": 40, "akoa": 2}
+# knee-seg: the OAI label maps' values 0-9 (prepare knee-seg's default --size 128 128)
+KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "modelnet40": 40, "akoa": 2, "knee-seg": 10}
+# what each --compare measures against ours: the task of the recipes it takes
+COMPARE_TASKS = {"lucidrains": "classify", "krasserm": "segment"}
 IMAGE_SWEEP = (32, 64, 128, 256)  # 1k -> 64k pixels
 POINT_SWEEP = (1024, 4096, 16384, 65536)
 
@@ -120,24 +125,41 @@ def _summary(times: StepTimes, batch: int, flops_per_sample: float, peak_flops: 
 
 
 class _Subject:
-    """One model ready to step: ours or lucidrains', with its optimizer and a synthetic batch."""
+    """One model ready to step: ours, lucidrains' or krasserm's, with its optimizer and a synthetic
+    batch. With a segment `task`, the per-pixel model (dense.py) and one label per pixel."""
 
-    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, train_config=None):
+    def __init__(self, which: str, model_config, spec: dict, classes: int, batch: int, device, bf16: bool, train_config=None,
+                 task=None):
         from ..recipe import OptimConfig
 
         self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
-        ours = which == "ours" and train_config is not None  # lucidrains' runs as its users run it
+        self.task = task if task is not None and task.name == "segment" else None
+        ours = which == "ours" and train_config is not None  # theirs runs as its users run it
         self.checkpointing = ours and train_config.activation_checkpointing
-        self.model = make_model(which, model_config, spec, classes, self.checkpointing).to(device).train()
+        if self.task is None:
+            self.model = make_model(which, model_config, spec, classes, self.checkpointing)
+            self.y = torch.zeros(batch, dtype=torch.long, device=device)
+        else:
+            self.model = dense.make_model(which, model_config, self.task, spec, classes, self.checkpointing)
+            self.y = dense.masks(spec, batch, device)
+        self.model.to(device).train()
         self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
-        self.forward = training_forward(self.model, train_config, device, bf16) if ours else self.model
+        outputs = self.model if self.task is None else dense.ClassesFirst(self.model)
+        self.forward = training_forward(outputs, train_config, device, bf16) if ours else outputs
         self.graphed = ours and uses_cuda_graphs(train_config, device)
         self.compiled = ours and train_config.compile
         self.first_call_peak = None
         self.x = synthetic_batch(spec, batch, device)
-        self.y = torch.zeros(batch, dtype=torch.long, device=device)
         self.device = device
+
+    def flops(self) -> Flops:
+        """Per-sample forward FLOPs: ours counted from its shapes (flops.py); a per-pixel model as torch
+        counts it (no `nominal`: flops.py's paper count is the classifier's)."""
+        if self.task is None:
+            return forward_flops(self.model, self.batch, self.device.type)
+        counted = dense.forward_flops(self.model, self.x)
+        return Flops(executed=counted, nominal=None)
 
     def step(self, mode: str):
         return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device)
@@ -166,12 +188,33 @@ class _Subject:
         """CPU only: in a fresh process (see memory.py); on CUDA the timing functions measure it in place."""
         spec = {"which": self.which, "model": self.config.model_dump(), "input_spec": self.spec, "classes": self.classes,
                 "batch": self.batch, "mode": mode, "bf16": self.bf16, "checkpointing": self.checkpointing}
+        if self.task is not None:
+            return dense.peak_memory_in_fresh_process({**spec, "task": self.task.model_dump()})
         return peak_memory_in_fresh_process(spec)
 
 
+def check_compare(recipe, compare: str | None) -> None:
+    """Refuse a --compare that does not fit the recipe's task, before anything is measured."""
+    if compare is None:
+        return
+    task = recipe.task.name
+    if compare not in COMPARE_TASKS:
+        raise UserError(f"--compare {compare!r}: only lucidrains (classify recipes) and krasserm (segment recipes) are supported")
+    if task == "classify" and compare != "lucidrains":
+        raise UserError(f"--compare {compare!r}: only lucidrains is supported for task.name=classify; {compare} is "
+                        f"compared on {COMPARE_TASKS[compare]} recipes, e.g. recipes/knee_seg.yaml")
+    if task == "segment" and compare != "krasserm":
+        raise UserError(f"--compare {compare!r}: lucidrains/perceiver-pytorch has only a classifier, and this recipe's "
+                        f"task.name is segment: compare it with --compare krasserm (a per-pixel Perceiver IO decoder)")
+    if task not in COMPARE_TASKS.values():
+        raise UserError(f"--compare {compare!r}: compares classify recipes (lucidrains) and segment recipes (krasserm); "
+                        f"this recipe's task.name is {task}")
+    if compare == "krasserm":
+        krasserm.check_available()
+
+
 def run_bench(recipe, options: BenchOptions) -> dict:
-    if options.compare not in (None, "lucidrains"):
-        raise UserError(f"--compare {options.compare!r}: only lucidrains is supported")
+    check_compare(recipe, options.compare)
     device = resolve_device(options.device)
     if device.type == "cpu":
         keep_freed_memory()
@@ -187,8 +230,8 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     datasheet = datasheet_peak(device, dtype)
     peak = datasheet or measured  # MFU's denominator
 
-    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train)
-    flops = forward_flops(ours.model, batch, device.type)
+    ours = _Subject("ours", recipe.model, spec, classes, batch, device, bf16, recipe.train, recipe.task)
+    flops = ours.flops()
     document = {
         "recipe": recipe.to_dict(),
         "environment": environment(device, bf16),
@@ -209,8 +252,8 @@ def run_bench(recipe, options: BenchOptions) -> dict:
         ours.include_capture_memory(mode, times)
         document["results"][mode] = _summary(times, batch, per_sample, peak)
         # throughput in the paper's FLOPs (as lucidrains runs them): passes 1.0 where we skip work
-        paper = flops.nominal * (3 if mode == "train" else 1) * batch / times.median
-        document["results"][mode]["mfu_paper_flops"] = _fraction(paper, peak)
+        paper = None if flops.nominal is None else flops.nominal * (3 if mode == "train" else 1) * batch / times.median
+        document["results"][mode]["mfu_paper_flops"] = None if paper is None else _fraction(paper, peak)
         if compile_s is not None:
             document["results"][mode]["compile_s"] = round(compile_s, 2)
     if options.sweep:
@@ -230,7 +273,7 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
         row = {"size": size}
         try:
             subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16,
-                               recipe.train.model_copy(update={"compile": False}))
+                               recipe.train.model_copy(update={"compile": False}), recipe.task)
             row["tokens"] = int(np.prod(subject.model.adapter.grid_shape)) if spec["kind"] == "image" else size
             memory = subject.memory("train") if device.type == "cpu" else None
             if memory == OUT_OF_MEMORY:
@@ -245,7 +288,7 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
             continue
         if device.type == "cpu":
             times.peak_memory_bytes = memory
-        rows.append({**row, **_summary(times, batch, forward_flops(subject.model, batch, device.type).train(), peak)})
+        rows.append({**row, **_summary(times, batch, subject.flops().train(), peak)})
         del subject
     ran = [r for r in rows if "error" not in r]
     exponent = None
@@ -255,32 +298,41 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
 
 
 def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, options: BenchOptions, modes, peak: float) -> dict:
-    """Ours and lucidrains' at the same architecture and dtype, stepped in turns in this process;
-    then ours at its defaults against lucidrains at its defaults (fp32): what a switching user sees."""
-    matched = lucidrains.matched_config(recipe.model)
-    theirs = _Subject("lucidrains", recipe.model, spec, classes, batch, device, bf16)
-    ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train)
+    """Ours and theirs (lucidrains' classifier, or krasserm's per-pixel Perceiver IO for a segment
+    recipe) at the same architecture and dtype, stepped in turns in this process; then ours at its
+    defaults against theirs at its defaults (fp32): what a switching user sees."""
+    other = options.compare
+    if other == "lucidrains":
+        matched, task = lucidrains.matched_config(recipe.model), None
+    else:
+        matched, task = krasserm.matched_config(recipe.model, recipe.task)
+    ours = _Subject("ours", matched, spec, classes, batch, device, bf16, recipe.train, task)
+    theirs = _Subject(other, matched, spec, classes, batch, device, bf16, task=task)
     result = {
+        "with": other,
         "architecture": matched.model_dump(),
-        "parameters": {"ours": ours.parameters, "lucidrains": theirs.parameters,
+        "parameters": {"ours": ours.parameters, other: theirs.parameters,
                        "difference": round(ours.parameters / theirs.parameters - 1, 6)},
         "same_dtype": {}, "speedup": {},
     }
-    flops = forward_flops(ours.model, batch, device.type)
+    flops = ours.flops()
+    # each counted as what it runs: lucidrains the paper's math as written (`nominal`), krasserm's as torch counts it
+    executed = {"ours": flops.executed, other: flops.nominal if task is None else theirs.flops().executed}
+    if task is not None:
+        result["task"] = task.model_dump()
+        result["flops_per_sample"] = {name: {"forward": f, "train": 3 * f} for name, f in executed.items()}
     measured = {}
     for mode in modes:
         ours.first_call(mode)
-        times = measured[mode] = time_alternating({"ours": ours.step(mode), "lucidrains": theirs.step(mode)}, device,
+        times = measured[mode] = time_alternating({"ours": ours.step(mode), other: theirs.step(mode)}, device,
                                                   options.steps, options.warmup)
         if device.type == "cpu":
-            times["ours"].peak_memory_bytes, times["lucidrains"].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
+            times["ours"].peak_memory_bytes, times[other].peak_memory_bytes = ours.memory(mode), theirs.memory(mode)
         ours.include_capture_memory(mode, times["ours"])
-        # each counted as what it runs: lucidrains the paper's math as written (`nominal`)
-        executed = {"ours": flops.executed, "lucidrains": flops.nominal}
         summary = {name: _summary(t, batch, executed[name] * (3 if mode == "train" else 1), peak) for name, t in times.items()}
         result["same_dtype"][mode] = summary
-        result["speedup"][mode] = round(times["lucidrains"].median / times["ours"].median, 3)
-        memory = [summary[n]["peak_memory_mb"] for n in ("ours", "lucidrains")]
+        result["speedup"][mode] = round(times[other].median / times["ours"].median, 3)
+        memory = [summary[n]["peak_memory_mb"] for n in ("ours", other)]
         if all(isinstance(m, (int, float)) and m for m in memory):
             result.setdefault("memory_ratio", {})[mode] = round(memory[0] / memory[1], 3)
     # what a user switching tools sees: our defaults (the recipe's precision, auto) vs theirs in fp32;
@@ -289,15 +341,15 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
     if "train" in measured and not default_bf16 and not bf16:
         times = measured["train"]
     else:
-        ours_default = _Subject("ours", matched, spec, classes, batch, device, default_bf16, recipe.train)
-        theirs_fp32 = _Subject("lucidrains", recipe.model, spec, classes, batch, device, False)
-        times = time_alternating({"ours": ours_default.step("train"), "lucidrains": theirs_fp32.step("train")}, device,
+        ours_default = _Subject("ours", matched, spec, classes, batch, device, default_bf16, recipe.train, task)
+        theirs_fp32 = _Subject(other, matched, spec, classes, batch, device, False, task=task)
+        times = time_alternating({"ours": ours_default.step("train"), other: theirs_fp32.step("train")}, device,
                                  options.steps, options.warmup)
     result["defaults"] = {
-        "ours_dtype": "bf16" if default_bf16 else "fp32", "lucidrains_dtype": "fp32",
+        "ours_dtype": "bf16" if default_bf16 else "fp32", f"{other}_dtype": "fp32",
         "ours_samples_per_s": round(batch / times["ours"].median, 3),
-        "lucidrains_samples_per_s": round(batch / times["lucidrains"].median, 3),
-        "speedup": round(times["lucidrains"].median / times["ours"].median, 3),
+        f"{other}_samples_per_s": round(batch / times[other].median, 3),
+        "speedup": round(times[other].median / times["ours"].median, 3),
     }
     return result
 
