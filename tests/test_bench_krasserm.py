@@ -56,15 +56,25 @@ def test_their_model_has_our_architecture_and_parameter_count(overrides):
     assert ours(x).shape == theirs(x).shape == (2, 16, 12, classes)  # logits for every pixel
 
 
+def test_a_segment_recipe_is_benched_as_its_per_pixel_model(cli, workdir):
+    """Not as a classifier of the same encoder: the parameters and FLOPs are the DensePerceiver's."""
+    result = cli("bench", *SEG, "--mode", "infer", "--json", "bench.json")
+    assert result.exit_code == 0, result.output
+    document = json.loads((workdir / "bench.json").read_text())
+    recipe, _ = load_recipe("knee_seg", SEG_TINY)
+    model = DensePerceiver(recipe.model, {"kind": "image", "shape": [16, 16, 1]}, 10, 4, True)
+    assert document["parameters"] == count_parameters(model)
+    assert document["flops_per_sample"]["forward"] > 0 and document["results"]["infer"]["samples_per_s"] > 0
+    assert document["results"]["infer"]["mfu_paper_flops"] is None  # the paper count is the classifier's
+
+
 @needs_krasserm
 def test_compare_krasserm_reports_both_models_side_by_side(cli, workdir):
     result = cli("bench", *SEG, "--mode", "train", "--compare", "krasserm", "--json", "bench.json")
     assert result.exit_code == 0, result.output
     document = json.loads((workdir / "bench.json").read_text())
-    # the recipe's own model is the per-pixel one (patches 4, stride 4), not a classifier
     recipe, _ = load_recipe("knee_seg", SEG_TINY)
     spec = {"kind": "image", "shape": [16, 16, 1]}
-    assert document["parameters"] == count_parameters(DensePerceiver(recipe.model, spec, 10, 4, True))
     compare = document["compare"]
     assert compare["with"] == "krasserm" and compare["task"]["output_stride"] == 1
     assert compare["architecture"]["patch_size"] == 1
