@@ -7,18 +7,13 @@ torch counts it executing; CPU memory is measured in a fresh process, as memory.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..model.perceiver_io import DensePerceiver
-from . import krasserm
-from .memory import OUT_OF_MEMORY
+from . import krasserm, memory
 
 
 class ClassesFirst(nn.Module):
@@ -62,17 +57,13 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
 
 def peak_memory_in_fresh_process(spec: dict) -> int | str:
     """Bytes, or OUT_OF_MEMORY. spec: memory.py's, plus "task" (the task config)."""
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_measure, spec).result()
-    except BrokenProcessPool:  # killed, most likely by the kernel's out-of-memory killer
-        return OUT_OF_MEMORY
+    return memory.peak_memory_in_fresh_process(spec, _measure)
 
 
 def _measure(spec: dict) -> int | str:
     from ..engine.optim import build_optimizer
     from ..recipe import ModelConfig, OptimConfig, TaskConfig
-    from .measure import make_step, synthetic_batch, time_steps
+    from .measure import make_step, synthetic_batch
 
     torch.set_num_threads(1)  # memory does not depend on threads; leave the cores to the parent
     device = torch.device("cpu")
@@ -82,9 +73,4 @@ def _measure(spec: dict) -> int | str:
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)
     step = make_step(ClassesFirst(model), optimizer, x, masks(spec["input_spec"], spec["batch"], device), spec["mode"],
                      spec["bf16"], device)
-    try:
-        return time_steps(step, device, steps=1, warmup=0).peak_memory_bytes
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
-            return OUT_OF_MEMORY
-        raise
+    return memory.peak_of(step, device)

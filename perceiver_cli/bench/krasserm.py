@@ -72,8 +72,15 @@ def build(config, task, input_spec: dict, num_classes: int):
         raise UserError("--compare krasserm: its per-pixel decoder is compared on images only")
     import torch
     from einops import rearrange
-    from perceiver.model.core import (FourierPositionEncoding, InputAdapter, OutputAdapter, PerceiverDecoder,
-                                      PerceiverEncoder, PerceiverIO, QueryProvider)
+    from perceiver.model.core import (
+        FourierPositionEncoding,
+        InputAdapter,
+        OutputAdapter,
+        PerceiverDecoder,
+        PerceiverEncoder,
+        PerceiverIO,
+        QueryProvider,
+    )
     from torch import nn
 
     config, task = matched_config(config, task)

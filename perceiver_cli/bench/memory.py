@@ -15,11 +15,13 @@ from concurrent.futures.process import BrokenProcessPool
 OUT_OF_MEMORY = "out of memory"
 
 
-def peak_memory_in_fresh_process(spec: dict) -> int | str:
-    """Bytes, or OUT_OF_MEMORY. spec: {"which", "model", "input_spec", "classes", "batch", "mode", "bf16", "checkpointing"}."""
+def peak_memory_in_fresh_process(spec: dict, measure=None) -> int | str:
+    """Bytes, or OUT_OF_MEMORY. spec: {"which", "model", "input_spec", "classes", "batch", "mode", "bf16",
+    "checkpointing"}; `measure(spec)` (a module-level function: it runs in the spawned process) builds
+    and steps the model, by default a classifier's."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_measure, spec).result()
+            return pool.submit(measure or _measure, spec).result()
     except BrokenProcessPool:  # killed, most likely by the kernel's out-of-memory killer
         return OUT_OF_MEMORY
 
@@ -29,7 +31,7 @@ def _measure(spec: dict) -> int | str:
 
     from ..engine.optim import build_optimizer
     from ..recipe import ModelConfig, OptimConfig
-    from .measure import make_model, make_step, synthetic_batch, time_steps
+    from .measure import make_model, make_step, synthetic_batch
 
     torch.set_num_threads(1)  # memory does not depend on threads; leave the cores to the parent
     device = torch.device("cpu")
@@ -38,7 +40,13 @@ def _measure(spec: dict) -> int | str:
     optimizer = build_optimizer(model, OptimConfig(name="adamw"), device)
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)
     y = torch.zeros(spec["batch"], dtype=torch.long)
-    step = make_step(model, optimizer, x, y, spec["mode"], spec["bf16"], device)
+    return peak_of(make_step(model, optimizer, x, y, spec["mode"], spec["bf16"], device), device)
+
+
+def peak_of(step, device) -> int | str:
+    """The peak memory of one `step`, or OUT_OF_MEMORY."""
+    from .measure import time_steps
+
     try:
         return time_steps(step, device, steps=1, warmup=0).peak_memory_bytes
     except (MemoryError, RuntimeError) as exc:
