@@ -93,8 +93,8 @@ def test_compare_krasserm_reports_both_models_side_by_side(cli, workdir):
 @pytest.mark.parametrize("recipe, compare, expected", [
     (["digits", *set_args(TINY)], "krasserm", "--compare 'krasserm': only lucidrains is supported for task.name=classify"),
     (SEG, "lucidrains", "--compare 'lucidrains': lucidrains/perceiver-pytorch has only a classifier"),
-    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "compares classify recipes (lucidrains) and segment recipes "
-                                                           "(krasserm); this recipe's task.name is masked_image"),
+    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "measures classify and segment recipes; this recipe's "
+                                                           "task.name is masked_image"),
     (SEG, "hf", "--compare 'hf': only lucidrains (classify recipes) and krasserm (segment recipes) are supported"),
 ])
 def test_a_compare_that_does_not_fit_the_recipe_is_one_line(cli, workdir, recipe, compare, expected):
