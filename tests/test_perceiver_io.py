@@ -385,3 +385,18 @@ def test_checkpoints_from_before_tasks_still_evaluate_and_resume(cli, digits_run
     assert state["epoch"] == 3 and [row["epoch"] for row in state["metrics"]] == [1, 2, 3]
     # the continued run's checkpoint says what it is, as new ones do
     assert state["target"] == {"kind": "class"} and state["config"]["task"]["name"] == "classify"
+
+
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
+def test_the_segmentation_loss_of_a_batch_is_the_mean_of_its_parts(dice_weight):
+    """What lets N ranks (or grad_accum micro-batches) train exactly as one batch: the loss of a batch is
+    the mean of its halves' losses. A Dice pooled over the batch would not be (it was, at first)."""
+    recipe = SimpleNamespace(task=SimpleNamespace(dice_weight=dice_weight), optim=SimpleNamespace(label_smoothing=0.0))
+    task = SegmentTask(recipe, SimpleNamespace(classes=["background", "a", "b"]), transform=None)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 5, 3, generator=generator)
+    y = torch.randint(0, 3, (6, 5, 5), generator=generator)
+    y[:3] = 0  # the first half holds background only: a pooled Dice weighs the halves unevenly
+    whole, _ = task.loss(logits, (y,))
+    halves = [task.loss(logits[part], (y[part],))[0] for part in (slice(0, 2), slice(2, 6))]
+    torch.testing.assert_close(whole, (2 * halves[0] + 4 * halves[1]) / 6, rtol=1e-6, atol=1e-7)

@@ -17,11 +17,13 @@ from .base import Task
 
 
 def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1 - mean over foreground classes of the soft Dice of softmax(logits) (B H W K) and y (B H W)."""
+    """1 - the soft Dice of softmax(logits) (B H W K) and y (B H W), per sample and foreground class,
+    averaged. Per sample, so that the batch's loss is a mean over its samples like the cross-entropy:
+    then N ranks (or grad_accum micro-batches) train exactly as one batch does."""
     probabilities = logits.softmax(-1)[..., 1:]
     truth = F.one_hot(y, logits.shape[-1])[..., 1:].to(probabilities.dtype)
-    intersection = (probabilities * truth).sum((0, 1, 2))
-    total = probabilities.sum((0, 1, 2)) + truth.sum((0, 1, 2))
+    intersection = (probabilities * truth).sum((1, 2))  # B K-1
+    total = probabilities.sum((1, 2)) + truth.sum((1, 2))
     return 1 - ((2 * intersection + 1) / (total + 1)).mean()
 
 
