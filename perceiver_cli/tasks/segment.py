@@ -17,14 +17,18 @@ from .base import Task
 
 
 def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1 - the soft Dice of softmax(logits) (B H W K) and y (B H W), per sample and foreground class,
-    averaged. Per sample, so that the batch's loss is a mean over its samples like the cross-entropy:
-    then N ranks (or grad_accum micro-batches) train exactly as one batch does."""
+    """1 - the soft Dice of softmax(logits) (B H W K) and y (B H W) per sample, over the foreground
+    classes present in that sample's truth (a class it lacks is the cross-entropy's to keep out:
+    a Dice term for it would reward predicting nothing of the rare classes), averaged over samples.
+    Per sample, so that the batch's loss is a mean over its samples like the cross-entropy: N ranks
+    (or grad_accum micro-batches) then train exactly as one batch does."""
     probabilities = logits.softmax(-1)[..., 1:]
     truth = F.one_hot(y, logits.shape[-1])[..., 1:].to(probabilities.dtype)
     intersection = (probabilities * truth).sum((1, 2))  # B K-1
     total = probabilities.sum((1, 2)) + truth.sum((1, 2))
-    return 1 - ((2 * intersection + 1) / (total + 1)).mean()
+    present = (truth.sum((1, 2)) > 0).to(probabilities.dtype)
+    dice = (2 * intersection + 1) / (total + 1)
+    return (present * (1 - dice)).sum(1).div(present.sum(1).clamp_min(1)).mean()
 
 
 def confusion_counts(predicted: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
