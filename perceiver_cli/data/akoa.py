@@ -34,7 +34,7 @@ from ..errors import UserError
 from .files import is_hidden, open_source
 from .imagefolder import bomb_reason, open_image
 from .memory import check_image_size
-from .prepared import PreparedDataset, Split, channel_stats, check_seed
+from .prepared import PreparedDataset, Split, check_seed, split_stats
 
 SPLIT_NAMES = ("train", "val", "test")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -124,7 +124,7 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
         classes=classes,
         input_spec={"kind": "image", "shape": [*options.size, 1]},
         splits=splits,
-        normalization=channel_stats(splits["train"].x if "train" in splits else next(iter(splits.values())).x),
+        normalization=split_stats(splits),
         source={
             "kind": "akoa-" + "+".join(kinds), "path": str(source), "files": len(files),
             "split_by": options.split_by, "split": list(options.split), "seed": options.seed,

@@ -35,7 +35,7 @@ from ..errors import UserError
 from .akoa import NIFTI_SUFFIXES, SPLIT_NAMES, _load_nifti, _resize, _to_uint8, identify, patients_in_several_splits, split_groups
 from .files import is_hidden, open_source
 from .memory import check_image_size
-from .prepared import PreparedDataset, Split, channel_stats, check_seed
+from .prepared import PreparedDataset, Split, check_seed, split_stats
 from .synthseg import generator, synthesize
 
 DEFAULT_PATTERN = r"^(?P<patient>\d+)(?:_(?P<visit>\d+m))?(?=[_.]|$)"  # 9014797_00m_WB01_...
@@ -96,7 +96,7 @@ def read_kneeseg(options: KneeSegOptions) -> PreparedDataset:
         classes=classes,
         input_spec={"kind": "image", "shape": [*options.size, 1]},
         splits=splits,
-        normalization=channel_stats(splits["train"].x if "train" in splits else next(iter(splits.values())).x),
+        normalization=split_stats(splits),
         source={
             "kind": "knee-seg", "labels": str(options.labels), "images": str(options.images) if options.images else None,
             "label_maps": len(pairs), "synthesize": options.synthesize, "label_values": [int(v) for v in values],

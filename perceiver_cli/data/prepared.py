@@ -238,6 +238,12 @@ def channel_stats(x: np.ndarray) -> dict:
     return stats.result()
 
 
+def split_stats(splits: dict[str, "Split"]) -> dict:
+    """The normalization of split datasets: train's channel statistics, or the first split's when
+    there is no train (a dataset prepared as all test, to evaluate on)."""
+    return channel_stats(splits["train"].x if "train" in splits else next(iter(splits.values())).x)
+
+
 def class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     """Samples per class, or pixels per class of label masks."""
     counts = np.bincount(np.asarray(y).reshape(-1), minlength=len(classes))
