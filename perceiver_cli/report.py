@@ -49,8 +49,10 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
     best = max(rows, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
     gap = last["train_accuracy"] - last["val_accuracy"]
     previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
-    test_accuracy = _test_accuracy(run_dir / "eval_test.json")
+    test_accuracy = _test_figure(run_dir / "eval_test.json", "accuracy")
     recent = val[-10:]
+    dice = [r for r in rows if r.get("val_dice") == r.get("val_dice") and r.get("val_dice") is not None]
+    best_dice = max(dice, key=lambda r: r["val_dice"]) if dice else None
     return {
         "epochs": last["epoch"],
         "wall_time_s": round(last.get("elapsed_s", 0.0), 1),
@@ -65,17 +67,22 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
         "stability": round(1 - (statistics.pstdev(recent) if len(recent) > 1 else 0.0), 6) if val else None,
         "convergence": round(1 - abs(last["train_loss"] - previous_loss), 6),
         "improvement": round(last["val_accuracy"] - first["val_accuracy"], 6) if val else None,
+        # segmentation runs: pixel accuracy above is dominated by the background; Dice is what they are judged by
+        "best_val_dice": best_dice["val_dice"] if best_dice else None,
+        "best_dice_epoch": best_dice["epoch"] if best_dice else None,
+        "test_mean_dice": _test_figure(run_dir / "eval_test.json", "mean_dice") if dice else None,
     }
 
 
-def _test_accuracy(path: Path) -> float | None:
+def _test_figure(path: Path, key: str) -> float | None:
+    """One figure of `perceiver eval`'s JSON for the test split (None when not evaluated)."""
     if not path.is_file():
         return None
     try:
-        accuracy = json.loads(path.read_text()).get("accuracy")
+        value = json.loads(path.read_text()).get(key)
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         raise UserError(f"{path}: not a readable evaluation; write it again: perceiver eval {path.parent}") from None
-    return accuracy if isinstance(accuracy, (int, float)) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def load_run(run_dir: Path) -> RunReport:
@@ -143,6 +150,9 @@ def plot_dashboard(runs: list[RunReport], path: Path) -> None:
         s = run.summary
         best = f"{s['best_val_accuracy']:.2%} @ {s['best_epoch']}" if s["best_val_accuracy"] is not None else "-"
         test = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "not evaluated"
+        if s["best_val_dice"] is not None:
+            best = f"Dice {s['best_val_dice']:.3f} @ {s['best_dice_epoch']}"
+            test = f"Dice {s['test_mean_dice']:.3f}" if s["test_mean_dice"] is not None else "not evaluated"
         lines.append(f"{run.name}: best val {best}, test {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
     text.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
     fig.tight_layout()

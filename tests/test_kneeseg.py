@@ -110,6 +110,20 @@ def test_pairs_prepare_to_uint8_masks_split_by_patient(cli, workdir, pairs):
     assert sum(s["count"] for s in splits.values()) == len(PATIENTS) * len(VISITS) * 4  # 4 labelled slices each
 
 
+def test_a_validation_share_carved_from_train_holds_out_whole_patients(cli, workdir, pairs):
+    """Prepared without a val split, the run's train.val_fraction share is whole patients, never
+    slices of a training patient (neighbouring slices of one knee are near copies)."""
+    from perceiver_cli.data.splits import split_train_val_rows
+
+    prepare(cli, "--images", pairs[0], "--labels", pairs[1], "--size", "8x8", "--split", "0.8,0,0.2")
+    data = prepared.load(Path("data/knee-seg"))
+    patients = np.array(data.splits["train"].extra["sample_patients"])
+    assert len(patients) == len(data.splits["train"].x) and len(set(patients)) == 4
+    (*_, keep), (*_, held) = split_train_val_rows(data, 0.25, seed=0)
+    assert len(keep) + len(held) == len(patients) and len(held) == 8  # one patient: 2 visits x 4 slices
+    assert not set(patients[keep]) & set(patients[held])
+
+
 def test_the_summary_counts_pixels_per_label(cli, workdir, labels_only):
     result = cli("prepare", "knee-seg", "--labels", labels_only, "--synthesize", "1", "--size", "8x8", "--split", "0,0,1")
     assert result.exit_code == 0, result.output

@@ -50,6 +50,11 @@ def test_segmentation_from_prepare_to_eval_on_other_patients(cli, workdir):
     assert [row["class"] for row in report["per_class"]][:2] == ["background", "label_1"]
     assert Path("runs/seg/segment_test.png").stat().st_size > 1000
     assert "Dice" in result.stdout and "label_2" in result.stdout
+    result = cli("report", "runs/seg")  # judged by Dice, not by the background-dominated pixel accuracy
+    assert result.exit_code == 0, result.output
+    summary = json.loads(Path("runs/seg/report.json").read_text())["runs"]["runs/seg"]
+    assert summary["test_mean_dice"] == report["mean_dice"]
+    assert summary["best_val_dice"] == max(row["val_dice"] for row in rows) and "best val Dice" in result.stdout
 
     # other patients, prepared on their own (all test): their label names matched to the run's
     others = workdir / "others"

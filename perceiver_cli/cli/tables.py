@@ -148,7 +148,10 @@ def report(result, formulas: dict) -> None:
         table.add_column(run.name, justify="right")
     pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    rows = (("best val accuracy", "best_val_accuracy", pct), ("at epoch", "best_epoch", str),
+    dice = any(run.summary.get("best_val_dice") is not None for run in result.runs)
+    rows = ((("best val Dice", "best_val_dice", num), ("at epoch", "best_dice_epoch", str),
+             ("test mean Dice (eval)", "test_mean_dice", num)) if dice else ()) + (
+            ("best val accuracy", "best_val_accuracy", pct), ("at epoch", "best_epoch", str),
             ("test accuracy (eval)", "test_accuracy", pct), ("min train loss", "min_train_loss", num),
             ("min val loss", "min_val_loss", num), ("overfitting", "overfitting", num),
             ("generalisation", "generalisation", num), ("stability", "stability", num),

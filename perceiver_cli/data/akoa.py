@@ -112,6 +112,7 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
         x = np.stack([slices[i][3] for i in index])[..., None]
         splits[name] = Split(x, labels[index], {
             "patients": sorted({slices[i][0].patient for i in index}),
+            "sample_patients": [slices[i][0].patient for i in index],  # a validation share carved later keeps them apart
             "volumes": len({slices[i][1] for i in index}),
             "source_files": [slices[i][2] for i in index],
         })

@@ -312,6 +312,7 @@ def _split(volumes: list[Volume], values: np.ndarray, options: KneeSegOptions) -
         masks = [np.searchsorted(values, volume.values).astype(np.uint8)[volume.local] for volume, *_ in chosen]
         splits[name] = Split(np.concatenate([images for *_, images in chosen])[..., None], np.concatenate(masks), {
             "patients": sorted({volume.patient for volume, *_ in chosen}),
+            "sample_patients": [volume.patient for volume, _, images in chosen for _ in range(len(images))],
             "volumes": len({volume.label for volume, *_ in chosen}),
             "source_files": [f"{tag}#slice={index}" for volume, tag, _ in chosen for index in volume.slices],
         })
