@@ -68,6 +68,22 @@ def test_a_segment_recipe_is_benched_as_its_per_pixel_model(cli, workdir):
     assert document["results"]["infer"]["mfu_paper_flops"] is None  # the paper count is the classifier's
 
 
+def test_a_masked_image_recipe_measures_its_masked_autoencoder(cli, workdir):
+    """The MAE step (visible patches in, hidden ones out), not a classifier of its encoder."""
+    from perceiver_cli.model.perceiver_io import MaskedPerceiver
+
+    args = ["cifar10_mae", "--input-size", "16x16", "--batch", "4", "--steps", "2", "--warmup", "1", "--dtype", "fp32"]
+    result = cli("bench", *args, "--json", "bench.json")
+    assert result.exit_code == 0, result.output
+    document = json.loads((workdir / "bench.json").read_text())
+    recipe, _ = load_recipe("cifar10_mae", [])
+    spec = {"kind": "image", "shape": [16, 16, 3]}
+    assert document["parameters"] == count_parameters(MaskedPerceiver(recipe.model, spec))
+    for mode in ("train", "infer"):
+        assert document["results"][mode]["samples_per_s"] > 0 and document["results"][mode]["peak_memory_mb"] > 0
+    assert document["flops_per_sample"]["forward"] > 0 and "samples/s" in result.stdout
+
+
 @needs_krasserm
 def test_compare_krasserm_reports_both_models_side_by_side(cli, workdir):
     result = cli("bench", *SEG, "--mode", "train", "--compare", "krasserm", "--json", "bench.json")
@@ -93,8 +109,8 @@ def test_compare_krasserm_reports_both_models_side_by_side(cli, workdir):
 @pytest.mark.parametrize("recipe, compare, expected", [
     (["digits", *set_args(TINY)], "krasserm", "--compare 'krasserm': only lucidrains is supported for task.name=classify"),
     (SEG, "lucidrains", "--compare 'lucidrains': lucidrains/perceiver-pytorch has only a classifier"),
-    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "measures classify and segment recipes; this recipe's "
-                                                           "task.name is masked_image"),
+    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "compares classify recipes (lucidrains) and segment "
+                                                           "recipes (krasserm); this recipe's task.name is masked_image"),
     (SEG, "hf", "--compare 'hf': only lucidrains (classify recipes) and krasserm (segment recipes) are supported"),
 ])
 def test_a_compare_that_does_not_fit_the_recipe_is_one_line(cli, workdir, recipe, compare, expected):

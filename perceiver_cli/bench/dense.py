@@ -1,8 +1,11 @@
-"""Per-pixel models in `perceiver bench` (segment recipes): ours (DensePerceiver) and krasserm's.
+"""Perceiver IO models in `perceiver bench`: per-pixel ones (segment recipes: ours, DensePerceiver,
+and krasserm's) and the masked autoencoder (masked_image recipes: ours, MaskedPerceiver).
 
-They step as the classifiers do (measure.make_step: the engine's TrainStep, plain AdamW), their
-logits turned classes-first so that its cross-entropy is per pixel; each model's FLOPs are what
-torch counts it executing; CPU memory is measured in a fresh process, as memory.py does.
+They step as the classifiers do (measure.make_step: the engine's TrainStep, plain AdamW): per-pixel
+logits turned classes-first so that the cross-entropy is per pixel; the masked autoencoder with the
+task's share of patches hidden (a fixed seeded draw per sample) and its MSE on the hidden patches.
+Each model's FLOPs are what torch counts it executing; CPU memory is measured in a fresh process,
+as memory.py does.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..model.perceiver_io import DensePerceiver
+from ..model.perceiver_io import DensePerceiver, MaskedPerceiver
 from . import krasserm, memory
 
 
@@ -28,9 +31,32 @@ class ClassesFirst(nn.Module):
         return self.model(x).permute(0, 3, 1, 2)
 
 
-def make_model(which: str, config, task, input_spec: dict, classes: int, checkpointing: bool = False) -> nn.Module:
-    """Ours or krasserm's per-pixel model (B H W C -> B H W K), seeded the same way."""
+class FixedMask(nn.Module):
+    """A MaskedPerceiver with each sample's visible and hidden patches drawn once (seeded), as the
+    task draws them per batch: forward(x) then is the training forward, B H W C -> B Q (p p C)."""
+
+    def __init__(self, model: MaskedPerceiver, input_spec: dict, mask_ratio: float, batch: int):
+        super().__init__()
+        height, width, _ = input_spec["shape"]
+        patches = (height // model.patch) * (width // model.patch)
+        visible = max(1, patches - round(patches * mask_ratio))
+        order = torch.rand(batch, patches, generator=torch.Generator().manual_seed(0)).argsort(1)
+        self.model = model
+        self.register_buffer("visible", order[:, :visible].sort(1).values, persistent=False)
+        self.register_buffer("hidden", order[:, visible:].sort(1).values, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.visible, self.hidden)
+
+
+def make_model(which: str, config, task, input_spec: dict, classes: int, checkpointing: bool = False,
+               batch: int = 1) -> nn.Module:
+    """Ours or krasserm's per-pixel model (B H W C -> B H W K), or ours masked (FixedMask), seeded the same way."""
     torch.manual_seed(0)
+    if task.name == "masked_image":
+        model = MaskedPerceiver(config, input_spec)
+        model.activation_checkpointing = checkpointing
+        return FixedMask(model, input_spec, task.mask_ratio, batch)
     if which == "krasserm":
         return krasserm.build(config, task, input_spec, classes)
     model = DensePerceiver(config, input_spec, classes, task.output_stride, task.query_pixels)
@@ -41,6 +67,29 @@ def make_model(which: str, config, task, input_spec: dict, classes: int, checkpo
 def masks(input_spec: dict, batch: int, device: torch.device) -> torch.Tensor:
     """Targets: one label per pixel (B H W)."""
     return torch.zeros(batch, *input_spec["shape"][:2], dtype=torch.long, device=device)
+
+
+def targets(model: nn.Module, input_spec: dict, batch: int, device: torch.device) -> torch.Tensor:
+    """The task's targets for `model`: per-pixel labels, or the hidden patches' pixels (B Q (p p C))."""
+    if not isinstance(model, FixedMask):
+        return masks(input_spec, batch, device)
+    return torch.zeros(batch, model.hidden.shape[1], model.model.patch**2 * input_spec["shape"][2], device=device)
+
+
+def outputs(model: nn.Module) -> nn.Module:
+    """What the step calls: per-pixel logits classes-first; a masked model as it is."""
+    return model if isinstance(model, FixedMask) else ClassesFirst(model)
+
+
+def loss_of(model: nn.Module):
+    """make_step's loss for `model`: the masked task's MSE on hidden patches; None (the per-pixel
+    cross-entropy of the classifier's loss) for per-pixel models."""
+    if not isinstance(model, FixedMask):
+        return None
+
+    def mse(predicted, target):
+        return (predicted.float() - target[0]).square().mean(), torch.zeros((), device=predicted.device)
+    return mse
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
@@ -68,9 +117,9 @@ def _measure(spec: dict) -> int | str:
     torch.set_num_threads(1)  # memory does not depend on threads; leave the cores to the parent
     device = torch.device("cpu")
     model = make_model(spec["which"], ModelConfig(**spec["model"]), TaskConfig(**spec["task"]), spec["input_spec"],
-                       spec["classes"], spec.get("checkpointing", False))
+                       spec["classes"], spec.get("checkpointing", False), spec["batch"])
     optimizer = build_optimizer(model, OptimConfig(name="adamw"), device)
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)
-    step = make_step(ClassesFirst(model), optimizer, x, masks(spec["input_spec"], spec["batch"], device), spec["mode"],
-                     spec["bf16"], device)
+    step = make_step(outputs(model), optimizer, x, targets(model, spec["input_spec"], spec["batch"], device), spec["mode"],
+                     spec["bf16"], device, loss_of(model))
     return memory.peak_of(step, device)

@@ -107,16 +107,19 @@ def make_model(which: str, config, input_spec: dict, classes: int, checkpointing
     return model
 
 
-def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf16: bool, device: torch.device):
+def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, bf16: bool, device: torch.device,
+              loss=None):
     """One training step (the engine's own: forward, loss, backward, clipping, optimizer) or one
-    inference forward, as a closure. The optimizer is plain AdamW for every model measured."""
+    inference forward, as a closure. The optimizer is plain AdamW for every model measured; the
+    loss (outputs, (y,)) -> (loss, correct) is the classifier's unless one is given."""
     if mode == "train":
         from ..engine.step import TrainStep
         from ..recipe import OptimConfig
         from ..tasks.classify import classification_loss
 
-        def loss(logits, target):  # the classification task's, without label smoothing or mixup
+        def classifier_loss(logits, target):  # the classification task's, without label smoothing or mixup
             return classification_loss(logits.float(), target[0], None, 1.0, 0.0), (logits.argmax(1) == target[0]).sum()
+        loss = loss or classifier_loss
 
         train_step = TrainStep(model, [p for group in optimizer.param_groups for p in group["params"]], optimizer,
                                loss=loss, optim_config=OptimConfig(name="adamw"), device=device, bf16=bf16)

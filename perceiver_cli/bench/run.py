@@ -1,6 +1,7 @@
 """`perceiver bench`: what one recipe's model costs per step, how that grows with the input, and how
 it compares in the same process with lucidrains/perceiver-pytorch (classify recipes) or with
-krasserm/perceiver-io's per-pixel Perceiver IO (segment recipes: dense.py, krasserm.py).
+krasserm/perceiver-io's per-pixel Perceiver IO (segment recipes: dense.py, krasserm.py). A
+masked_image recipe measures its masked autoencoder's step (the task's share of patches hidden).
 
 Every figure goes into one JSON document (returned, and written with --json) with the environment.
 """
@@ -149,19 +150,20 @@ class _Subject:
         from ..recipe import OptimConfig
 
         self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
-        self.task = task if task is not None and task.name == "segment" else None
+        self.task = task if task is not None and task.name in ("segment", "masked_image") else None
         ours = which == "ours" and train_config is not None  # theirs runs as its users run it
         self.checkpointing = ours and train_config.activation_checkpointing
         if self.task is None:
             self.model = make_model(which, model_config, spec, classes, self.checkpointing)
             self.y = torch.zeros(batch, dtype=torch.long, device=device)
         else:
-            self.model = dense.make_model(which, model_config, self.task, spec, classes, self.checkpointing)
-            self.y = dense.masks(spec, batch, device)
+            self.model = dense.make_model(which, model_config, self.task, spec, classes, self.checkpointing, batch)
+            self.y = dense.targets(self.model, spec, batch, device)
         self.model.to(device).train()
         self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, OptimConfig(name="adamw"), device)
-        outputs = self.model if self.task is None else dense.ClassesFirst(self.model)
+        outputs = self.model if self.task is None else dense.outputs(self.model)
+        self.loss = None if self.task is None else dense.loss_of(self.model)
         self.forward = training_forward(outputs, train_config, device, bf16) if ours else outputs
         self.graphed = ours and uses_cuda_graphs(train_config, device)
         self.compiled = ours and train_config.compile
@@ -178,7 +180,7 @@ class _Subject:
         return Flops(executed=counted, nominal=None)
 
     def step(self, mode: str):
-        return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device)
+        return make_step(self.forward, self.optimizer, self.x, self.y, mode, self.bf16, self.device, self.loss)
 
     def first_call(self, mode: str) -> float | None:
         """Seconds of the first step when it compiles or captures (then timed apart from the
@@ -230,9 +232,6 @@ def check_compare(recipe, compare: str | None) -> None:
 
 
 def run_bench(recipe, options: BenchOptions) -> dict:
-    if recipe.task.name == "masked_image":  # its step (visible patches in, hidden ones out) is not benched yet
-        raise UserError("perceiver bench measures classify and segment recipes; this recipe's task.name is "
-                        "masked_image (train it and read samples/s from its metrics.jsonl)")
     check_compare(recipe, options.compare)
     device = resolve_device(options.device)
     if device.type == "cpu":
@@ -293,7 +292,8 @@ def sweep(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, opti
         try:
             subject = _Subject("ours", recipe.model, sized, classes, batch, device, bf16,
                                recipe.train.model_copy(update={"compile": False}), recipe.task)
-            row["tokens"] = int(np.prod(subject.model.adapter.grid_shape)) if spec["kind"] == "image" else size
+            encoder = getattr(subject.model, "model", subject.model)  # a FixedMask wraps its MaskedPerceiver
+            row["tokens"] = int(np.prod(encoder.adapter.grid_shape)) if spec["kind"] == "image" else size
             memory = subject.memory("train") if device.type == "cpu" else None
             if memory == OUT_OF_MEMORY:
                 rows.append({**row, "error": OUT_OF_MEMORY})
