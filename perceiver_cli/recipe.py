@@ -154,9 +154,6 @@ class Recipe(Section):
         if self.train.best_metric in ("val_accuracy", "val_dice") and self.task.name == "masked_image":
             raise ValueError(f"train.best_metric={self.train.best_metric}: a masked_image run measures only its "
                              f"reconstruction loss; use val_loss or last")
-        if self.train.save_attention_maps and self.task.name != "classify":
-            raise ValueError(f"train.save_attention_maps: attention captures label their probe samples by class, "
-                             f"which task.name={self.task.name} has not; set it to false")
         if self.train.best_metric == "val_dice" and self.task.name != "segment":
             raise ValueError("train.best_metric=val_dice is measured by task.name=segment only; use val_accuracy, "
                              "val_loss or last")

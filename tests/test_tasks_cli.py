@@ -37,7 +37,7 @@ def test_segmentation_from_prepare_to_eval_on_other_patients(cli, workdir):
     images, labels = write_pairs(workdir / "volumes")
     result = cli("prepare", "knee-seg", "--images", images, "--labels", labels, "--size", "16x16", "--split", "0.6,0.2,0.2")
     assert result.exit_code == 0, result.output
-    recipe = recipe_file(workdir / "seg.yaml", SEGMENT + ["train.epochs=12"])
+    recipe = recipe_file(workdir / "seg.yaml", SEGMENT + ["train.epochs=12", "train.save_attention_maps=true"])
     result = cli("train", str(recipe), "--name", "seg")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in Path("runs/seg/metrics.jsonl").read_text().splitlines()]
@@ -50,6 +50,12 @@ def test_segmentation_from_prepare_to_eval_on_other_patients(cli, workdir):
     assert [row["class"] for row in report["per_class"]][:2] == ["background", "label_1"]
     assert Path("runs/seg/segment_test.png").stat().st_size > 1000
     assert "Dice" in result.stdout and "label_2" in result.stdout
+    result = cli("attention", "runs/seg")  # captured while training (train.save_attention_maps)
+    assert result.exit_code == 0, result.output
+    (stage,) = json.loads(Path("runs/seg/attention/stats.json").read_text())["epochs"]["12"].values()
+    assert len(stage["samples"]) == 8 and Path("runs/seg/attention/epoch_0012_stage_0.png").stat().st_size > 1000
+    result = cli("attention", "runs/seg", "--input", "runs/seg/segment_test.png")  # a user's own image
+    assert result.exit_code == 0, result.output
     result = cli("report", "runs/seg")  # judged by Dice, not by the background-dominated pixel accuracy
     assert result.exit_code == 0, result.output
     summary = json.loads(Path("runs/seg/report.json").read_text())["runs"]["runs/seg"]
@@ -86,8 +92,11 @@ def test_masked_image_pretraining_then_a_classifier_from_its_encoder(cli, workdi
     assert result.exit_code == 0, result.output
     log = Path("runs/tuned/train.log").read_text()
     assert "init: " in log and "from runs/mae" in log and "(classifier, head_norm)" in log
-    result = cli("attention", "runs/mae")
-    assert result.exit_code == 2 and "classification runs" in result.stderr
+    result = cli("attention", "runs/mae", "--checkpoint", "best")  # its encoder reading the whole image
+    assert result.exit_code == 0, result.output
+    stats = json.loads(Path("runs/mae/attention/stats.json").read_text())
+    (maps,) = stats["epochs"].values()
+    assert maps["0"]["samples"] and 0 < maps["0"]["mean"]["entropy"]
 
 
 @pytest.mark.skipif(not (SHARED / "oai-knee-labels").is_dir(), reason="../shared/data/oai-knee-labels is absent")

@@ -61,6 +61,8 @@ def _show_input(ax, image: np.ndarray) -> None:
 def _title(capture: Capture, sample: int, classes: list[str]) -> str:
     true = capture.labels[sample]
     pred = capture.predictions[sample]
+    if pred < 0:  # the model is no classifier (segmentation, masked image modelling)
+        return f"sample {sample}"
     name = lambda i: classes[i] if 0 <= i < len(classes) else "?"  # noqa: E731
     truth = f"{name(true)} → " if true >= 0 else ""
     return f"{truth}{name(pred)} ({capture.probabilities[sample, pred]:.0%})"

@@ -58,7 +58,6 @@ def view(run_dir: Path, options: ViewOptions) -> ViewResult:
         raise UserError(f"--epoch {options.epoch}: give an epoch number, last or all")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    _check_task(run_dir, _task_of(run_dir))
     folder = run_dir / "attention"
 
     if options.input is not None:
@@ -176,25 +175,7 @@ def _trained(run_dir: Path, which: str, device):
         raise UserError(f"--checkpoint {which}: no such file; give best, last or a .pt file")
     else:
         trained = load_trained(Path(which), device)
-    _check_task(run_dir, trained[1].task.name)
     return trained
-
-
-def _task_of(run_dir: Path) -> str:
-    """The task in the run's config.yaml (classify for runs from before tasks, or without one)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return "classify"
-    return ((config.get("task") or {}) if isinstance(config, dict) else {}).get("name", "classify")
-
-
-def _check_task(run_dir: Path, task: str) -> None:
-    if task != "classify":  # the captures label each probe sample with its class and the model's guess
-        raise UserError(f"{run_dir}: attention maps are drawn for classification runs; this is a task.name={task} "
-                        f"run (see perceiver eval {run_dir} for what it predicts)")
 
 
 def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:

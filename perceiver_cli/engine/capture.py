@@ -4,9 +4,9 @@ Training captures it every train.attention_interval epochs; `perceiver attention
 A capture file (`runs/<name>/attention/epoch_NNNN.npz`, written atomically, read without pickle):
     weights       float16 (stages, samples, heads, latents, tokens): softmax over tokens, one stage per cross-attend
     inputs        the probe samples as stored (uint8 images B H W C, or float32 points B N 3+F)
-    labels        int64 (samples,)         true classes
-    predictions   int64 (samples,)         the model's classes
-    probabilities float32 (samples, classes)
+    labels        int64 (samples,)         true classes (-1: none, e.g. a segmentation or masked-image run)
+    predictions   int64 (samples,)         the model's classes (-1: the model is no classifier)
+    probabilities float32 (samples, classes) (samples, 0) when it is none
     epoch         int
     token_grid    (h, w) of the image token grid (tokens cover stride x stride pixels); [] for points
     stride        pixels per token side (patches, conv stem)
@@ -57,10 +57,16 @@ def grid_order(capture: Capture, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+UNCLASSED_PROBES = 4  # per train.attention_samples, for samples with no one class (masks: labels per pixel)
+
+
 def probe_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """`per_class` samples of every class (fewer where a class has fewer), chosen by `seed`; the same
-    indices every time, so captures of different epochs show the same samples."""
+    indices every time, so captures of different epochs show the same samples. Samples labelled per
+    pixel have no class to pick by: UNCLASSED_PROBES x per_class of them, chosen by `seed`."""
     rng = np.random.default_rng(seed)
+    if labels.ndim > 1:
+        return np.sort(rng.permutation(len(labels))[: UNCLASSED_PROBES * per_class])
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
 
@@ -72,12 +78,15 @@ def probe_samples(x: np.ndarray, y: np.ndarray, per_class: int, seed: int) -> tu
 
 
 @torch.no_grad()
-def attention(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and the cross-attention weights of every cross-attend, each (B, heads, latents, tokens),
-    through the model's eager attention path (training keeps the fused SDPA path)."""
+def attention(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Logits (None for a model that is no classifier: its encoder reads every token) and the
+    cross-attention weights of every cross-attend, each (B, heads, latents, tokens), through the
+    model's eager attention path (training keeps the fused SDPA path)."""
     was_training = model.training
     model.eval()
     try:
+        if not hasattr(model, "classifier"):  # segmentation, masked image modelling: the encoder's maps
+            return None, model.encode(inputs, mask, return_attention=True)[1]
         output = model(inputs, mask, return_attention=True)
     finally:
         model.train(was_training)
@@ -92,17 +101,20 @@ def capture(model, stored: np.ndarray, labels: np.ndarray, transform, device: to
         batch = transform(torch.from_numpy(np.ascontiguousarray(stored[start : start + batch_size])).to(device))
         with autocast(device, bf16):
             batch_logits, maps = attention(model, batch)
-        logits.append(batch_logits.float().cpu())
+        logits.append(torch.zeros(len(batch), 0) if batch_logits is None else batch_logits.float().cpu())
         weights.append(torch.stack([m.float() for m in maps]).cpu())  # stages B H N M
     logits = torch.cat(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim > 1 or not logits.shape[1]:  # per-pixel labels, or no classes predicted
+        labels = np.full(len(stored), -1, dtype=np.int64)
     adapter = model.adapter
     permutation = getattr(adapter, "permutation", None)
     return Capture(
         epoch=epoch,
         weights=torch.cat(weights, dim=1).numpy().astype(np.float16),
         inputs=np.asarray(stored),
-        labels=np.asarray(labels, dtype=np.int64),
-        predictions=logits.argmax(1).numpy().astype(np.int64),
+        labels=labels,
+        predictions=logits.argmax(1).numpy().astype(np.int64) if logits.shape[1] else np.full(len(stored), -1, np.int64),
         probabilities=logits.softmax(1).numpy().astype(np.float32),
         token_grid=tuple(adapter.grid_shape) if hasattr(adapter, "grid_shape") else (),
         stride=int(getattr(adapter, "stride", 1)),

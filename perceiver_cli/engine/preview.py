@@ -57,4 +57,6 @@ def _row(capture: Capture, sample: int, classes: list[str], height: int) -> np.n
 def _caption(capture: Capture, sample: int, classes: list[str]) -> str:
     name = lambda i: classes[i] if 0 <= i < len(classes) else "?"  # noqa: E731
     true, pred = capture.labels[sample], capture.predictions[sample]
+    if pred < 0:  # the model is no classifier (segmentation, masked image modelling)
+        return f"sample {sample}"
     return f"{name(true)} -> {name(pred)} ({capture.probabilities[sample, pred]:.0%})"

@@ -125,7 +125,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         if self.dist.is_main:
             probe = None  # the fixed samples whose attention is captured
-            if (t.save_attention_maps or t.tensorboard) and self.task.name == "classify":
+            if t.save_attention_maps or t.tensorboard:
                 from .capture import probe_samples
                 x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
                 x, y = (x, y) if rows is None else (x[rows], y[rows])
