@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, set_args
-from test_akoa import SHARED
+from test_akoa import SHARED, write_png_slices
 from test_kneeseg import write_pairs
 
 SEGMENT = ["task.name=segment", "data.dataset=knee-seg", "model.num_latents=8", "model.latent_dim=32",
@@ -97,6 +97,28 @@ def test_masked_image_pretraining_then_a_classifier_from_its_encoder(cli, workdi
     stats = json.loads(Path("runs/mae/attention/stats.json").read_text())
     (maps,) = stats["epochs"].values()
     assert maps["0"]["samples"] and 0 < maps["0"]["mean"]["entropy"]
+
+
+def test_akoa_slices_pretrain_without_labels_then_tune_the_laterality_classifier(cli, workdir):
+    """recipes/akoa_mae.yaml then recipes/akoa_finetune.yaml: the same encoder, so every encoder
+    weight carries over (on fixture slices, both at one small size)."""
+    from perceiver_cli.recipe import load_recipe
+
+    mae, _ = load_recipe("akoa_mae", [])
+    tuned, _ = load_recipe("akoa_finetune", [])
+    encoder = lambda recipe: recipe.model.model_dump(exclude={"output", "decoder_dim"})  # noqa: E731
+    assert encoder(mae) == encoder(tuned) and tuned.train.init == "runs/akoa_mae"
+
+    result = cli("prepare", "akoa", "--from", write_png_slices(workdir / "slices"), "--size", "16x20",
+                 "--split", "0.5,0.25,0.25")
+    assert result.exit_code == 0, result.output
+    small = ["model.num_latents=8", "model.latent_dim=32", "model.latent_heads=2", "train.epochs=1", "train.batch_size=16"]
+    result = cli("train", "akoa_mae", *set_args(small))
+    assert result.exit_code == 0, result.output
+    result = cli("train", "akoa_finetune", *set_args(small))
+    assert result.exit_code == 0, result.output
+    log = Path("runs/akoa_finetune/train.log").read_text()
+    assert "init: " in log and "from runs/akoa_mae" in log
 
 
 @pytest.mark.skipif(not (SHARED / "oai-knee-labels").is_dir(), reason="../shared/data/oai-knee-labels is absent")
