@@ -181,6 +181,8 @@ class Trainer:
             "target": getattr(self.dataset, "target", None) or {"kind": "class"},
             "input_spec": self.dataset.input_spec,
             "normalization": self.dataset.normalization,
+            # how prepare made the samples (size, slices, point sampling): predict reads new files the same way
+            "source": dict(getattr(self.dataset, "source", None) or {}),
         }
 
     # --- loop -------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""An exported model folder, and loading it back: what `perceiver export --format safetensors`
+writes and what `perceiver_cli.load` and `perceiver predict` read besides run directories.
+
+    model.safetensors   the weights (safetensors holds tensors only: loading it runs no code)
+    config.json         {"format": "perceiver-export/1", "recipe": the run's recipe,
+                         "checkpoint": dataset, classes, target, input_spec, normalization,
+                         source (how prepare made the samples), epoch}
+
+The folder is written beside its final place and renamed into it: a reader sees the old folder or
+the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..atomic import fsync_directory, json_text, temporary_sibling
+from ..errors import UserError
+from ..recipe import recipe_from_dict
+from .files import writing
+from .trained import build_trained_model
+
+FORMAT = "perceiver-export/1"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+# what a checkpoint says of its data, which rebuilding and preprocessing need (not the optimizer)
+DESCRIPTION = ("dataset", "classes", "target", "input_spec", "normalization", "source", "epoch")
+
+
+def description(state: dict) -> dict:
+    """The parts of a checkpoint's state that an export keeps."""
+    return {key: state.get(key) for key in DESCRIPTION}
+
+
+def is_export_folder(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
+
+
+def write_folder(model: torch.nn.Module, recipe, state: dict, out: Path, extra_files: dict[str, Path] | None = None) -> Path:
+    """Write model.safetensors and config.json (and `extra_files`: {name in the folder: file to move
+    in}) into `out`, replacing a folder there at once."""
+    from safetensors.torch import save_model
+
+    out = Path(out)
+    with writing(out, "or give --out elsewhere"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(out)
+        tmp.mkdir()
+        try:
+            save_model(model, str(tmp / WEIGHTS))  # shared tensors (weight sharing) are stored once
+            document = {"format": FORMAT, "recipe": recipe.to_dict(), "checkpoint": description(state)}
+            (tmp / CONFIG).write_text(json_text(document, indent=2) + "\n")
+            for name, path in (extra_files or {}).items():
+                shutil.move(str(path), tmp / name)
+            old = temporary_sibling(out, "old") if out.exists() else None
+            if old is not None:
+                out.rename(old)
+            tmp.rename(out)
+            fsync_directory(out.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def read_config(folder: Path) -> dict:
+    """config.json of an export folder, checked: one line naming what is missing."""
+    folder = Path(folder)
+    path = folder / CONFIG
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable export config ({exc}); export the run again") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise UserError(f"{path}: not a perceiver export (format {document.get('format') if isinstance(document, dict) else None!r}, "
+                        f"expected {FORMAT}); export the run again with perceiver export")
+    missing = [key for key in ("recipe", "checkpoint") if not isinstance(document.get(key), dict)]
+    missing += [f"checkpoint.{key}" for key in ("classes", "input_spec") if key not in document.get("checkpoint", {})]
+    if missing:
+        raise UserError(f"{path}: incomplete export: no {missing[0]}; export the run again with perceiver export")
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder}: incomplete export: no {WEIGHTS}; export the run again with perceiver export")
+    return document
+
+
+def load_folder(folder: Path, device: torch.device):
+    """(model, recipe, state) of an export folder; state: the checkpoint description it carries."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    document = read_config(folder)
+    state = {key: document["checkpoint"].get(key) for key in DESCRIPTION}
+    state["target"] = state["target"] or {"kind": "class"}
+    recipe = recipe_from_dict(document["recipe"], source=str(Path(folder) / CONFIG))
+    model = build_trained_model(recipe, state)
+    try:
+        load_model(model, str(Path(folder) / WEIGHTS), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise UserError(f"{Path(folder) / WEIGHTS}: weights do not fit the model in its config.json, or the file is "
+                        f"damaged ({str(exc).splitlines()[0][:160]}); export the run again") from None
+    return model.to(device).eval(), recipe, state
+
+
+def load_model_from(target: Path, device: torch.device, prefer: str = "best"):
+    """(model, recipe, state, checkpoint.Loaded or None) of an export folder, a run directory (its
+    best checkpoint, or last when best is damaged) or a .pt file: what predict and load take."""
+    from .trained import load_trained
+
+    target = Path(target)
+    if is_export_folder(target):
+        model, recipe, state = load_folder(target, device)
+        return model, recipe, state, None
+    if target.is_dir() and not (target / "checkpoints").is_dir():
+        raise UserError(f"{target}: neither a run directory (no checkpoints/) nor an export folder (no {CONFIG}); "
+                        f"give runs/<name>, a .pt file or a folder written by perceiver export")
+    model, recipe, loaded = load_trained(target, device, prefer=prefer)
+    return model, recipe, loaded.state, loaded
