@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..console import console, set_quiet
-from . import attention, bench, prepare, report, train
+from . import attention, bench, export, prepare, report, train
 from .errors import OneLineUsageErrors, set_debug
 from .eval import eval_command
 
@@ -58,6 +58,7 @@ app.command("eval")(eval_command)
 app.command("attention")(attention.attention)
 app.command("report")(report.report_command)
 app.command("bench")(bench.bench)
+app.command("export")(export.export_command)
 
 
 def main():

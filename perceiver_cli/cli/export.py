@@ -1,0 +1,32 @@
+"""`perceiver export`: a trained run as a folder to deploy (safetensors + config.json, plus ONNX or
+TorchScript), each file checked against PyTorch at export time."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import tables
+from .errors import user_errors
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    safetensors = "safetensors"
+    torchscript = "torchscript"
+
+
+@user_errors("export")
+def export_command(
+    target: Path = typer.Argument(..., help="A run directory (uses checkpoints/best.pt), a checkpoint .pt file or an export folder."),
+    format: Format = typer.Option(..., "--format", help="safetensors: weights + config.json (what perceiver_cli.load reads); onnx or torchscript: that file too, checked against PyTorch."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder (replaced as a whole).  \\[default: <run>/export]"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset version (--format onnx).  \\[default: torch's]"),
+):
+    """Write a trained model for deployment: the exported graph takes stored samples (uint8 B H W C images, float32 B N 3+F points), normalisation included."""
+    from ..export import export
+
+    tables.export(export(target, format.value, out, opset))
