@@ -26,7 +26,7 @@ ALLOWED = {
     **{command: BELOW_COMMANDS for command in COMMANDS},
     "cli": BELOW_COMMANDS | COMMANDS | {"__init__"},  # only the CLI imports the commands' modules
     "__main__": {"cli"},
-    "__init__": set(),
+    "__init__": {"predict"},  # perceiver_cli.load
 }
 
 

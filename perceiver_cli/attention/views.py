@@ -17,7 +17,8 @@ from ..engine.runtime import InputTransform, resolve_device
 from ..errors import UserError
 from ..runs import checkpoint as checkpoints
 from ..runs.files import write_json
-from ..runs.trained import load_trained, match_channels, split_samples
+from ..data.inputs import match_channels
+from ..runs.trained import load_trained, split_samples
 from .render import FORMATS, check_colormap, render, render_evolution, selected
 from .stats import map_stats
 

@@ -123,6 +123,43 @@ def reconstruction(result) -> None:
     info(f"wrote {result.json_path} and {result.png_path}")
 
 
+SHOWN_ROWS = 50  # a table longer than this is cut; the --json / --csv files hold every row
+
+
+def predictions(result) -> None:
+    segment = result.task == "segment"
+    samples = [row for row in result.rows if "slices" not in row]
+    volumes = [row for row in result.rows if "slices" in row]
+    table = Table(title=f"{result.target}: {len(samples):,} prediction(s)", header_style="bold")
+    for column in ("input", "classes (pixel share)" if segment else "class", "" if segment else "probability",
+                   "mask" if segment else "next most likely"):
+        if column:
+            table.add_column(column, justify="right" if column == "probability" else "left", overflow="fold")
+    for row in samples[:SHOWN_ROWS]:
+        if segment:
+            shares = ", ".join(f"{e['class']} {e['share']:.1%}" for e in row["top_k"])
+            table.add_row(row["input"], shares, row.get("mask_file", ""))
+        else:
+            others = ", ".join(f"{e['class']} {e['probability']:.1%}" for e in row["top_k"][1:])
+            table.add_row(row["input"], row["class"], f"{row['probability']:.1%}", others)
+    console.print(table)
+    if len(samples) > SHOWN_ROWS:
+        info(f"… and {len(samples) - SHOWN_ROWS:,} more (every row is in --json / --csv)")
+    if volumes:
+        summary = Table(title="per volume (its slices' probabilities averaged)", header_style="bold")
+        for column in ("volume", "slices", "class", "probability"):
+            summary.add_column(column, justify="left" if column in ("volume", "class") else "right", overflow="fold")
+        for row in volumes:
+            summary.add_row(row["input"], str(row["slices"]), row["class"], f"{row['probability']:.1%}")
+        console.print(summary)
+    for skipped in result.skipped:
+        err_console.print(f"skipped {skipped['input']}: {skipped['reason']}", highlight=False, soft_wrap=True)
+    if result.files:
+        shown = [str(p) for p in result.files if not str(p).endswith(".mask.png")]
+        masks = len(result.files) - len(shown)
+        info(f"wrote {', '.join(shown + ([f'{masks} mask PNG(s)'] if masks else []))}", highlight=False)
+
+
 def attention(result) -> None:
     table = Table(title="cross-attention statistics (mean over the probe samples)", header_style="bold")
     for column in ("epoch", "stage", "entropy", "top 5 % mass", "latents used", "effective latents"):

@@ -47,7 +47,7 @@ def read_modelnet40(source: Path, points: int = 2048, workers: int | None = None
     classes = sorted({cls for _, cls, _ in meshes})
     label_of = {cls: i for i, cls in enumerate(classes)}
 
-    tasks = [(path, _file_seed(path, seed), points) for _, _, path in meshes]
+    tasks = [(path, file_seed(path, seed), points) for _, _, path in meshes]
     per_split = {split: ([], [], []) for split in SPLITS}  # clouds, labels, paths
     for (split, cls, path), (cloud, reason) in zip(meshes, track(_sample_all(source, tasks, workers), f"sampling {source.name}", total=len(tasks))):
         if cloud is None:
@@ -85,7 +85,7 @@ def _layout(paths: list[str]) -> tuple[list[tuple[str, str, str]], list[dict]]:
     return meshes, skipped
 
 
-def _file_seed(path: str, seed: int) -> int:
+def file_seed(path: str, seed: int) -> int:
     """A sampling seed from the mesh's path below its class folder, so it does not depend on
     where the data lives, on the order of the files or on the worker that samples it."""
     key = "/".join(path.split("/")[-3:])
@@ -203,6 +203,11 @@ def sample_mesh(data: bytes, seed: int, points: int) -> tuple[np.ndarray | None,
             mesh = trimesh.load(io.BytesIO(data), file_type="off", force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types on malformed text; a bad file is skipped, not fatal
         return None, f"cannot parse OFF: {exc}" if str(exc) else f"cannot parse OFF: {type(exc).__name__}"
+    return sample_surface(mesh, seed, points)
+
+
+def sample_surface(mesh, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
+    """A parsed mesh's cloud (points x 3 float32, centred, inside the unit sphere), or (None, why not)."""
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.vertices) == 0 or len(mesh.faces) == 0:
         return None, "empty mesh (no vertices or faces)"
     if not np.isfinite(mesh.vertices).all():

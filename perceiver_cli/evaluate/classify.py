@@ -13,7 +13,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from ..engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, use_bf16
 from ..errors import UserError
 from ..runs.files import save_figure, write_json
-from ..runs.trained import match_channels, run_dir_of, split_samples
+from ..data.inputs import match_channels
+from ..runs.trained import run_dir_of, split_samples
 
 
 @dataclass

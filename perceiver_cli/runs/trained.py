@@ -56,15 +56,6 @@ def split_samples(recipe, state: dict, split: str | None) -> tuple[np.ndarray, n
     return s.x, s.y, split
 
 
-def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 images (... H W C) with the model's number of channels."""
-    if x.shape[-1] == channels:
-        return x
-    if channels == 1:  # RGB -> luminance (ITU-R 601), as PIL's convert("L")
-        return np.round(x[..., :3] @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
-    return np.repeat(x, channels, axis=-1)
-
-
 ENCODER = ("adapter.", "latents", "cross_blocks.", "latent_blocks.")  # PerceiverEncoder's parameters
 
 

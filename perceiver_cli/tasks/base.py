@@ -62,3 +62,28 @@ class Task:
     def checkpoint_extra(self) -> dict:
         """What a checkpoint carries for this task beyond weights and config."""
         return {}
+
+    # --- predicting on a user's own files (perceiver predict, perceiver_cli.load) ------------------
+
+    def input_reader(self, source: dict | None):
+        """What reads new input files as the run's prepared samples were made (data/inputs.py); a task
+        with inputs of its own (text, say) returns its own reader."""
+        from ..data.inputs import input_reader
+
+        return input_reader(self.dataset.input_spec, source)
+
+    def check_predicts(self) -> None:
+        """Raise when this task has nothing to say of a new input (before any file is read)."""
+        from ..errors import UserError
+
+        raise UserError(f"a task.name={self.name} run makes no predictions on new inputs; see perceiver eval for "
+                        f"what it does, or fine-tune a classifier from it (train.init)")
+
+    def predictions(self, output: torch.Tensor, top_k: int) -> list[dict]:
+        """Per sample, what the model says of it (JSON-able, apart from arrays a caller writes to files)."""
+        self.check_predicts()
+        return []
+
+    def volume_summary(self, predictions: list[dict], top_k: int) -> dict | None:
+        """One prediction for a whole volume from its slices' (None: the task has none)."""
+        return None

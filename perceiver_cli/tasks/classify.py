@@ -52,3 +52,21 @@ class ClassifyTask(Task):
 
     def checkpoint_extra(self):
         return {"classes": list(self.dataset.classes)}
+
+    def check_predicts(self):
+        pass
+
+    def predictions(self, logits, top_k):
+        probabilities = logits.float().softmax(-1).cpu()
+        return [self._ranked(p, top_k) for p in probabilities]
+
+    def volume_summary(self, predictions, top_k):
+        """A volume's class: its slices' probabilities averaged (every slice one vote of its confidence)."""
+        return self._ranked(torch.tensor([p["probabilities"] for p in predictions]).mean(0), top_k)
+
+    def _ranked(self, probabilities: torch.Tensor, top_k: int) -> dict:
+        classes = list(self.dataset.classes)
+        best = probabilities.topk(min(top_k, len(classes)))
+        return {"class": classes[int(best.indices[0])], "probability": float(best.values[0]),
+                "top_k": [{"class": classes[int(i)], "probability": float(v)} for v, i in zip(best.values, best.indices)],
+                "probabilities": probabilities.tolist()}

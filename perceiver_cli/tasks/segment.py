@@ -57,6 +57,21 @@ def mean_foreground(values: list[float]) -> float:
 class SegmentTask(Task):
     name = "segment"
 
+    def check_predicts(self):
+        pass
+
+    def predictions(self, logits, top_k):
+        """Per sample its mask (uint8 H W class indices, for a PNG) and the share of pixels per class."""
+        masks = logits.float().argmax(-1).to(torch.uint8).cpu()
+        classes = list(self.dataset.classes)
+        rows = []
+        for mask in masks:
+            shares = torch.bincount(mask.reshape(-1).long(), minlength=len(classes)).double() / mask.numel()
+            ranked = shares.argsort(descending=True)[: min(top_k, len(classes))]
+            rows.append({"mask": mask.numpy(), "shares": {classes[i]: round(float(shares[i]), 6) for i in range(len(classes))},
+                         "top_k": [{"class": classes[int(i)], "share": float(shares[i])} for i in ranked]})
+        return rows
+
     def __init__(self, recipe, dataset, transform):
         super().__init__(recipe, dataset, transform)
         self.classes = len(dataset.classes)

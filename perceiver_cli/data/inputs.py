@@ -1,0 +1,198 @@
+"""A user's own files read the way `prepare` read a run's data, for `perceiver predict`.
+
+What a checkpoint records decides how: its input spec (image size and channels, point count) and
+its `source` (what prepare did: a volume's slicing and intensity window, the point sampling seed).
+Images are decoded, made gray or RGB and resized (bilinear) as `prepare` image folders and CIFAR
+JPEGs are; AKOA / knee-seg runs slice NIfTI volumes (and read PNG slices) as `prepare akoa` does;
+point-cloud runs sample OFF/PLY/STL/OBJ meshes on their surface with the seed prepare derived from
+the mesh's path, centred and scaled into the unit sphere. Folders and zips are walked recursively,
+in any layout; a file that cannot be read is reported and skipped, never the end of the batch.
+
+    reader = input_reader(input_spec, source)
+    files, skipped = expand(paths, reader.kinds)
+    samples = reader.read(file.name, file.read())      # raises Unreadable(reason)
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .files import is_hidden, open_source
+from .imagefolder import EXTENSIONS
+
+IMAGE_SUFFIXES = tuple(sorted(EXTENSIONS))  # what prepare reads from image folders
+MESH_SUFFIXES = (".off", ".ply", ".stl", ".obj")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+KIND_WORDS = {"image": "images", "mesh": "meshes (OFF/PLY/STL/OBJ)", "volume": "NIfTI volumes"}
+SLICED_SOURCES = ("akoa", "knee-seg")  # prepare kinds whose images are slices of volumes
+
+
+class Unreadable(Exception):
+    """A file that cannot be read as an input: the reason, in our words."""
+
+
+@dataclass
+class Sample:
+    name: str  # the file, or "<file>#slice=<i>" for a slice of a volume
+    array: np.ndarray  # as prepare stores a sample: uint8 H W C image, float32 N 3 cloud
+    volume: str | None = None  # the volume file a slice came from
+
+
+@dataclass
+class Found:
+    name: str  # as the user gave it, or <zip or folder>/<member>
+    read: Callable[[], bytes]
+
+
+def kind_of(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if lower.endswith(MESH_SUFFIXES):
+        return "mesh"
+    if lower.endswith(VOLUME_SUFFIXES):
+        return "volume"
+    return None
+
+
+def expand(paths: list[Path], kinds: set[str]) -> tuple[list[Found], list[dict]]:
+    """Every input file under `paths` (files, folders and zips, recursively) of the kinds the model
+    reads, sorted per path; files of another input kind inside folders are listed as skipped. A file
+    named on its own must be of a kind the model reads (else one line), and so must something be found."""
+    found, skipped = [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder")
+        if path.is_file() and not zipfile.is_zipfile(path):
+            kind = kind_of(path.name)
+            if kind not in kinds:
+                what = f"is {KIND_WORDS[kind]}" if kind else "is not an image, mesh or NIfTI volume"
+                raise UserError(f"{path}: {what}, and this model reads {_words(kinds)}; give inputs of that kind")
+            found.append(Found(str(path), path.read_bytes))
+            continue
+        with open_source(path) as (names, read):
+            for name in sorted(names):
+                if any(is_hidden(part) for part in name.split("/")):
+                    continue
+                kind = kind_of(name)
+                if kind in kinds:
+                    data = read(name)  # zips close with the with-block: read now (files are read once anyway)
+                    found.append(Found(f"{path}/{name}", lambda data=data: data))
+                elif kind is not None:
+                    skipped.append({"input": f"{path}/{name}", "reason": f"{KIND_WORDS[kind]}: this model reads {_words(kinds)}"})
+    if not found:
+        given = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
+        raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found; give files, folders or zips of them")
+    return found, skipped
+
+
+def _words(kinds: set[str]) -> str:
+    return " and ".join(KIND_WORDS[k] for k in sorted(kinds))
+
+
+def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 images (... H W C) with the model's number of channels."""
+    if x.shape[-1] == channels:
+        return x
+    if channels == 1:  # RGB -> luminance (ITU-R 601), as PIL's convert("L")
+        return np.round(x[..., :3] @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
+    return np.repeat(x, channels, axis=-1)
+
+
+class ImageReader:
+    """Image files (and, for runs on volume slices, NIfTI volumes and PNG slices) as H W C uint8."""
+
+    def __init__(self, input_spec: dict, source: dict):
+        height, width, self.channels = input_spec["shape"]
+        self.size = (height, width)
+        self.sliced = str(source.get("kind", "")).startswith(SLICED_SOURCES)
+        self.kinds = {"image", "volume"} if self.sliced else {"image"}
+        axis = source.get("axis")
+        slices = source.get("slices")
+        self.axis = axis if isinstance(axis, int) else None  # else sagittal, from the affine
+        # akoa takes `slices` evenly spaced slices; knee-seg's were the labelled ones, which a new scan
+        # has not: all of them
+        self.slices = slices if isinstance(slices, int) and not str(source.get("kind")).startswith("knee-seg") else None
+
+    def read(self, name: str, data: bytes) -> list[Sample]:
+        from .imagefolder import _decode, _reason
+
+        if self.sliced:
+            return self._slices(name, data)
+        try:
+            image, _ = _decode(data, self.size)
+        except Exception as exc:  # PIL raises many types on broken files (and on decompression bombs)
+            raise Unreadable(_reason(exc)) from None
+        return [Sample(name, match_channels(image if image.ndim == 3 else image[..., None], self.channels))]
+
+    def _slices(self, name: str, data: bytes) -> list[Sample]:
+        """As `prepare akoa` reads a file: a PNG slice, or a volume's slices (its orientation and window)."""
+        from .akoa import AkoaOptions, _read_file
+
+        options = AkoaOptions(slices=self.slices, axis=self.axis, size=self.size)
+        try:
+            read = _read_file(name, data, options) if kind_of(name) == "volume" or name.lower().endswith(".png") else None
+        except UserError as exc:
+            raise Unreadable(str(exc)) from None
+        except Exception as exc:  # nibabel / PIL on a broken file
+            raise Unreadable(f"not a readable {'NIfTI volume' if kind_of(name) == 'volume' else 'PNG slice'} ({_short(exc)})") from None
+        if read is None:
+            raise Unreadable("slice runs read PNG slices or NIfTI volumes")
+        is_volume = kind_of(name) == "volume"
+        return [Sample(f"{name}#slice={index}" if index is not None else name,
+                       match_channels(image[..., None], self.channels), name if is_volume else None)
+                for index, image in read]
+
+
+class MeshReader:
+    """Meshes sampled as `prepare modelnet40` samples them: prepared point count, seed from the path."""
+
+    kinds = {"mesh"}
+
+    def __init__(self, input_spec: dict, source: dict):
+        self.points = int(input_spec["shape"][0])
+        self.seed = int(source.get("seed", 0) or 0)
+
+    def read(self, name: str, data: bytes) -> list[Sample]:
+        import trimesh
+
+        from .modelnet40 import file_seed, sample_mesh, sample_surface
+
+        seed = file_seed(name.replace("\\", "/"), self.seed)
+        suffix = name.lower().rsplit(".", 1)[-1]
+        if suffix == "off":
+            cloud, reason = sample_mesh(data, seed, self.points)
+        else:
+            try:
+                mesh = trimesh.load(io.BytesIO(data), file_type=suffix, force="mesh", process=False)
+            except Exception as exc:  # trimesh raises many types on malformed files
+                raise Unreadable(f"cannot parse {suffix.upper()} ({_short(exc)})") from None
+            cloud, reason = sample_surface(mesh, seed, self.points)
+        if cloud is None:
+            raise Unreadable(reason)
+        return [Sample(name, cloud)]
+
+
+def input_reader(input_spec: dict, source: dict | None):
+    """The reader for a model of this input spec, trained on data prepared as `source` records."""
+    source = source or {}
+    if input_spec["kind"] == "image":
+        return ImageReader(input_spec, source)
+    if input_spec["kind"] == "points":
+        if input_spec["shape"][1] != 3:
+            raise UserError(f"predict samples meshes into x y z clouds; this model reads {input_spec['shape'][1]} "
+                            f"values per point")
+        return MeshReader(input_spec, source)
+    raise UserError(f"predict reads images, volumes and meshes; this model reads {input_spec['kind']}")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return text or type(exc).__name__

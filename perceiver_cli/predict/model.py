@@ -1,0 +1,123 @@
+"""A trained model with its preprocessing: what `perceiver_cli.load` returns and `perceiver predict` runs.
+
+    model = perceiver_cli.load("runs/cifar10_cpu")      # a run directory, a .pt or an export folder
+    model.predict(["cat.jpg", "dog.png"])                # [{"input", "class", "probability", "top_k"}, ...]
+    logits = model(batch)                                # the network itself, on prepared inputs
+
+Files are read as the run's prepared data was (data/inputs.py, from what the checkpoint records),
+then normalised as training normalised them (engine.runtime.InputTransform).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..console import track
+from ..data.inputs import Sample, Unreadable, expand
+from ..engine.runtime import InputTransform, as_tensor, predict, resolve_device, use_bf16
+from ..runs.exported import load_model_from
+from ..runs.trained import described_dataset
+from ..tasks import build_task
+
+
+@dataclass
+class Read:
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"input", "reason"}: reported, never the end of the batch
+
+    def stored(self) -> np.ndarray:
+        return np.stack([s.array for s in self.samples])
+
+
+class LoadedModel(nn.Module):
+    """The network (`module`; calling this model calls it) with its recipe, classes and preprocessing."""
+
+    def __init__(self, module: nn.Module, recipe, state: dict, device: torch.device, path: Path):
+        super().__init__()
+        self.module = module
+        self.recipe, self.state, self.path, self.device = recipe, state, Path(path), device
+        self.classes = list(state["classes"])
+        self.transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
+        self.task = build_task(recipe, described_dataset(state), self.transform)
+        self.reader = self.task.input_reader(state.get("source") or _prepared_source(recipe, state))
+        self.bf16 = use_bf16(recipe.train.precision, device)  # as eval runs it
+
+    def forward(self, *inputs):
+        return self.module(*inputs)
+
+    def read(self, inputs, progress: str | None = None) -> Read:
+        """Every input file under `inputs` (files, folders, zips) as prepared samples; unreadable ones skipped."""
+        files, skipped = expand([Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+                                self.reader.kinds)
+        read = Read(skipped=list(skipped))
+        for found in track(files, progress, total=len(files)) if progress else files:
+            try:
+                read.samples += self.reader.read(found.name, found.read())
+            except Unreadable as exc:
+                read.skipped.append({"input": found.name, "reason": str(exc)})
+            except OSError as exc:
+                read.skipped.append({"input": found.name, "reason": f"cannot read it ({exc.strerror or exc})"})
+        return read
+
+    def logits(self, stored: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU."""
+        return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device).cpu()
+
+    def predict(self, inputs, top_k: int = 3, batch_size: int = 64) -> list[dict]:
+        """One row per input sample (and per volume: its slices' summary), in input order."""
+        return self.predict_read(self.read(inputs), top_k, batch_size)
+
+    def predict_read(self, read: Read, top_k: int = 3, batch_size: int = 64) -> list[dict]:
+        if not read.samples:
+            return []
+        rows = []
+        for start in range(0, len(read.samples), batch_size):
+            chunk = read.samples[start : start + batch_size]
+            outputs = self.logits(np.stack([s.array for s in chunk]), batch_size)
+            rows += [{"input": s.name, **({"volume": s.volume} if s.volume else {}), **p}
+                     for s, p in zip(chunk, self.task.predictions(outputs, top_k))]
+        return rows + self.volume_rows(rows, top_k)
+
+    def volume_rows(self, rows: list[dict], top_k: int) -> list[dict]:
+        """Per volume, one row summarising its slices (for tasks that have a summary)."""
+        volumes: dict[str, list[dict]] = {}
+        for row in rows:
+            if "volume" in row:
+                volumes.setdefault(row["volume"], []).append(row)
+        summaries = []
+        for volume, slices in volumes.items():
+            summary = self.task.volume_summary(slices, top_k)
+            if summary is not None:
+                summaries.append({"input": volume, "slices": len(slices), **summary})
+        return summaries
+
+
+def _prepared_source(recipe, state: dict) -> dict:
+    """For checkpoints from before they recorded it: how the run's own prepared data was made, when it
+    is still where the recipe points and matches the checkpoint; else nothing (images then read at
+    the model's input size, meshes sampled with seed 0)."""
+    from ..data.prepared import read_manifest
+    from ..data.sources import default_root
+    from ..errors import UserError
+
+    root = Path(recipe.data.root) if recipe.data.root else default_root(recipe.data.dataset)
+    try:
+        manifest = read_manifest(root)
+    except (UserError, OSError, ValueError):
+        return {}
+    same = manifest.get("input") == state["input_spec"] and list(manifest.get("classes", [])) == list(state["classes"])
+    return dict(manifest.get("source") or {}) if same else {}
+
+
+def load(path, device: str = "auto") -> LoadedModel:
+    """A run directory (its best checkpoint), a checkpoint .pt or an export folder, ready to predict."""
+    torch_device = resolve_device(device)
+    module, recipe, state, loaded = load_model_from(Path(path), torch_device)
+    if loaded is not None:
+        loaded.tell()
+    return LoadedModel(module, recipe, state, torch_device, Path(path)).eval()
