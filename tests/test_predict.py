@@ -1,0 +1,202 @@
+"""`perceiver predict` and `perceiver_cli.load`: a trained model on a user's own files. The files of a
+prepared split, read again by predict, are the split's stored samples to the byte and give eval's
+logits exactly (images, point clouds, volume slices, segmentation masks); a run directory and its
+export folder predict alike; unreadable inputs are skipped; every bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import perceiver_cli
+from conftest import TINY, set_args, write_image_folder
+from perceiver_cli.data import prepared
+from perceiver_cli.engine.runtime import InputTransform, as_tensor, predict
+from perceiver_cli.runs.exported import write_folder
+from perceiver_cli.runs.trained import load_trained
+from test_akoa import SMALL_MODEL, ras_volume, save_nifti
+from test_cli import assert_user_error
+from test_kneeseg import write_pairs
+from test_modelnet40 import POINT_MODEL, write_modelnet
+from test_tasks_cli import SEGMENT, recipe_file
+
+
+def eval_logits(run: Path, split: str):
+    """What eval computes for a split of the run's prepared dataset: (stored x, logits)."""
+    model, recipe, loaded = load_trained(run, torch.device("cpu"))
+    state = loaded.state
+    x = prepared.load(Path(recipe.data.root) if recipe.data.root else Path("data") / state["dataset"]).split(split).x
+    transform = InputTransform(state["input_spec"], state["normalization"], torch.device("cpu"), recipe.data)
+    return np.asarray(x), predict(model, as_tensor(np.asarray(x), torch.device("cpu")), transform, 64, False, torch.device("cpu"))
+
+
+def files_of(dataset: str, split: str) -> list[str]:
+    return json.loads((Path("data") / dataset / "manifest.json").read_text())["splits"][split]["source_files"]
+
+
+@pytest.fixture
+def shapes_run(cli, workdir, tmp_path) -> tuple[Path, Path]:
+    """(run, its source image folder): 3 colour classes, a tiny model trained 2 epochs."""
+    source = write_image_folder(tmp_path / "shapes_src")
+    assert cli("prepare", "shapes", "--from", source, "--val-fraction", "0.25").exit_code == 0
+    result = cli("train", "digits", *set_args(TINY + ["data.dataset=shapes"]), "--name", "shapes")
+    assert result.exit_code == 0, result.output
+    return Path("runs/shapes"), source
+
+
+def test_images_of_a_split_are_its_stored_samples_and_give_evals_logits(cli, shapes_run):
+    run, source = shapes_run
+    files = [str(source / name) for name in files_of("shapes", "val")]
+    model = perceiver_cli.load(run)
+    read = model.read(files)
+    stored, logits = eval_logits(run, "val")
+    assert np.array_equal(read.stored(), stored)
+    assert torch.equal(model.logits(read.stored()), logits)
+    rows = model.predict(files, top_k=2)
+    assert [row["class"] for row in rows] == [model.classes[i] for i in logits.argmax(1).tolist()]
+    assert all(len(row["top_k"]) == 2 and row["top_k"][0]["probability"] >= row["top_k"][1]["probability"] for row in rows)
+    assert isinstance(model, torch.nn.Module) and torch.equal(model(model.transform(as_tensor(stored, model.device))), logits)
+
+
+def test_predict_command_table_json_csv_and_a_zip(cli, shapes_run, tmp_path):
+    run, source = shapes_run
+    archive = Path(shutil.make_archive(str(tmp_path / "more"), "zip", source / "red"))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    result = cli("predict", run, source / "blue", archive, tmp_path / "broken.png", "--json", "p.json", "--csv", "p.csv")
+    assert result.exit_code == 0, result.output
+    document = json.loads(Path("p.json").read_text())
+    assert len(document["predictions"]) == 48 and document["classes"] == ["blue", "green", "red"]
+    assert document["skipped"] == [{"input": str(tmp_path / "broken.png"),
+                                    "reason": "not a readable image (corrupt, or not the format its extension says)"}]
+    assert "skipped" in result.stderr and "broken.png" in result.stderr
+    lines = list(csv.DictReader(Path("p.csv").open()))
+    assert len(lines) == 48 and lines[0]["input"] == str(source / "blue" / "000.png")
+    assert {row["class"] for row in document["predictions"]} <= set(document["classes"])
+    assert "blue/000.png" in result.stdout and "48 prediction(s)" in result.stdout
+
+
+def test_an_export_folder_predicts_as_its_run_does(cli, shapes_run, tmp_path):
+    run, source = shapes_run
+    module, recipe, loaded = load_trained(run, torch.device("cpu"))
+    folder = write_folder(module, recipe, loaded.state, tmp_path / "exported")
+    files = sorted((source / "green").glob("*.png"))[:5]
+    from_run, from_folder = perceiver_cli.load(run), perceiver_cli.load(folder)
+    assert torch.equal(from_run.logits(from_run.read(files).stored()), from_folder.logits(from_folder.read(files).stored()))
+    result = cli("predict", folder, *files)
+    assert result.exit_code == 0, result.output
+
+
+def test_point_clouds_are_sampled_as_prepared(cli, workdir, tmp_path):
+    source = write_modelnet(tmp_path / "meshes", train=6, test=2)
+    assert cli("prepare", "modelnet40", "--from", source, "--points", 128, "--workers", 1).exit_code == 0
+    result = cli("train", "modelnet40", *set_args(POINT_MODEL + ["train.epochs=1"]), "--name", "points")
+    assert result.exit_code == 0, result.output
+    model = perceiver_cli.load("runs/points")
+    files = [str(source / name) for name in files_of("modelnet40", "test")]
+    read = model.read(files)
+    stored, logits = eval_logits(Path("runs/points"), "test")
+    assert np.array_equal(read.stored(), stored)
+    assert torch.equal(model.logits(read.stored()), logits)
+    line = assert_user_error(cli("predict", "runs/points", tmp_path / "meshes" / "x.png"))  # no such file
+    assert "x.png: no such file" in line
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    line = assert_user_error(cli("predict", "runs/points", tmp_path / "photo.png"))
+    assert "photo.png: is images, and this model reads meshes (OFF/PLY/STL/OBJ)" in line
+    stl = tmp_path / "box.stl"
+    stl.write_bytes(__import__("trimesh").creation.box().export(file_type="stl"))
+    result = cli("predict", "runs/points", stl, "--json", "p.json")  # another mesh format, the same sampling
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("p.json").read_text())["predictions"][0]["input"] == str(stl)
+
+
+def test_volume_slices_are_sliced_as_prepared_with_a_summary_per_volume(cli, workdir, tmp_path):
+    source = tmp_path / "volumes"
+    for i in range(6):
+        save_nifti(ras_volume("LEFT" if i % 2 else "RIGHT", seed=i), source / f"{9000000 + i}_00m_knee.nii.gz")
+    labels = tmp_path / "sides.csv"
+    labels.write_text("file,label\n" + "".join(f"{9000000 + i}_00m_knee.nii.gz,{'LEFT' if i % 2 else 'RIGHT'}\n" for i in range(6)))
+    result = cli("prepare", "akoa", "--from", source, "--pattern", r"^(?P<patient>\d+)_(?P<visit>\d+m)_",
+                 "--labels", labels, "--slices", 4, "--size", "12x14", "--split", "0.5,0.25,0.25")
+    assert result.exit_code == 0, result.output
+    result = cli("train", "akoa", *set_args(SMALL_MODEL + ["train.epochs=1"]), "--name", "knees")
+    assert result.exit_code == 0, result.output
+    tested = files_of("akoa", "test")  # "<file>#slice=<i>"
+    volumes = sorted({name.split("#")[0] for name in tested})
+    model = perceiver_cli.load("runs/knees")
+    read = model.read([source / v for v in volumes])
+    by_name = {s.name.replace(str(source) + "/", ""): s.array for s in read.samples}
+    stored, logits = eval_logits(Path("runs/knees"), "test")
+    assert np.array_equal(np.stack([by_name[name] for name in tested]), stored)
+    assert torch.equal(model.logits(np.stack([by_name[name] for name in tested])), logits)
+
+    result = cli("predict", "runs/knees", *[source / v for v in volumes], "--json", "p.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(Path("p.json").read_text())["predictions"]
+    summaries = [row for row in rows if "slices" in row]
+    assert [row["input"] for row in summaries] == [str(source / v) for v in volumes]
+    assert all(row["slices"] == 4 for row in summaries) and "per volume" in result.stdout
+    line = assert_user_error(cli("predict", "runs/knees", labels))
+    assert "sides.csv: is not an image, mesh or NIfTI volume" in line
+
+
+def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
+    images, label_maps = write_pairs(tmp_path / "pairs")
+    assert cli("prepare", "knee-seg", "--images", images, "--labels", label_maps, "--size", "16x16",
+               "--split", "0.6,0.2,0.2").exit_code == 0
+    result = cli("train", str(recipe_file(tmp_path / "seg.yaml", SEGMENT + ["train.epochs=1"])), "--name", "seg")
+    assert result.exit_code == 0, result.output
+    tested = files_of("knee-seg", "test")  # "<label map>#slice=<i>"
+    volume = images / Path(tested[0].split("#")[0]).name.replace("_seg.nii.gz", ".nii.gz")
+    result = cli("predict", "runs/seg", volume, "--masks", "masks", "--json", "p.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(Path("p.json").read_text())["predictions"]
+    assert len(rows) == 6  # every slice of the scan: a new one has no label map to say where to look
+    stored, logits = eval_logits(Path("runs/seg"), "test")
+    compared = 0
+    for row in rows:
+        mask = np.asarray(Image.open(row["mask_file"]))
+        assert mask.shape == (16, 16) and mask.max() < 4
+        index = int(row["input"].split("#slice=")[1])
+        name = f"{tested[0].split('#')[0]}#slice={index}"
+        if name in tested:  # the labelled slices: the mask is eval's prediction for that stored slice
+            compared += 1
+            assert np.array_equal(mask, logits[tested.index(name)].argmax(-1).numpy())
+    assert compared == 4  # slices 1-4 hold labels
+    assert abs(sum(rows[0]["shares"].values()) - 1) < 1e-6 and "mask" in result.stdout
+
+
+def test_a_masked_image_run_has_nothing_to_predict(cli, workdir, tmp_path):
+    result = cli("train", *set_args(TINY + ["task.name=masked_image", "train.best_metric=val_loss",
+                                            "task.mask_ratio=0.5", "train.epochs=1"]), "--name", "mae")
+    assert result.exit_code == 0, result.output
+    Image.new("L", (8, 8)).save(tmp_path / "digit.png")
+    line = assert_user_error(cli("predict", "runs/mae", tmp_path / "digit.png"))
+    assert "a task.name=masked_image run makes no predictions on new inputs" in line
+
+
+def test_bad_targets_and_inputs_are_one_line(cli, shapes_run, tmp_path):
+    run, source = shapes_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    assert "no inputs this model reads (images) found" in assert_user_error(cli("predict", run, empty))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    assert "none of the 1 inputs could be read" in assert_user_error(cli("predict", run, tmp_path / "bad.png"))
+    assert "neither a run directory" in assert_user_error(cli("predict", empty, source / "red" / "000.png"))
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "config.json").write_text(json.dumps({"format": "perceiver-export/1", "recipe": {}, "checkpoint": {}}))
+    assert "incomplete export" in assert_user_error(cli("predict", incomplete, source / "red" / "000.png"))
+    broken = tmp_path / "broken_run" / "checkpoints"
+    broken.mkdir(parents=True)
+    (broken / "best.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes()[:200])
+    line = assert_user_error(cli("predict", broken.parent, source / "red" / "000.png"))
+    assert "best.pt: not a readable perceiver checkpoint" in line
+    assert "is a folder" in assert_user_error(cli("predict", run, source / "red" / "000.png", "--json", str(tmp_path)))
