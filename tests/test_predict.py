@@ -142,6 +142,13 @@ def test_volume_slices_are_sliced_as_prepared_with_a_summary_per_volume(cli, wor
     summaries = [row for row in rows if "slices" in row]
     assert [row["input"] for row in summaries] == [str(source / v) for v in volumes]
     assert all(row["slices"] == 4 for row in summaries) and "per volume" in result.stdout
+    # a checkpoint from before checkpoints recorded how prepare sliced: the run's manifest says it
+    for name in ("best.pt", "last.pt"):
+        path = Path("runs/knees/checkpoints") / name
+        state = torch.load(path, weights_only=True)
+        del state["source"]
+        torch.save(state, path)
+    assert perceiver_cli.load("runs/knees").predict([source / volumes[0]])[-1]["slices"] == 4
     line = assert_user_error(cli("predict", "runs/knees", labels))
     assert "sides.csv: is not an image, mesh or NIfTI volume" in line
 
