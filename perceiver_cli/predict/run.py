@@ -69,9 +69,14 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
     return result
 
 
-def mask_name(sample: str) -> str:
-    """A file name for a sample's mask: its path with every separator made safe (unique per input)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample).strip("_.") + ".mask.png"
+def mask_names(samples: list[str]) -> list[str]:
+    """A file name per sample's mask: its file name (and slice), or its whole path where two inputs
+    share a file name, with every separator made safe."""
+    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") + ".mask.png"  # noqa: E731
+    short = [safe(sample.replace("\\", "/").rsplit("/", 1)[-1]) for sample in samples]
+    if len(set(short)) == len(short):
+        return short
+    return [safe(sample) for sample in samples]
 
 
 def write_masks(rows: list[dict], folder: Path) -> list[Path]:
@@ -81,11 +86,10 @@ def write_masks(rows: list[dict], folder: Path) -> list[Path]:
     written = []
     with writing(folder, "or give --masks elsewhere"):
         folder.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        mask = row.pop("mask", None)
-        if mask is None:
-            continue
-        path = folder / mask_name(row["input"])
+    masked = [row for row in rows if "mask" in row]
+    for row, name in zip(masked, mask_names([row["input"] for row in masked])):
+        mask = row.pop("mask")
+        path = folder / name
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buffer, format="PNG")
         with writing(path, "or give --masks elsewhere"):
