@@ -21,7 +21,7 @@ from perceiver_cli.data import prepared
 from perceiver_cli.engine.runtime import InputTransform, as_tensor, predict
 from perceiver_cli.runs.exported import write_folder
 from perceiver_cli.runs.trained import load_trained
-from test_akoa import SMALL_MODEL, ras_volume, save_nifti
+from test_akoa import SHARED, SMALL_MODEL, ras_volume, save_nifti
 from test_cli import assert_user_error
 from test_kneeseg import write_pairs
 from test_modelnet40 import POINT_MODEL, write_modelnet
@@ -91,6 +91,27 @@ def test_an_export_folder_predicts_as_its_run_does(cli, shapes_run, tmp_path):
     assert torch.equal(from_run.logits(from_run.read(files).stored()), from_folder.logits(from_folder.read(files).stored()))
     result = cli("predict", folder, *files)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10-jpg" / "train.zip").is_file(), reason="../shared/data/cifar10-jpg is absent")
+def test_real_cifar_jpegs_predict_as_eval_sees_them(cli, workdir, tmp_path):
+    """Real colour JPEGs (a few of the 50,000), prepared as a folder at 24x24, so every file is resized."""
+    import zipfile
+
+    with zipfile.ZipFile(SHARED / "cifar10-jpg" / "train.zip") as archive:
+        for name in [n for n in archive.namelist() if n.endswith(("0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"))]:
+            target = tmp_path / "cifar" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(name))
+    source = tmp_path / "cifar"
+    assert cli("prepare", "cifar_small", "--from", source, "--size", "24x24", "--val-fraction", "0.25").exit_code == 0
+    result = cli("train", "digits", *set_args(TINY + ["data.dataset=cifar_small", "train.epochs=1"]), "--name", "cifar")
+    assert result.exit_code == 0, result.output
+    files = [str(source / name) for name in files_of("cifar_small", "val")]
+    model = perceiver_cli.load("runs/cifar")
+    stored, logits = eval_logits(Path("runs/cifar"), "val")
+    assert np.array_equal(model.read(files).stored(), stored) and stored.shape[1:] == (24, 24, 3)
+    assert torch.equal(model.logits(stored), logits)
 
 
 def test_point_clouds_are_sampled_as_prepared(cli, workdir, tmp_path):
