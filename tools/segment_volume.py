@@ -1,6 +1,7 @@
 """Draw what a segmentation run predicts on a NIfTI volume that has no label map (e.g. a real MR
 scan), as image | prediction for a few sagittal slices, sliced and scaled as `prepare knee-seg`
-slices its images. Until `perceiver predict` exists, this is how to look at a model on a new scan.
+slices its images: a picture to look at (`perceiver predict RUN scan.nii.gz` writes the masks
+themselves, one PNG per slice).
 
     python tools/segment_volume.py runs/knee_seg ../shared/data/knee-mri/dess_sagittal_right_knee.nii.gz \
         --slices 6 --out dess_overlay.png
