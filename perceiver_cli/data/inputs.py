@@ -9,15 +9,16 @@ the mesh's path, centred and scaled into the unit sphere. Folders and zips are w
 in any layout; a file that cannot be read is reported and skipped, never the end of the batch.
 
     reader = input_reader(input_spec, source)
-    files, skipped = expand(paths, reader.kinds)
-    samples = reader.read(file.name, file.read())      # raises Unreadable(reason)
+    with expand(paths, reader.kinds) as (files, skipped):
+        samples = reader.read(file.name, file.read())  # raises Unreadable(reason)
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,35 +63,37 @@ def kind_of(name: str) -> str | None:
     return None
 
 
-def expand(paths: list[Path], kinds: set[str]) -> tuple[list[Found], list[dict]]:
-    """Every input file under `paths` (files, folders and zips, recursively) of the kinds the model
-    reads, sorted per path; files of another input kind inside folders are listed as skipped. A file
+@contextmanager
+def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], list[dict]]]:
+    """(every input file under `paths` (files, folders and zips, recursively) of the kinds the model
+    reads, sorted per path; files of another input kind inside folders, listed as skipped). Files
+    are read when asked (zips stay open meanwhile), so no folder is ever held in memory whole. A file
     named on its own must be of a kind the model reads (else one line), and so must something be found."""
     found, skipped = [], []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path}: no such file or folder")
-        if path.is_file() and not zipfile.is_zipfile(path):
-            kind = kind_of(path.name)
-            if kind not in kinds:
-                what = f"is {KIND_WORDS[kind]}" if kind else "is not an image, mesh or NIfTI volume"
-                raise UserError(f"{path}: {what}, and this model reads {_words(kinds)}; give inputs of that kind")
-            found.append(Found(str(path), path.read_bytes))
-            continue
-        with open_source(path) as (names, read):
+    with ExitStack() as stack:
+        for path in map(Path, paths):
+            if not path.exists():
+                raise UserError(f"{path}: no such file or folder")
+            if path.is_file() and not zipfile.is_zipfile(path):
+                kind = kind_of(path.name)
+                if kind not in kinds:
+                    what = f"is {KIND_WORDS[kind]}" if kind else "is not an image, mesh or NIfTI volume"
+                    raise UserError(f"{path}: {what}, and this model reads {_words(kinds)}; give inputs of that kind")
+                found.append(Found(str(path), path.read_bytes))
+                continue
+            names, read = stack.enter_context(open_source(path))
             for name in sorted(names):
                 if any(is_hidden(part) for part in name.split("/")):
                     continue
                 kind = kind_of(name)
                 if kind in kinds:
-                    data = read(name)  # zips close with the with-block: read now (files are read once anyway)
-                    found.append(Found(f"{path}/{name}", lambda data=data: data))
+                    found.append(Found(f"{path}/{name}", lambda read=read, name=name: read(name)))
                 elif kind is not None:
                     skipped.append({"input": f"{path}/{name}", "reason": f"{KIND_WORDS[kind]}: this model reads {_words(kinds)}"})
-    if not found:
-        given = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
-        raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found; give files, folders or zips of them")
-    return found, skipped
+        if not found:
+            given = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
+            raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found; give files, folders or zips of them")
+        yield found, skipped
 
 
 def _words(kinds: set[str]) -> str:

@@ -10,6 +10,7 @@ then normalised as training normalised them (engine.runtime.InputTransform).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,36 +53,47 @@ class LoadedModel(nn.Module):
 
     def read(self, inputs, progress: str | None = None) -> Read:
         """Every input file under `inputs` (files, folders, zips) as prepared samples; unreadable ones skipped."""
-        files, skipped = expand([Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
-                                self.reader.kinds)
-        read = Read(skipped=list(skipped))
-        for found in track(files, progress, total=len(files)) if progress else files:
-            try:
-                read.samples += self.reader.read(found.name, found.read())
-            except Unreadable as exc:
-                read.skipped.append({"input": found.name, "reason": str(exc)})
-            except OSError as exc:
-                read.skipped.append({"input": found.name, "reason": f"cannot read it ({exc.strerror or exc})"})
+        read = Read()
+        for sample in self.samples(inputs, read.skipped, progress):
+            read.samples.append(sample)
         return read
+
+    def samples(self, inputs, skipped: list[dict], progress: str | None = None) -> Iterator[Sample]:
+        """The samples of the files under `inputs`, one file read at a time; unreadable files go to `skipped`."""
+        paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        with expand(paths, self.reader.kinds) as (files, others):
+            skipped += others
+            for found in track(files, progress, total=len(files)) if progress else files:
+                try:
+                    yield from self.reader.read(found.name, found.read())
+                except Unreadable as exc:
+                    skipped.append({"input": found.name, "reason": str(exc)})
+                except OSError as exc:
+                    skipped.append({"input": found.name, "reason": f"cannot read it ({exc.strerror or exc})"})
 
     def logits(self, stored: np.ndarray, batch_size: int = 64) -> torch.Tensor:
         """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU."""
         return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device).cpu()
 
-    def predict(self, inputs, top_k: int = 3, batch_size: int = 64) -> list[dict]:
-        """One row per input sample (and per volume: its slices' summary), in input order."""
-        return self.predict_read(self.read(inputs), top_k, batch_size)
-
-    def predict_read(self, read: Read, top_k: int = 3, batch_size: int = 64) -> list[dict]:
-        if not read.samples:
-            return []
-        rows = []
-        for start in range(0, len(read.samples), batch_size):
-            chunk = read.samples[start : start + batch_size]
-            outputs = self.logits(np.stack([s.array for s in chunk]), batch_size)
-            rows += [{"input": s.name, **({"volume": s.volume} if s.volume else {}), **p}
-                     for s, p in zip(chunk, self.task.predictions(outputs, top_k))]
+    def predict(self, inputs, top_k: int = 3, batch_size: int = 64, skipped: list[dict] | None = None,
+                progress: str | None = None) -> list[dict]:
+        """One row per input sample (then one per volume: its slices' summary), in input order. Files are
+        read and run a batch at a time; those that cannot be read are appended to `skipped`."""
+        self.task.check_predicts()
+        skipped = [] if skipped is None else skipped
+        rows, batch = [], []
+        for sample in self.samples(inputs, skipped, progress):
+            batch.append(sample)
+            if len(batch) == batch_size:
+                rows += self._predict_batch(batch, top_k)
+                batch = []
+        rows += self._predict_batch(batch, top_k) if batch else []
         return rows + self.volume_rows(rows, top_k)
+
+    def _predict_batch(self, samples: list[Sample], top_k: int) -> list[dict]:
+        outputs = self.logits(np.stack([s.array for s in samples]), len(samples))
+        return [{"input": s.name, **({"volume": s.volume} if s.volume else {}), **p}
+                for s, p in zip(samples, self.task.predictions(outputs, top_k))]
 
     def volume_rows(self, rows: list[dict], top_k: int) -> list[dict]:
         """Per volume, one row summarising its slices (for tasks that have a summary)."""

@@ -47,21 +47,20 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
         if path is not None and Path(path).is_dir():
             raise UserError(f"{path}: is a folder; give a file name for --json / --csv")
     model = load(target, options.device)
-    model.task.check_predicts()  # before any file is read
-    read = model.read(inputs, progress="reading inputs")
-    if not read.samples:
-        first = read.skipped[0]
-        raise UserError(f"none of the {len(read.skipped)} inputs could be read (first: {first['input']}: {first['reason']}); "
+    skipped: list[dict] = []
+    rows = model.predict(inputs, options.top_k, options.batch_size, skipped, progress="predicting")
+    if not rows:
+        first = skipped[0]
+        raise UserError(f"none of the {len(skipped)} inputs could be read (first: {first['input']}: {first['reason']}); "
                         f"give files of the kind the model was trained on")
-    rows = model.predict_read(read, options.top_k, options.batch_size)
-    result = PredictResult(str(target), model.task.name, model.classes, rows, read.skipped)
+    result = PredictResult(str(target), model.task.name, model.classes, rows, skipped)
     if model.task.name == "segment":
         result.files += write_masks(rows, Path(options.masks))
     for row in rows:  # every class's probability served the volume summaries; the files keep the top k
         row.pop("probabilities", None)
     if options.json is not None:
         write_json(Path(options.json), {"model": str(target), "task": result.task, "classes": result.classes,
-                                        "predictions": rows, "skipped": read.skipped})
+                                        "predictions": rows, "skipped": skipped})
         result.files.append(Path(options.json))
     if options.csv is not None:
         write_text(Path(options.csv), csv_text(rows, options.top_k, result.task))
