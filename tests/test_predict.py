@@ -199,6 +199,14 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
     assert compared == 4  # slices 1-4 hold labels
     assert abs(sum(rows[0]["shares"].values()) - 1) < 1e-6 and "mask" in result.stdout
 
+    # any output size from the same model: its decoder's queries are positions (Perceiver IO)
+    result = cli("predict", "runs/seg", volume, "--masks", "big", "--mask-size", "32x48", "--json", "big.json")
+    assert result.exit_code == 0, result.output
+    big = json.loads(Path("big.json").read_text())["predictions"]
+    assert all(np.asarray(Image.open(row["mask_file"])).shape == (32, 48) for row in big)
+    assert "multiple of 2" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "33x48"))
+    assert "HEIGHTxWIDTH" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "big"))
+
 
 def test_a_masked_image_run_has_nothing_to_predict(cli, workdir, tmp_path):
     result = cli("train", *set_args(TINY + ["task.name=masked_image", "train.best_metric=val_loss",
@@ -228,3 +236,5 @@ def test_bad_targets_and_inputs_are_one_line(cli, shapes_run, tmp_path):
     line = assert_user_error(cli("predict", broken.parent, source / "red" / "000.png"))
     assert "best.pt: not a readable perceiver checkpoint" in line
     assert "is a folder" in assert_user_error(cli("predict", run, source / "red" / "000.png", "--json", str(tmp_path)))
+    line = assert_user_error(cli("predict", run, source / "red" / "000.png", "--mask-size", "16x16"))
+    assert "--mask-size is for segmentation runs" in line

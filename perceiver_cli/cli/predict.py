@@ -20,11 +20,12 @@ def predict_command(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every prediction (and the skipped inputs) to this JSON file."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write one line per prediction to this CSV file."),
     masks: Path = typer.Option(Path("predictions"), "--masks", help="Segmentation runs: folder for a mask PNG per input (pixel value = class index)."),
+    mask_size: Optional[str] = typer.Option(None, "--mask-size", help="Segmentation runs: masks at this HEIGHTxWIDTH, e.g. 512x512 for a scan's own resolution (the decoder's queries are positions: any size).  \\[default: the model's input size]"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to run on."),
 ):
     """What the model says of each input: a table of its top classes (or mask files), JSON and CSV on request."""
-    from ..predict.run import PredictOptions, predict_files
+    from ..predict.run import PredictOptions, parse_size, predict_files
 
     tables.predictions(predict_files(target, inputs, PredictOptions(top_k, json_path, csv_path, masks, batch_size,
-                                                                    device.value)))
+                                                                    device.value, parse_size(mask_size))))

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..console import track
 from ..data.inputs import Sample, Unreadable, expand
-from ..engine.runtime import InputTransform, as_tensor, predict, resolve_device, use_bf16
+from ..engine.runtime import InputTransform, as_tensor, autocast, predict, resolve_device, use_bf16
+from ..errors import UserError
 from ..runs.exported import load_model_from
 from ..runs.trained import described_dataset
 from ..tasks import build_task
@@ -71,27 +72,47 @@ class LoadedModel(nn.Module):
                 except OSError as exc:
                     skipped.append({"input": found.name, "reason": f"cannot read it ({exc.strerror or exc})"})
 
-    def logits(self, stored: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU."""
-        return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device).cpu()
+    def logits(self, stored: np.ndarray, batch_size: int = 64, mask_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU. A
+        segmentation model answers at any `mask_size` (its queries are positions: Perceiver IO)."""
+        if mask_size is None:
+            return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device).cpu()
+        self._check_mask_size(mask_size)
+        outputs = []
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            for start in range(0, len(stored), batch_size):
+                batch = self.transform(as_tensor(stored[start : start + batch_size], self.device))
+                outputs.append(self.module(batch, tuple(mask_size)).float().cpu())
+        return torch.cat(outputs)
+
+    def _check_mask_size(self, mask_size: tuple[int, int]) -> None:
+        if self.task.name != "segment":
+            raise UserError(f"--mask-size is for segmentation runs; this is a task.name={self.task.name} run")
+        stride = self.recipe.task.output_stride
+        if mask_size[0] % stride or mask_size[1] % stride:
+            raise UserError(f"--mask-size {mask_size[0]}x{mask_size[1]}: the model answers in {stride}x{stride} blocks "
+                            f"(task.output_stride={stride}); give a multiple of {stride}")
 
     def predict(self, inputs, top_k: int = 3, batch_size: int = 64, skipped: list[dict] | None = None,
-                progress: str | None = None) -> list[dict]:
+                progress: str | None = None, mask_size: tuple[int, int] | None = None) -> list[dict]:
         """One row per input sample (then one per volume: its slices' summary), in input order. Files are
-        read and run a batch at a time; those that cannot be read are appended to `skipped`."""
+        read and run a batch at a time; those that cannot be read are appended to `skipped`. A
+        segmentation run's masks come at `mask_size` (H, W) when given, else at its input size."""
         self.task.check_predicts()
+        if mask_size is not None:
+            self._check_mask_size(mask_size)  # before any file is read
         skipped = [] if skipped is None else skipped
         rows, batch = [], []
         for sample in self.samples(inputs, skipped, progress):
             batch.append(sample)
             if len(batch) == batch_size:
-                rows += self._predict_batch(batch, top_k)
+                rows += self._predict_batch(batch, top_k, mask_size)
                 batch = []
-        rows += self._predict_batch(batch, top_k) if batch else []
+        rows += self._predict_batch(batch, top_k, mask_size) if batch else []
         return rows + self.volume_rows(rows, top_k)
 
-    def _predict_batch(self, samples: list[Sample], top_k: int) -> list[dict]:
-        outputs = self.logits(np.stack([s.array for s in samples]), len(samples))
+    def _predict_batch(self, samples: list[Sample], top_k: int, mask_size=None) -> list[dict]:
+        outputs = self.logits(np.stack([s.array for s in samples]), len(samples), mask_size)
         return [{"input": s.name, **({"volume": s.volume} if s.volume else {}), **p}
                 for s, p in zip(samples, self.task.predictions(outputs, top_k))]
 
@@ -115,7 +136,6 @@ def _prepared_source(recipe, state: dict) -> dict:
     the model's input size, meshes sampled with seed 0)."""
     from ..data.prepared import read_manifest
     from ..data.sources import default_root
-    from ..errors import UserError
 
     root = Path(recipe.data.root) if recipe.data.root else default_root(recipe.data.dataset)
     try:

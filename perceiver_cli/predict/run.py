@@ -28,6 +28,7 @@ class PredictOptions:
     masks: Path = Path("predictions")  # segmentation runs: a mask PNG per input
     batch_size: int = 64
     device: str = "auto"
+    mask_size: tuple[int, int] | None = None  # segmentation: masks at this H W (default: the model's input size)
 
 
 @dataclass
@@ -48,7 +49,7 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
             raise UserError(f"{path}: is a folder; give a file name for --json / --csv")
     model = load(target, options.device)
     skipped: list[dict] = []
-    rows = model.predict(inputs, options.top_k, options.batch_size, skipped, progress="predicting")
+    rows = model.predict(inputs, options.top_k, options.batch_size, skipped, "predicting", options.mask_size)
     if not rows:
         first = skipped[0]
         raise UserError(f"none of the {len(skipped)} inputs could be read (first: {first['input']}: {first['reason']}); "
@@ -66,6 +67,16 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
         write_text(Path(options.csv), csv_text(rows, options.top_k, result.task))
         result.files.append(Path(options.csv))
     return result
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """--mask-size HEIGHTxWIDTH."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", text)
+    if not match or 0 in (int(match.group(1)), int(match.group(2))):
+        raise UserError(f"--mask-size {text!r}: give HEIGHTxWIDTH, both above 0, e.g. 256x256")
+    return int(match.group(1)), int(match.group(2))
 
 
 def mask_names(samples: list[str]) -> list[str]:
