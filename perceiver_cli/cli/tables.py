@@ -255,3 +255,27 @@ def bench(document: dict) -> None:
         d = c["defaults"]
         console.print(f"at defaults (train): ours {d['ours_samples_per_s']:,.1f} samples/s ({d['ours_dtype']}) vs lucidrains "
                       f"{d['lucidrains_samples_per_s']:,.1f} ({d['lucidrains_dtype']}): {d['speedup']:.2f}x", highlight=False)
+
+
+def export(result) -> None:
+    table = Table(title=f"{result.format} export → {result.out}", header_style="bold")
+    table.add_column("check")
+    for column in ("batch", "max |diff|", "tolerance"):
+        table.add_column(column, justify="right")
+    for check in result.checks:
+        if "identical" in check:  # the weights' round trip: the same bits or a failure
+            table.add_row(check["what"], str(check["batch"]), "identical" if check["identical"] else "differ", "bits")
+        else:
+            table.add_row(check["what"], str(check["batch"]), f"{check['max_abs_diff']:.2g}", f"{check['tolerance']:.2g}")
+    info(table)
+    if result.exporter:
+        console.print(f"{result.exporter}" + (f" · opset {result.opset}" if result.opset else "") + f" · checked on "
+                      f"{result.inputs_used}", highlight=False, soft_wrap=True)
+        graph_in, graph_out = result.input, result.output
+        info(f"input '{graph_in['name']}' {graph_in['dtype']} {graph_in['layout']} {graph_in['shape']} · output "
+             f"'{graph_out['name']}' {graph_out['layout']}: {graph_out['meaning']}", highlight=False)
+    from rich.markup import escape
+
+    for note in result.notes:
+        info(f"[yellow]note:[/] {escape(note)}")
+    console.print(f"wrote {result.out}: {', '.join(result.files)}", highlight=False)

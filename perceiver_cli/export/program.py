@@ -1,0 +1,45 @@
+"""The model as one torch.export program with a dynamic batch axis: what the ONNX
+file is translated from and what --format torchscript saves (model.pt2)."""
+
+from __future__ import annotations
+
+import torch
+
+from .graph import with_plain_attention
+
+
+def dynamic_shapes() -> tuple[dict, ...]:
+    """Any batch size. The rest is the stored sample's shape: a point count that may vary trips a
+    guard of the first-num_points slice (whether it cuts anything), and an image's grid is fixed."""
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def export_program(module: torch.nn.Module, example: torch.Tensor) -> tuple[torch.export.ExportedProgram, torch.nn.Module, list[str]]:
+    """(program, the module it was made from, notes). torch.export checks every guard against the
+    whole batch range, so a program that comes back is right for any batch size. Where the model's
+    fast CPU paths cannot be exported so (the split key/value projection works in slabs whose count
+    depends on the batch size), the program is made from the plain attention path instead."""
+    shapes = dynamic_shapes()
+    try:
+        return _export(module, example, shapes), module, []
+    except Exception as exc:  # noqa: BLE001  any failure of the fast path: the plain one is the same math
+        plain = with_plain_attention(module).eval()
+        reason = (str(exc).strip().splitlines() or [""])[0][:120]
+        program = _export(plain, example, shapes)
+        return program, plain, [f"the grid attention / split key-value projection did not export with a dynamic batch "
+                                f"({type(exc).__name__}: {reason}); exported the plain attention path (the same attention)"]
+
+
+def _export(module, example, shapes) -> torch.export.ExportedProgram:
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes=shapes, strict=False)
+
+
+def save_program(program: torch.export.ExportedProgram, path) -> None:
+    torch.export.save(program, str(path))
+
+
+def run_program_file(path, x: torch.Tensor) -> torch.Tensor:
+    """Load a saved model.pt2 as a deployer would and run it."""
+    with torch.no_grad():
+        return torch.export.load(str(path)).module()(x)

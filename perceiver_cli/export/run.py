@@ -1,0 +1,175 @@
+"""`perceiver export`: a trained run as an export folder, every file in it checked before it is kept.
+
+    safetensors   model.safetensors + config.json (runs/exported.py): what perceiver_cli.load reads
+    onnx          the same + model.onnx + export.json (the graph's input, output and check)
+    torchscript   the same + model.pt2 (torch.export, torch.export.load) + export.json
+
+The ONNX and torch.export graphs take stored samples (uint8 images, float32 points) with the
+preprocessing inside (graph.py). Each is run on the run's prepared test (or val) samples, or where
+those are not here on generated ones, at two batch sizes and compared with the eager PyTorch model;
+above the tolerance nothing is written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import json_text
+from ..engine.runtime import InputTransform
+from ..errors import UserError
+from ..runs.exported import is_export_folder, load_folder, load_model_from, write_folder
+from ..runs.trained import run_dir_of, split_samples
+from . import onnx_file, program
+from .graph import Deployable, generated_samples, input_description, output_description
+
+FORMATS = ("onnx", "safetensors", "torchscript")
+CHECK_BATCHES = (1, 8)
+# |exported - eager| on fp32 logits, relative to the logits' scale: a faithful graph differs by the
+# order of float operations only (measured ~1e-7 to 1e-5); a wrong one by far more (a batch-dependent
+# slab loop frozen at trace time was off by 0.1-0.2), and 1e-3 moves a probability by ~0.1 % at most
+TOLERANCE = 1e-3
+EXPORT_INFO = "export.json"
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    format: str
+    files: list[str]
+    task: str
+    classes: list[str]
+    input: dict | None = None
+    output: dict | None = None
+    exporter: str | None = None
+    opset: int | None = None
+    inputs_used: str = ""
+    checks: list[dict] = field(default_factory=list)  # {"what", "batch", "max_abs_diff", "tolerance"}
+    notes: list[str] = field(default_factory=list)
+
+
+def export(target: Path, format: str, out: Path | None = None, opset: int | None = None) -> ExportResult:
+    """Export a run directory, checkpoint or export folder as `format` into `out` (default <run>/export)."""
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: unknown format; choose one of {', '.join(FORMATS)}")
+    if opset is not None and format != "onnx":
+        raise UserError(f"--opset applies to --format onnx only, not {format}")
+    if format == "onnx":
+        onnx_file.require(opset)
+    target = Path(target)
+    if not target.exists():
+        raise UserError(f"{target}: no such run directory, checkpoint or export folder")
+    device = torch.device("cpu")  # graphs are traced and checked on the CPU, where onnxruntime runs them
+    model, recipe, state, loaded = load_model_from(target, device)
+    task = recipe.task.name
+    if task == "masked_image":
+        raise UserError(f"{target}: a masked_image run is an encoder to fine-tune (train.init), not a model to deploy; "
+                        f"export the classifier or segmentation run trained from it")
+    out = Path(out) if out is not None else _default_out(target, loaded)
+    _check_out(out)
+
+    classes = list(state["classes"])
+    result = ExportResult(out, format, [], task, classes)
+    samples, result.inputs_used = _check_samples(recipe, state)
+    transform = InputTransform(state["input_spec"], state.get("normalization"), device, recipe.data)
+    with torch.no_grad():
+        eager = {batch: model(transform(torch.from_numpy(samples[:batch]))) for batch in CHECK_BATCHES}
+
+    with tempfile.TemporaryDirectory(prefix="perceiver-export-") as tmp:
+        extra = {}
+        if format != "safetensors":
+            extra = _graph_files(Deployable(model, transform).eval(), Path(tmp), format, opset, samples, eager, result)
+            result.input = input_description(state["input_spec"], getattr(recipe.data, "num_points", None))
+            result.output = output_description(task, classes)
+            info = Path(tmp) / EXPORT_INFO
+            info.write_text(json_text(_export_info(result), indent=2) + "\n")
+            extra[EXPORT_INFO] = info
+        write_folder(model, recipe, state, out, extra_files=extra)
+    result.files = sorted(path.name for path in out.iterdir())
+    _check_round_trip(out, transform, samples, eager, result)
+    return result
+
+
+def _default_out(target: Path, loaded) -> Path:
+    if is_export_folder(target):
+        return target  # re-exported in place (the model is in memory; the folder is replaced as a whole)
+    return (target if target.is_dir() else run_dir_of(loaded.path)) / "export"
+
+
+def _check_out(out: Path) -> None:
+    """The folder is replaced as a whole: never a folder of other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder (it is created, or an earlier export there is replaced)")
+    if out.is_dir() and any(out.iterdir()) and not is_export_folder(out):
+        raise UserError(f"--out {out} holds files that are not an export (no config.json); give a new or empty folder, "
+                        f"since an export replaces its folder as a whole")
+
+
+def _check_samples(recipe, state) -> tuple[np.ndarray, str]:
+    """The first samples of the run's prepared test (or val) split, as stored; generated ones of the
+    input spec when that dataset is not here."""
+    count = max(CHECK_BATCHES)
+    try:
+        x, _, split = split_samples(recipe, state, None)
+    except (UserError, OSError) as exc:
+        return generated_samples(state["input_spec"], count), f"generated {state['input_spec']['kind']} ({exc})"
+    if len(x) == 0:
+        return generated_samples(state["input_spec"], count), f"generated {state['input_spec']['kind']} (the {split} split is empty)"
+    taken = np.asarray(x[:count])
+    repeats = -(-count // len(taken))  # a split smaller than the largest check batch is repeated
+    shown = f"{len(taken)} {split} samples of {state['dataset']}" + (f", repeated to {count}" if repeats > 1 else "")
+    return np.concatenate([taken] * repeats)[:count], shown
+
+
+def _graph_files(module: Deployable, tmp: Path, format: str, opset, samples, eager, result: ExportResult) -> dict:
+    """Export the graph into tmp, check it, and return {name in the folder: file}."""
+    example = torch.from_numpy(samples[:2])  # a batch of 2: size 1 would be specialised as a constant
+    exported, traced_module, result.notes = program.export_program(module, example)
+    input_name = "points" if module.is_points else "images"
+    if format == "onnx":
+        path = tmp / "model.onnx"
+        result.exporter, notes = onnx_file.write_onnx(exported, traced_module, example, path, opset, input_name)
+        result.notes += notes
+        result.opset = onnx_file.opset_of(path)
+        run = lambda x: torch.from_numpy(onnx_file.run_onnx(path, x))  # noqa: E731
+        what = "ONNX Runtime"
+    else:
+        path = tmp / "model.pt2"
+        program.save_program(exported, path)
+        result.exporter = "torch.export (model.pt2; load with torch.export.load)"
+        run = lambda x: program.run_program_file(path, torch.from_numpy(x))  # noqa: E731
+        what = "torch.export"
+    for batch in CHECK_BATCHES:
+        got = run(samples[:batch])
+        diff = (got.float() - eager[batch]).abs().max().item() if got.shape == eager[batch].shape else float("inf")
+        tolerance = TOLERANCE * max(1.0, eager[batch].abs().max().item())
+        result.checks.append({"what": f"{what} vs PyTorch", "batch": batch, "max_abs_diff": diff, "tolerance": tolerance})
+        if not diff <= tolerance:
+            raise UserError(f"the exported {path.name} differs from PyTorch by {diff:.3g} at batch {batch} (tolerance "
+                            f"{tolerance:.3g}, {result.inputs_used}); nothing was written. Please report it with the "
+                            f"output of --debug")
+    return {path.name: path}
+
+
+def _export_info(result: ExportResult) -> dict:
+    return {"format": result.format, "exporter": result.exporter, "opset": result.opset, "torch": torch.__version__,
+            "input": result.input, "output": result.output, "classes": result.classes,
+            "preprocessing": "inside the graph (feed stored samples as the input says)",
+            "check": {"inputs": result.inputs_used, "runs": result.checks}, "notes": result.notes}
+
+
+def _check_round_trip(out: Path, transform, samples, eager, result: ExportResult) -> None:
+    """The folder as perceiver_cli.load reads it gives the very same logits (same bits)."""
+    model, _, _ = load_folder(out, torch.device("cpu"))
+    batch = max(CHECK_BATCHES)
+    with torch.no_grad():
+        same = torch.equal(model(transform(torch.from_numpy(samples[:batch]))), eager[batch])
+    result.checks.append({"what": "safetensors folder reloaded vs PyTorch", "batch": batch, "identical": same})
+    if not same:
+        shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"{out}: the reloaded weights do not give the run's logits; nothing was kept. Please report it")
