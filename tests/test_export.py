@@ -256,3 +256,22 @@ def test_a_graph_that_differs_from_pytorch_is_refused_and_nothing_is_written(cli
     line = assert_user_error(cli("export", "runs/modelnet40", "--format", "onnx"))
     assert "model.onnx differs from PyTorch by 0.01" in line and "nothing was written" in line
     assert files(workdir) == before
+
+
+def test_when_the_dynamo_exporter_fails_the_torchscript_exporter_is_used_and_named(cli, workdir, point_run, monkeypatch):
+    in_copy(point_run, workdir)
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("unsupported operator. (as the dynamo exporter may say)")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    result = cli("export", "runs/modelnet40", "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    info = json.loads(Path("runs/modelnet40/export/export.json").read_text())
+    assert info["exporter"].startswith("TorchScript-based") and "dynamo exporter failed" in info["notes"][0]
+    x, logits, _ = stored_split(Path("runs/modelnet40"))
+    x = np.concatenate([x, x, x])
+    assert np.abs(run_onnx(Path("runs/modelnet40/export/model.onnx"), x) - torch.cat([logits] * 3).numpy()).max() < TOLERANCE

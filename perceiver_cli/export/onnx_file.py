@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .program import short_reason
 
 INSTALL = "pip install 'perceiver-cli[onnx]'"
 # the dynamo exporter writes opset 18 and later (onnxscript's); ONNX_MAX_OPSET is the newest torch knows
@@ -43,13 +44,12 @@ def write_onnx(program, module: torch.nn.Module, example: torch.Tensor, path: Pa
                           verbose=False, **names)
         exporter, notes = "dynamo (torch.export)", []
     except Exception as exc:  # noqa: BLE001  the older exporter is the documented fallback
-        reason = (str(exc).strip().splitlines() or [""])[0][:120]
         fallback_opset = min(opset or TORCHSCRIPT_MAX_OPSET, TORCHSCRIPT_MAX_OPSET)
         with torch.no_grad():
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=fallback_opset,
                               dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}}, **names)
         exporter = "TorchScript-based (torch.onnx, dynamo=False)"
-        notes = [f"the dynamo exporter failed ({type(exc).__name__}: {reason}); used the TorchScript-based exporter"
+        notes = [f"the dynamo exporter failed ({short_reason(exc)}); used the TorchScript-based exporter"
                  + (f" at opset {fallback_opset}, its newest" if opset and opset > fallback_opset else "")]
     _name_batch_axis(path)
     return exporter, notes

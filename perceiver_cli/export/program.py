@@ -3,6 +3,8 @@ file is translated from and what --format torchscript saves (model.pt2)."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .graph import with_plain_attention
@@ -24,10 +26,16 @@ def export_program(module: torch.nn.Module, example: torch.Tensor) -> tuple[torc
         return _export(module, example, shapes), module, []
     except Exception as exc:  # noqa: BLE001  any failure of the fast path: the plain one is the same math
         plain = with_plain_attention(module).eval()
-        reason = (str(exc).strip().splitlines() or [""])[0][:120]
+        reason = short_reason(exc)
         program = _export(plain, example, shapes)
         return program, plain, [f"the grid attention / split key-value projection did not export with a dynamic batch "
-                                f"({type(exc).__name__}: {reason}); exported the plain attention path (the same attention)"]
+                                f"({reason}); exported the plain attention path (the same attention)"]
+
+
+def short_reason(exc: Exception) -> str:
+    """An exporter's failure in a few words: its type and first sentence."""
+    first = re.split(r"(?<=[.!?])\s", (str(exc).strip().splitlines() or [""])[0])[0]
+    return f"{type(exc).__name__}: {first[:120]}"
 
 
 def _export(module, example, shapes) -> torch.export.ExportedProgram:
