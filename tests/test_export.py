@@ -17,6 +17,7 @@ import torch
 
 from conftest import set_args, snapshot, write_image_folder
 from test_cli import assert_user_error
+from test_kneeseg import write_pairs
 from test_modelnet40 import POINT_MODEL, write_modelnet
 
 from perceiver_cli.engine.runtime import InputTransform
@@ -185,6 +186,22 @@ def test_torch_export_program_matches_pytorch(cli, workdir, image_run):
     with torch.no_grad():
         got = torch.export.load(str(run / "export" / "model.pt2")).module()(torch.from_numpy(x))
     assert (got - logits).abs().max().item() < TOLERANCE
+
+
+def test_onnx_of_a_segmentation_run_gives_its_per_pixel_logits(cli, workdir):
+    images, labels = write_pairs(workdir / "knee")
+    assert cli("prepare", "knee-seg", "--images", images, "--labels", labels, "--size", "16x16", "--split", "0.6,0.2,0.2").exit_code == 0
+    segment = ["task.name=segment", "data.dataset=knee-seg", "model.num_latents=8", "model.latent_dim=32",
+               "model.latent_blocks=1", "model.latent_heads=2", "model.num_bands=4", "model.patch_size=1",
+               "task.output_stride=2", "train.batch_size=16", "train.epochs=1", "train.best_metric=val_dice"]
+    assert cli("train", *set_args(segment), "--name", "seg").exit_code == 0
+    result = cli("export", "runs/seg", "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    info = json.loads(Path("runs/seg/export/export.json").read_text())
+    assert info["output"]["layout"] == "B H W K" and info["notes"] == []  # 256 pixels: the grid attention, exported
+    x, logits, _ = stored_split(Path("runs/seg"))
+    got = run_onnx(Path("runs/seg/export/model.onnx"), x)
+    assert got.shape == (len(x), 16, 16, len(info["classes"])) and np.abs(got - logits.numpy()).max() < TOLERANCE
 
 
 # --- mistakes: one line, exit 2, nothing written ----------------------------------------------------

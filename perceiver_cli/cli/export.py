@@ -22,7 +22,7 @@ class Format(str, Enum):
 @user_errors("export")
 def export_command(
     target: Path = typer.Argument(..., help="A run directory (uses checkpoints/best.pt), a checkpoint .pt file or an export folder."),
-    format: Format = typer.Option(..., "--format", help="safetensors: weights + config.json (what perceiver_cli.load reads); onnx or torchscript: that file too, checked against PyTorch."),
+    format: Format = typer.Option(..., "--format", help="safetensors: weights + config.json (what perceiver_cli.load reads); onnx: also model.onnx; torchscript: also model.pt2 (torch.export, which replaces the deprecated torch.jit). Each graph is checked against PyTorch."),
     out: Optional[Path] = typer.Option(None, "--out", help="Export folder (replaced as a whole).  \\[default: <run>/export]"),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset version (--format onnx).  \\[default: torch's]"),
 ):
