@@ -26,6 +26,8 @@ MEMORY_KNOBS = {
     "eval": "lower --batch-size",
     "attention": "capture fewer --samples",
     "prepare": "lower --size (or --points)",
+    "predict": "lower --batch-size (or --mask-size)",
+    "export": "export on a machine with more memory (the check runs batches of 8)",
 }
 DEBUG = False
 _interrupt_note = None  # set by a command that can say how to continue after Ctrl-C: () -> str
