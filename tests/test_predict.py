@@ -19,7 +19,6 @@ import perceiver_cli
 from conftest import TINY, set_args, write_image_folder
 from perceiver_cli.data import prepared
 from perceiver_cli.engine.runtime import InputTransform, as_tensor, predict
-from perceiver_cli.runs.exported import write_folder
 from perceiver_cli.runs.trained import load_trained
 from test_akoa import SHARED, SMALL_MODEL, ras_volume, save_nifti
 from test_cli import assert_user_error
@@ -84,8 +83,9 @@ def test_predict_command_table_json_csv_and_a_zip(cli, shapes_run, tmp_path):
 
 def test_an_export_folder_predicts_as_its_run_does(cli, shapes_run, tmp_path):
     run, source = shapes_run
-    module, recipe, loaded = load_trained(run, torch.device("cpu"))
-    folder = write_folder(module, recipe, loaded.state, tmp_path / "exported")
+    result = cli("export", run, "--format", "safetensors", "--out", tmp_path / "exported")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "exported"
     files = sorted((source / "green").glob("*.png"))[:5]
     from_run, from_folder = perceiver_cli.load(run), perceiver_cli.load(folder)
     assert torch.equal(from_run.logits(from_run.read(files).stored()), from_folder.logits(from_folder.read(files).stored()))
