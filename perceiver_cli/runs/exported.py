@@ -13,6 +13,7 @@ the new one, never half of one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def write_folder(model: torch.nn.Module, recipe, state: dict, out: Path, extra_f
         tmp.mkdir()
         try:
             save_model(model, str(tmp / WEIGHTS))  # shared tensors (weight sharing) are stored once
+            _readable_as_umask_allows(tmp / WEIGHTS)  # safetensors writes it owner-only; the rest is 0666 & ~umask
             document = {"format": FORMAT, "recipe": recipe.to_dict(), "checkpoint": description(state)}
             (tmp / CONFIG).write_text(json_text(document, indent=2) + "\n")
             for name, path in (extra_files or {}).items():
@@ -66,6 +68,12 @@ def write_folder(model: torch.nn.Module, recipe, state: dict, out: Path, extra_f
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def _readable_as_umask_allows(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def read_config(folder: Path) -> dict:
