@@ -185,6 +185,8 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
     result = cli("predict", "runs/seg", volume, "--masks", "masks", "--json", "p.json")
     assert result.exit_code == 0, result.output
     rows = json.loads(Path("p.json").read_text())["predictions"]
+    (whole,) = [row for row in rows if "slices" in row]
+    rows = [row for row in rows if "slices" not in row]
     assert len(rows) == 6  # every slice of the scan: a new one has no label map to say where to look
     stored, logits = eval_logits(Path("runs/seg"), "test")
     compared = 0
@@ -197,13 +199,26 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
             compared += 1
             assert np.array_equal(mask, logits[tested.index(name)].argmax(-1).numpy())
     assert compared == 4  # slices 1-4 hold labels
+
+    # and one label volume on the scan's own grid and affine, each slice's mask in its place
+    import nibabel as nib
+    from perceiver_cli.data.akoa import _load_nifti
+
+    scan, labels = nib.load(volume), nib.load(whole["mask_file"])
+    assert labels.shape == scan.shape and np.allclose(labels.affine, scan.affine) and labels.get_data_dtype() == np.uint8
+    laid_out = _load_nifti(Path(whole["mask_file"]).read_bytes(), True, None)  # as the slices were cut
+    for row in rows:
+        mask = np.asarray(Image.open(row["mask_file"]))
+        native = np.asarray(Image.fromarray(mask).resize(laid_out.shape[1:][::-1], Image.Resampling.NEAREST))
+        assert np.array_equal(laid_out[row["slice"]], native)
+    assert whole["slices"] == 6 and abs(sum(whole["shares"].values()) - 1) < 1e-6
     assert abs(sum(rows[0]["shares"].values()) - 1) < 1e-6 and "mask" in result.stdout
 
     # any output size from the same model: its decoder's queries are positions (Perceiver IO)
     result = cli("predict", "runs/seg", volume, "--masks", "big", "--mask-size", "32x48", "--json", "big.json")
     assert result.exit_code == 0, result.output
     big = json.loads(Path("big.json").read_text())["predictions"]
-    assert all(np.asarray(Image.open(row["mask_file"])).shape == (32, 48) for row in big)
+    assert all(np.asarray(Image.open(row["mask_file"])).shape == (32, 48) for row in big if "slices" not in row)
     assert "multiple of 2" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "33x48"))
     assert "HEIGHTxWIDTH" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "big"))
 

@@ -145,7 +145,15 @@ def predictions(result) -> None:
     console.print(table)
     if len(samples) > SHOWN_ROWS:
         info(f"… and {len(samples) - SHOWN_ROWS:,} more (every row is in --json / --csv)")
-    if volumes:
+    if volumes and segment:
+        summary = Table(title="per volume (a label volume over the scan)", header_style="bold")
+        for column in ("volume", "slices", "classes (voxel share)", "mask"):
+            summary.add_column(column, justify="right" if column == "slices" else "left", overflow="fold")
+        for row in volumes:
+            shares = ", ".join(f"{e['class']} {e['share']:.1%}" for e in row["top_k"])
+            summary.add_row(row["input"], str(row["slices"]), shares, row["mask_file"])
+        console.print(summary)
+    elif volumes:
         summary = Table(title="per volume (its slices' probabilities averaged)", header_style="bold")
         for column in ("volume", "slices", "class", "probability"):
             summary.add_column(column, justify="left" if column in ("volume", "class") else "right", overflow="fold")
@@ -157,7 +165,7 @@ def predictions(result) -> None:
     if result.files:
         shown = [str(p) for p in result.files if not str(p).endswith(".mask.png")]
         masks = len(result.files) - len(shown)
-        info(f"wrote {', '.join(shown + ([f'{masks} mask PNG(s)'] if masks else []))}", highlight=False)
+        info(f"wrote {', '.join(([f'{masks} mask PNG(s)'] if masks else []) + shown)}", highlight=False)
 
 
 def attention(result) -> None:

@@ -222,7 +222,12 @@ def _read_file(path: str, data: bytes, options: AkoaOptions) -> list[tuple[int |
         with open_image(data) as img:
             img.load()
             return [(None, _resize(np.asarray(img.convert("L")), options.size))]
-    volume = _load_nifti(data, path.lower().endswith(".gz"), options.axis)
+    return slice_volume(_load_nifti(data, path.lower().endswith(".gz"), options.axis), options)
+
+
+def slice_volume(volume: np.ndarray, options: AkoaOptions) -> list[tuple[int, np.ndarray]]:
+    """[(slice index, H x W uint8)] of an oriented volume: options.slices evenly spaced (all when
+    None), the volume's intensity window, resized to options.size."""
     count = volume.shape[0]
     chosen = range(count) if options.slices is None or options.slices >= count else \
         np.unique(np.linspace(0, count - 1, options.slices).round().astype(int))
@@ -233,17 +238,48 @@ def _read_file(path: str, data: bytes, options: AkoaOptions) -> list[tuple[int |
 def _load_nifti(data: bytes, compressed: bool, axis: int | None) -> np.ndarray:
     """The volume as (slices, rows, columns): sagittal slices shown superior up, anterior left;
     or, with a forced axis, the stored voxels cut along it as they are."""
+    return oriented(nifti_image(data, compressed), axis)
+
+
+def nifti_image(data: bytes, compressed: bool):
+    """A NIfTI-1 or -2 image of one 3D volume from its file's bytes (its voxels read when asked)."""
     import nibabel as nib
 
     raw = gzip.decompress(data) if compressed else data
     image = nib.Nifti1Image.from_bytes(raw) if raw[344:348] in (b"n+1\x00", b"ni1\x00") else nib.Nifti2Image.from_bytes(raw)
     if image.ndim != 3 and not (image.ndim == 4 and image.shape[3] == 1):
         raise ValueError(f"expected a 3D volume, got shape {image.shape}")
+    return image
+
+
+def oriented(image, axis: int | None) -> np.ndarray:
+    """_load_nifti's (slices, rows, columns) of a NIfTI image; labels_nifti undoes it."""
+    import nibabel as nib
+
     if axis is not None:
         return np.moveaxis(np.asanyarray(image.dataobj).reshape(image.shape[:3]), axis, 0)
     canonical = nib.as_closest_canonical(image)  # voxel axes become R, A, S
     volume = np.asanyarray(canonical.dataobj).reshape(canonical.shape[:3])  # x (left->right), y (post->ant), z (inf->sup)
     return volume.transpose(0, 2, 1)[:, ::-1, ::-1]  # slice, superior->inferior, anterior->posterior
+
+
+def labels_nifti(labels: np.ndarray, affine: np.ndarray, axis: int | None) -> bytes:
+    """A uint8 label volume on the voxel grid and affine of the image it was predicted for, from
+    labels laid out as oriented(image, axis) lays out its voxels (slices, rows, columns): a
+    .nii.gz's bytes, so that a viewer shows it over the scan."""
+    import nibabel as nib
+
+    labels = np.asarray(labels, dtype=np.uint8)
+    if axis is not None:
+        voxels = np.moveaxis(labels, 0, axis)
+    else:
+        canonical = labels[:, ::-1, ::-1].transpose(0, 2, 1)  # back to R, A, S voxel axes
+        to_stored = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+                                                    nib.orientations.io_orientation(affine))
+        voxels = nib.orientations.apply_orientation(canonical, to_stored)
+    out = nib.Nifti1Image(np.ascontiguousarray(voxels), affine)
+    out.set_data_dtype(np.uint8)
+    return gzip.compress(out.to_bytes(), compresslevel=6)
 
 
 def _to_uint8(volume: np.ndarray, chosen: list[int]) -> list[np.ndarray]:

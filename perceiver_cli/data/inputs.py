@@ -44,6 +44,7 @@ class Sample:
     name: str  # the file, or "<file>#slice=<i>" for a slice of a volume
     array: np.ndarray  # as prepare stores a sample: uint8 H W C image, float32 N 3 cloud
     volume: str | None = None  # the volume file a slice came from
+    index: int | None = None  # and its index there (akoa's orientation)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class ImageReader:
         # akoa takes `slices` evenly spaced slices; knee-seg's were the labelled ones, which a new scan
         # has not: all of them
         self.slices = slices if isinstance(slices, int) and not str(source.get("kind")).startswith("knee-seg") else None
+        self.geometry: dict[str, VolumeGeometry] = {}  # per volume read: how to lay labels back over it
 
     def read(self, name: str, data: bytes) -> list[Sample]:
         from .imagefolder import _decode, _reason
@@ -137,21 +139,39 @@ class ImageReader:
 
     def _slices(self, name: str, data: bytes) -> list[Sample]:
         """As `prepare akoa` reads a file: a PNG slice, or a volume's slices (its orientation and window)."""
-        from .akoa import AkoaOptions, _read_file
+        from .akoa import AkoaOptions, _read_file, nifti_image, oriented, slice_volume
 
         options = AkoaOptions(slices=self.slices, axis=self.axis, size=self.size)
+        is_volume = kind_of(name) == "volume"
         try:
-            read = _read_file(name, data, options) if kind_of(name) == "volume" or name.lower().endswith(".png") else None
+            if is_volume:
+                image = nifti_image(data, name.lower().endswith(".gz"))
+                volume = oriented(image, self.axis)
+                read = slice_volume(volume, options)
+                self.geometry[name] = VolumeGeometry(np.asarray(image.affine), self.axis, *volume.shape)
+            elif name.lower().endswith(".png"):
+                read = _read_file(name, data, options)
+            else:
+                raise Unreadable("slice runs read PNG slices or NIfTI volumes")
         except UserError as exc:
             raise Unreadable(str(exc)) from None
+        except Unreadable:
+            raise
         except Exception as exc:  # nibabel / PIL on a broken file
-            raise Unreadable(f"not a readable {'NIfTI volume' if kind_of(name) == 'volume' else 'PNG slice'} ({_short(exc)})") from None
-        if read is None:
-            raise Unreadable("slice runs read PNG slices or NIfTI volumes")
-        is_volume = kind_of(name) == "volume"
+            raise Unreadable(f"not a readable {'NIfTI volume' if is_volume else 'PNG slice'} ({_short(exc)})") from None
         return [Sample(f"{name}#slice={index}" if index is not None else name,
-                       match_channels(image[..., None], self.channels), name if is_volume else None)
+                       match_channels(image[..., None], self.channels), name if is_volume else None, index)
                 for index, image in read]
+
+
+@dataclass
+class VolumeGeometry:
+    """Where a volume's slices came from: enough to write a label volume over the scan (akoa.labels_nifti)."""
+    affine: np.ndarray
+    axis: int | None
+    slices: int
+    rows: int
+    columns: int
 
 
 class MeshReader:

@@ -98,22 +98,32 @@ class LoadedModel(nn.Module):
         """One row per input sample (then one per volume: its slices' summary), in input order. Files are
         read and run a batch at a time; those that cannot be read are appended to `skipped`. A
         segmentation run's masks come at `mask_size` (H, W) when given, else at its input size."""
+        rows = list(self.rows(inputs, top_k, batch_size, skipped, progress, mask_size))
+        return rows + self.volume_rows(rows, top_k)
+
+    def rows(self, inputs, top_k: int = 3, batch_size: int = 64, skipped: list[dict] | None = None,
+             progress: str | None = None, mask_size: tuple[int, int] | None = None) -> Iterator[dict]:
+        """predict's per-sample rows as each batch is run (a caller can write them and let them go)."""
         self.task.check_predicts()
         if mask_size is not None:
             self._check_mask_size(mask_size)  # before any file is read
         skipped = [] if skipped is None else skipped
-        rows, batch = [], []
+        batch = []
         for sample in self.samples(inputs, skipped, progress):
             batch.append(sample)
             if len(batch) == batch_size:
-                rows += self._predict_batch(batch, top_k, mask_size)
+                yield from self._predict_batch(batch, top_k, mask_size)
                 batch = []
-        rows += self._predict_batch(batch, top_k, mask_size) if batch else []
-        return rows + self.volume_rows(rows, top_k)
+        if batch:
+            yield from self._predict_batch(batch, top_k, mask_size)
+
+    def volume_geometry(self, volume: str):
+        """Where a volume's slices came from (data/inputs.VolumeGeometry), once it has been read; else None."""
+        return getattr(self.reader, "geometry", {}).get(volume)
 
     def _predict_batch(self, samples: list[Sample], top_k: int, mask_size=None) -> list[dict]:
         outputs = self.logits(np.stack([s.array for s in samples]), len(samples), mask_size)
-        return [{"input": s.name, **({"volume": s.volume} if s.volume else {}), **p}
+        return [{"input": s.name, **({"volume": s.volume, "slice": s.index} if s.volume else {}), **p}
                 for s, p in zip(samples, self.task.predictions(outputs, top_k))]
 
     def volume_rows(self, rows: list[dict], top_k: int) -> list[dict]:

@@ -49,14 +49,16 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
             raise UserError(f"{path}: is a folder; give a file name for --json / --csv")
     model = load(target, options.device)
     skipped: list[dict] = []
-    rows = model.predict(inputs, options.top_k, options.batch_size, skipped, "predicting", options.mask_size)
+    masks = MaskWriter(Path(options.masks), model, options.top_k) if model.task.name == "segment" else None
+    rows = []
+    for row in model.rows(inputs, options.top_k, options.batch_size, skipped, "predicting", options.mask_size):
+        rows.append(masks.write(row) if masks else row)  # a mask is written as it comes, then let go
     if not rows:
         first = skipped[0]
         raise UserError(f"none of the {len(skipped)} inputs could be read (first: {first['input']}: {first['reason']}); "
                         f"give files of the kind the model was trained on")
-    result = PredictResult(str(target), model.task.name, model.classes, rows, skipped)
-    if model.task.name == "segment":
-        result.files += write_masks(rows, Path(options.masks))
+    rows += masks.volumes if masks else model.volume_rows(rows, options.top_k)
+    result = PredictResult(str(target), model.task.name, model.classes, rows, skipped, list(masks.files) if masks else [])
     for row in rows:  # every class's probability served the volume summaries; the files keep the top k
         row.pop("probabilities", None)
     if options.json is not None:
@@ -79,34 +81,68 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def mask_names(samples: list[str]) -> list[str]:
-    """A file name per sample's mask: its file name (and slice), or its whole path where two inputs
-    share a file name, with every separator made safe."""
-    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") + ".mask.png"  # noqa: E731
-    short = [safe(sample.replace("\\", "/").rsplit("/", 1)[-1]) for sample in samples]
-    if len(set(short)) == len(short):
-        return short
-    return [safe(sample) for sample in samples]
+class MaskWriter:
+    """A segmentation run's masks, written as their rows come: an 8-bit PNG of class indices per image
+    or slice, and for a NIfTI volume whose every slice was predicted, a label volume over the scan
+    (`<volume>.mask.nii.gz`: its voxel grid and affine, each slice's mask resized back, nearest)."""
 
+    def __init__(self, folder: Path, model, top_k: int):
+        self.folder, self.model, self.top_k = folder, model, top_k
+        self.files: list[Path] = []
+        self.used: set[str] = set()
+        self.pending: dict[str, dict[int, np.ndarray]] = {}  # volume -> {slice index: mask}
+        self.volumes: list[dict] = []  # one row per label volume written: its file, its voxels' shares per class
+        with writing(folder, "or give --masks elsewhere"):
+            folder.mkdir(parents=True, exist_ok=True)
 
-def write_masks(rows: list[dict], folder: Path) -> list[Path]:
-    """Each row's mask as an 8-bit PNG of class indices; the row keeps the file's path instead."""
-    from PIL import Image
+    def write(self, row: dict) -> dict:
+        from PIL import Image
 
-    written = []
-    with writing(folder, "or give --masks elsewhere"):
-        folder.mkdir(parents=True, exist_ok=True)
-    masked = [row for row in rows if "mask" in row]
-    for row, name in zip(masked, mask_names([row["input"] for row in masked])):
         mask = row.pop("mask")
-        path = folder / name
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+        row["mask_file"] = str(self._save(row["input"], ".mask.png", buffer.getvalue()))
+        if "volume" in row:
+            slices = self.pending.setdefault(row["volume"], {})
+            slices[row["slice"]] = mask
+            geometry = self.model.volume_geometry(row["volume"])
+            if geometry is not None and len(slices) == geometry.slices:
+                self._write_volume(row["volume"], geometry)
+        return row
+
+    def _write_volume(self, volume: str, geometry) -> None:
+        from PIL import Image
+
+        from ..data.akoa import labels_nifti
+
+        size = (geometry.columns, geometry.rows)
+        slices = self.pending.pop(volume)
+        labels = np.stack([np.asarray(Image.fromarray(slices[i]).resize(size, Image.Resampling.NEAREST))
+                           for i in range(geometry.slices)])
+        path = self._save(volume, ".mask.nii.gz", labels_nifti(labels, geometry.affine, geometry.axis))
+        classes = self.model.classes
+        shares = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+        self.volumes.append({"input": volume, "slices": geometry.slices, "mask_file": str(path),
+                             "shares": {name: round(float(v), 6) for name, v in zip(classes, shares)},
+                             "top_k": [{"class": classes[i], "share": float(shares[i])}
+                                       for i in np.argsort(-shares, kind="stable")[: self.top_k]]})
+
+    def _save(self, name: str, suffix: str, data: bytes) -> Path:
+        path = self.folder / mask_name(name, suffix, self.used)
         with writing(path, "or give --masks elsewhere"):
-            write_bytes_atomic(path, buffer.getvalue())
-        row["mask_file"] = str(path)
-        written.append(path)
-    return written
+            write_bytes_atomic(path, data)
+        self.files.append(path)
+        return path
+
+
+def mask_name(sample: str, suffix: str, used: set[str]) -> str:
+    """A file name for a sample's mask: its file name (and slice), or its whole path when that name is
+    taken by an earlier input, with every separator made safe."""
+    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") + suffix  # noqa: E731
+    name = safe(sample.replace("\\", "/").rsplit("/", 1)[-1])
+    name = safe(sample) if name in used else name
+    used.add(name)
+    return name
 
 
 def csv_text(rows: list[dict], top_k: int, task: str) -> str:
