@@ -253,3 +253,20 @@ def test_bad_targets_and_inputs_are_one_line(cli, shapes_run, tmp_path):
     assert "is a folder" in assert_user_error(cli("predict", run, source / "red" / "000.png", "--json", str(tmp_path)))
     line = assert_user_error(cli("predict", run, source / "red" / "000.png", "--mask-size", "16x16"))
     assert "--mask-size is for segmentation runs" in line
+
+
+@pytest.mark.parametrize("axcodes", [("R", "A", "S"), ("P", "I", "R"), ("L", "S", "A")])
+@pytest.mark.parametrize("axis", [None, 1])
+def test_a_label_volume_goes_back_onto_the_scans_own_voxels(tmp_path, axcodes, axis):
+    """Labels laid out as the slices were cut (akoa's orientation, or a forced axis) are written on the
+    stored voxel grid and affine of the scan, whatever its stored order: every voxel in its place."""
+    import gzip
+
+    import nibabel as nib
+    from perceiver_cli.data.akoa import labels_nifti, nifti_image, oriented
+
+    voxels = np.random.default_rng(0).integers(0, 10, (6, 7, 8)).astype(np.int16)
+    image = nifti_image(save_nifti(voxels, tmp_path / "scan.nii.gz", axcodes).read_bytes(), True)
+    written = nib.Nifti1Image.from_bytes(gzip.decompress(labels_nifti(oriented(image, axis), image.affine, axis)))
+    assert np.array_equal(np.asanyarray(written.dataobj), np.asanyarray(image.dataobj))
+    assert np.allclose(written.affine, image.affine)
