@@ -220,6 +220,9 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
     big = json.loads(Path("big.json").read_text())["predictions"]
     assert all(np.asarray(Image.open(row["mask_file"])).shape == (32, 48) for row in big if "slices" not in row)
     assert "multiple of 2" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "33x48"))
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
+    assert "none of the 1 inputs could be read" in assert_user_error(cli("predict", "runs/seg", tmp_path / "broken.nii.gz"))
+    assert not Path("predictions").exists()  # the default --masks folder: nothing made for nothing read
     assert "HEIGHTxWIDTH" in assert_user_error(cli("predict", "runs/seg", volume, "--mask-size", "big"))
 
 

@@ -1,6 +1,7 @@
 """What `perceiver predict` does: read the inputs as the run's data was prepared, run the model, and
 write what it says: a table (cli/tables.py), --json and --csv files, and for a segmentation run one
-mask PNG per input (pixel value = class index, at the model's input size) under --masks.
+mask PNG per input (pixel value = class index, at the model's input size) under --masks, with a label
+volume over each NIfTI scan.
 Everything is written atomically; an unreadable input is listed under "skipped" and the rest go on.
 """
 
@@ -92,8 +93,6 @@ class MaskWriter:
         self.used: set[str] = set()
         self.pending: dict[str, dict[int, np.ndarray]] = {}  # volume -> {slice index: mask}
         self.volumes: list[dict] = []  # one row per label volume written: its file, its voxels' shares per class
-        with writing(folder, "or give --masks elsewhere"):
-            folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, row: dict) -> dict:
         from PIL import Image
@@ -130,6 +129,7 @@ class MaskWriter:
     def _save(self, name: str, suffix: str, data: bytes) -> Path:
         path = self.folder / mask_name(name, suffix, self.used)
         with writing(path, "or give --masks elsewhere"):
+            self.folder.mkdir(parents=True, exist_ok=True)  # on the first mask: nothing is made for inputs none of which read
             write_bytes_atomic(path, data)
         self.files.append(path)
         return path
