@@ -25,7 +25,7 @@ class Commands(OneLineUsageErrors):
 app = typer.Typer(
     cls=Commands,
     name="perceiver",
-    help="Prepare data for, train and evaluate Perceiver models (Jaegle et al., 2021).",
+    help="Prepare data for, train, evaluate, inspect, benchmark and use Perceiver models (Jaegle et al., 2021).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",

@@ -28,7 +28,7 @@ def eval_command(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to evaluate on."),
 ):
-    """Accuracy, loss, per-class precision/recall/F1 and confusion matrix (table, PNG and JSON in the run directory)."""
+    """Accuracy, loss, per-class precision/recall/F1 and confusion matrix; per-class Dice/IoU for segmentation; reconstruction loss for masked-image runs (table, PNG and JSON in the run directory)."""
     from ..evaluate import evaluate
 
     if data is not None and split is not None:
