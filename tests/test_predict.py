@@ -18,7 +18,7 @@ from PIL import Image
 import perceiver_cli
 from conftest import TINY, set_args, write_image_folder
 from perceiver_cli.data import prepared
-from perceiver_cli.engine.runtime import InputTransform, as_tensor, predict
+from perceiver_cli.engine.runtime import InputTransform, as_tensor, autocast, predict, use_bf16
 from perceiver_cli.runs.trained import load_trained
 from test_akoa import SHARED, SMALL_MODEL, ras_volume, save_nifti
 from test_cli import assert_user_error
@@ -32,8 +32,10 @@ def eval_logits(run: Path, split: str):
     model, recipe, loaded = load_trained(run, torch.device("cpu"))
     state = loaded.state
     x = prepared.load(Path(recipe.data.root) if recipe.data.root else Path("data") / state["dataset"]).split(split).x
-    transform = InputTransform(state["input_spec"], state["normalization"], torch.device("cpu"), recipe.data)
-    return np.asarray(x), predict(model, as_tensor(np.asarray(x), torch.device("cpu")), transform, 64, False, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    transform = InputTransform(state["input_spec"], state["normalization"], cpu, recipe.data)
+    bf16 = use_bf16(recipe.train.precision, cpu)  # eval's precision decision (precision: auto)
+    return np.asarray(x), predict(model, as_tensor(np.asarray(x), cpu), transform, 64, bf16, cpu)
 
 
 def files_of(dataset: str, split: str) -> list[str]:
@@ -61,7 +63,9 @@ def test_images_of_a_split_are_its_stored_samples_and_give_evals_logits(cli, sha
     rows = model.predict(files, top_k=2)
     assert [row["class"] for row in rows] == [model.classes[i] for i in logits.argmax(1).tolist()]
     assert all(len(row["top_k"]) == 2 and row["top_k"][0]["probability"] >= row["top_k"][1]["probability"] for row in rows)
-    assert isinstance(model, torch.nn.Module) and torch.equal(model(model.transform(as_tensor(stored, model.device))), logits)
+    with torch.no_grad(), autocast(model.device, model.bf16):  # at eval's precision decision
+        direct = model(model.transform(as_tensor(stored, model.device))).float()
+    assert isinstance(model, torch.nn.Module) and torch.equal(direct, logits)
 
 
 def test_predict_command_table_json_csv_and_a_zip(cli, shapes_run, tmp_path):
