@@ -113,18 +113,15 @@ class MaskWriter:
         from PIL import Image
 
         from ..data.akoa import labels_nifti
+        from ..tasks.segment import class_shares
 
         size = (geometry.columns, geometry.rows)
         slices = self.pending.pop(volume)
         labels = np.stack([np.asarray(Image.fromarray(slices[i]).resize(size, Image.Resampling.NEAREST))
                            for i in range(geometry.slices)])
         path = self._save(volume, ".mask.nii.gz", labels_nifti(labels, geometry.affine, geometry.axis))
-        classes = self.model.classes
-        shares = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
         self.volumes.append({"input": volume, "slices": geometry.slices, "mask_file": str(path),
-                             "shares": {name: round(float(v), 6) for name, v in zip(classes, shares)},
-                             "top_k": [{"class": classes[i], "share": float(shares[i])}
-                                       for i in np.argsort(-shares, kind="stable")[: self.top_k]]})
+                             **class_shares(labels, self.model.classes, self.top_k)})
 
     def _save(self, name: str, suffix: str, data: bytes) -> Path:
         path = self.folder / mask_name(name, suffix, self.used)

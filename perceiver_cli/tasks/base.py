@@ -24,6 +24,7 @@ def take(parts: tuple, index: slice) -> tuple:
 class Task:
     name = ""
     metric = "accuracy"  # the epoch row's train_<metric> / val_<metric>; None when the task has none
+    predicts = False  # whether `predictions` says something of a new input (perceiver predict)
 
     def __init__(self, recipe, dataset, transform):
         self.recipe, self.dataset, self.transform = recipe, dataset, transform
@@ -76,6 +77,8 @@ class Task:
         """Raise when this task has nothing to say of a new input (before any file is read)."""
         from ..errors import UserError
 
+        if self.predicts:
+            return
         raise UserError(f"a task.name={self.name} run makes no predictions on new inputs; see perceiver eval for "
                         f"what it does, or fine-tune a classifier from it (train.init)")
 

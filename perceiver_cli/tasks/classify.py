@@ -21,6 +21,7 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, y_mixed: torch.Te
 
 class ClassifyTask(Task):
     name = "classify"
+    predicts = True
 
     def build_model(self):
         return build_model(self.recipe.model, self.dataset.input_spec, len(self.dataset.classes))
@@ -52,9 +53,6 @@ class ClassifyTask(Task):
 
     def checkpoint_extra(self):
         return {"classes": list(self.dataset.classes)}
-
-    def check_predicts(self):
-        pass
 
     def predictions(self, logits, top_k):
         probabilities = logits.float().softmax(-1).cpu()

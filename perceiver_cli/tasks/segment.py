@@ -8,6 +8,7 @@ and IoU |P∩T| / |P∪T|, mean Dice over the foreground classes, pixel accuracy
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,14 @@ def dice_and_iou(counts: torch.Tensor) -> tuple[list[float], list[float]]:
     return dice.tolist(), iou.tolist()
 
 
+def class_shares(labels: np.ndarray, classes: list[str], top_k: int) -> dict:
+    """The share of a mask's (or a label volume's) pixels per class, and the top_k classes by share."""
+    shares = np.bincount(np.asarray(labels).reshape(-1), minlength=len(classes)) / np.asarray(labels).size
+    ranked = np.argsort(-shares, kind="stable")[:top_k]
+    return {"shares": {name: round(float(v), 6) for name, v in zip(classes, shares)},
+            "top_k": [{"class": classes[i], "share": float(shares[i])} for i in ranked]}
+
+
 def mean_foreground(values: list[float]) -> float:
     present = [v for v in values[1:] if v == v]
     return sum(present) / len(present) if present else float("nan")
@@ -56,21 +65,12 @@ def mean_foreground(values: list[float]) -> float:
 
 class SegmentTask(Task):
     name = "segment"
-
-    def check_predicts(self):
-        pass
+    predicts = True
 
     def predictions(self, logits, top_k):
         """Per sample its mask (uint8 H W class indices, for a PNG) and the share of pixels per class."""
-        masks = logits.float().argmax(-1).to(torch.uint8).cpu()
-        classes = list(self.dataset.classes)
-        rows = []
-        for mask in masks:
-            shares = torch.bincount(mask.reshape(-1).long(), minlength=len(classes)).double() / mask.numel()
-            ranked = shares.argsort(descending=True)[: min(top_k, len(classes))]
-            rows.append({"mask": mask.numpy(), "shares": {classes[i]: round(float(shares[i]), 6) for i in range(len(classes))},
-                         "top_k": [{"class": classes[int(i)], "share": float(shares[i])} for i in ranked]})
-        return rows
+        masks = logits.float().argmax(-1).to(torch.uint8).cpu().numpy()
+        return [{"mask": mask, **class_shares(mask, list(self.dataset.classes), top_k)} for mask in masks]
 
     def __init__(self, recipe, dataset, transform):
         super().__init__(recipe, dataset, transform)
