@@ -77,9 +77,9 @@ class BenchOptions:
 def input_spec_for(recipe, size: str | None) -> tuple[dict, int]:
     """(input spec, classes) of the recipe's data, resized by --input-size (HxW for images, N for points)."""
     from ..data.prepared import read_manifest
-    from ..data.sources import default_root
+    from ..data.sources import prepared_root
 
-    root = Path(recipe.data.root) if recipe.data.root else default_root(recipe.data.dataset)
+    root = prepared_root(recipe.data)
     if (root / "manifest.json").is_file():
         manifest = read_manifest(root)
         spec, classes = dict(manifest["input"]), len(manifest["classes"])

@@ -32,6 +32,11 @@ def default_root(dataset: str) -> Path:
     return Path("data") / dataset
 
 
+def prepared_root(data_config) -> Path:
+    """Where a recipe's prepared dataset lives: data.root, else data/<dataset>."""
+    return Path(data_config.root) if data_config.root else default_root(data_config.dataset)
+
+
 def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
                 size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
                 akoa=None, kneeseg=None) -> prepared.PreparedDataset:
@@ -91,7 +96,7 @@ def download(dataset: str, into: Path) -> Path:
 def load_for_recipe(data_config, mmap: bool = False) -> prepared.PreparedDataset:
     """The prepared dataset a recipe names; digits is built in memory when not prepared. `mmap`: the
     inputs as memory maps of their files (training reads them resident or streamed, data.residency)."""
-    root = Path(data_config.root) if data_config.root else default_root(data_config.dataset)
+    root = prepared_root(data_config)
     prepared.restore(root)
     if (root / "manifest.json").is_file():
         return prepared.load(root, mmap=mmap)

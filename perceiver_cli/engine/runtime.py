@@ -97,15 +97,17 @@ def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, bf16: bool, device) -> torch.Tensor:
-    """Logits (N, classes) in fp32 for stored inputs x, in batches, model in eval mode."""
+def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, bf16: bool, device,
+            *model_args) -> torch.Tensor:
+    """Logits (N, classes) in fp32 for stored inputs x, in batches, model in eval mode; `model_args`
+    follow each batch into the model (a segmentation model's output size)."""
     was_training = model.training
     model.eval()
     outputs = []
     for start in range(0, len(x), batch_size):
         batch = transform(x[start : start + batch_size].to(device, non_blocking=True))
         with autocast(device, bf16):
-            outputs.append(model(batch).float())
+            outputs.append(model(batch, *model_args).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 

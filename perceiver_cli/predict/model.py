@@ -20,7 +20,7 @@ from torch import nn
 
 from ..console import track
 from ..data.inputs import Sample, Unreadable, expand
-from ..engine.runtime import InputTransform, as_tensor, autocast, predict, resolve_device, use_bf16
+from ..engine.runtime import InputTransform, as_tensor, predict, resolve_device, use_bf16
 from ..errors import UserError
 from ..runs.exported import load_model_from
 from ..runs.trained import described_dataset
@@ -75,15 +75,11 @@ class LoadedModel(nn.Module):
     def logits(self, stored: np.ndarray, batch_size: int = 64, mask_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU. A
         segmentation model answers at any `mask_size` (its queries are positions: Perceiver IO)."""
-        if mask_size is None:
-            return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device).cpu()
-        self._check_mask_size(mask_size)
-        outputs = []
-        with torch.no_grad(), autocast(self.device, self.bf16):
-            for start in range(0, len(stored), batch_size):
-                batch = self.transform(as_tensor(stored[start : start + batch_size], self.device))
-                outputs.append(self.module(batch, tuple(mask_size)).float().cpu())
-        return torch.cat(outputs)
+        if mask_size is not None:
+            self._check_mask_size(mask_size)
+        size = () if mask_size is None else (tuple(mask_size),)
+        return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device,
+                       *size).cpu()
 
     def _check_mask_size(self, mask_size: tuple[int, int]) -> None:
         if self.task.name != "segment":
@@ -145,11 +141,10 @@ def _prepared_source(recipe, state: dict) -> dict:
     is still where the recipe points and matches the checkpoint; else nothing (images then read at
     the model's input size, meshes sampled with seed 0)."""
     from ..data.prepared import read_manifest
-    from ..data.sources import default_root
+    from ..data.sources import prepared_root
 
-    root = Path(recipe.data.root) if recipe.data.root else default_root(recipe.data.dataset)
     try:
-        manifest = read_manifest(root)
+        manifest = read_manifest(prepared_root(recipe.data))
     except (UserError, OSError, ValueError):
         return {}
     same = manifest.get("input") == state["input_spec"] and list(manifest.get("classes", [])) == list(state["classes"])
