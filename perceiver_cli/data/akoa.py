@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from PIL import Image
 
 from ..console import track
 from ..errors import UserError
-from .files import is_hidden, open_source
+from .files import MAX_FILE_BYTES, Unreadable, is_hidden, open_source, skipped_example
 from .imagefolder import bomb_reason, open_image
 from .memory import check_image_size
 from .prepared import PreparedDataset, Split, check_seed, split_stats
@@ -70,15 +71,15 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
     _check_options(options)
     pattern = _compile_pattern(options.pattern)
     table = read_labels_csv(options.labels) if options.labels else {}
-    with open_source(source) as (names, read):
+    with open_source(source) as (names, read, unread):
         files = sorted(n for n in names if _kind(n) and not any(is_hidden(p) for p in n.split("/")))
         if not files:
-            raise UserError(f"{source}: no NIfTI volumes (.nii, .nii.gz) or PNG slices found; "
+            raise UserError(f"{source}: no NIfTI volumes (.nii, .nii.gz) or PNG slices found{skipped_example(unread)}; "
                             f"expected 3D knee volumes or AKOA slices like OAI9014797_BaseLine_..._LEFT.nii.gz_idx_7.png")
         identities = {path: identify(path, pattern, table) for path in files}
         # every labelled file gives at least one slice, held twice while the splits are stacked
         check_image_size(options.size, sum(who.label is not None and who.patient is not None for who in identities.values()), 1)
-        slices, skipped = [], []
+        slices, skipped = [], list(unread)
         for path in track(files, f"slicing {source.name}"):
             who = identities[path]
             missing = [field for field in ("label", "patient") if getattr(who, field) is None]
@@ -88,6 +89,9 @@ def read_akoa(source: Path, options: AkoaOptions) -> PreparedDataset:
                 continue
             try:
                 images = _read_file(path, read(path), options)
+            except Unreadable as exc:  # a damaged zip member, a scan of NaNs...: in our words
+                skipped.append({"path": path, "reason": str(exc)})
+                continue
             except Exception as exc:  # nibabel/PIL/gzip raise many types on corrupt files: skip, never abort
                 reason = bomb_reason(exc) or (f"cannot read: {exc}" if str(exc) else f"cannot read: {type(exc).__name__}")
                 skipped.append({"path": path, "reason": reason})
@@ -245,11 +249,21 @@ def nifti_image(data: bytes, compressed: bool):
     """A NIfTI-1 or -2 image of one 3D volume from its file's bytes (its voxels read when asked)."""
     import nibabel as nib
 
-    raw = gzip.decompress(data) if compressed else data
+    raw = gunzip(data) if compressed else data
     image = nib.Nifti1Image.from_bytes(raw) if raw[344:348] in (b"n+1\x00", b"ni1\x00") else nib.Nifti2Image.from_bytes(raw)
     if image.ndim != 3 and not (image.ndim == 4 and image.shape[3] == 1):
         raise ValueError(f"expected a 3D volume, got shape {image.shape}")
     return image
+
+
+def gunzip(data: bytes) -> bytes:
+    """A .gz file's bytes unpacked, refused beyond MAX_FILE_BYTES (a few MB of zeros unpack to GBs)."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+        raw = fh.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise Unreadable(f"unpacks to more than {MAX_FILE_BYTES / 1e9:.1f} GB, more than one input may be; "
+                         f"not read: check that it is the scan you meant")
+    return raw
 
 
 def oriented(image, axis: int | None) -> np.ndarray:
@@ -286,11 +300,17 @@ def _to_uint8(volume: np.ndarray, chosen: list[int]) -> list[np.ndarray]:
     """Per-volume intensity window: clip at the 0.5/99.5 percentiles (of a strided sample of
     voxels, which is plenty for a percentile and 10x cheaper) and scale to 0..255."""
     sample = np.asarray(volume[:: max(1, volume.shape[0] // 16)], dtype=np.float32).ravel()
+    sample = sample[np.isfinite(sample)]  # one NaN would make every percentile NaN, and the scan black
+    if not sample.size:
+        sample = np.asarray(volume, dtype=np.float32)[np.isfinite(volume)]
+        if not sample.size:
+            raise Unreadable("holds no finite intensity (every voxel is NaN or infinite); check the scan")
     low, high = np.percentile(sample, [0.5, 99.5])
     if not high > low:
         high = low + 1.0
-    return [np.round(np.clip((np.asarray(volume[i], dtype=np.float32) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-            for i in chosen]
+    # NaN voxels are black; infinities clip to the window's ends
+    return [np.round(np.nan_to_num(np.clip((np.asarray(volume[i], dtype=np.float32) - low) / (high - low), 0, 1)) * 255)
+            .astype(np.uint8) for i in chosen]
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..console import track
 from ..errors import UserError
-from .files import is_hidden, open_source
+from .files import Unreadable, is_hidden, open_source, skipped_example
 from .memory import check_image_size
 from .prepared import (Planned, PreparedDataset, RowStream, Split, check_seed, chunk_rows, materialize,
                        stratified_holdout)
@@ -54,18 +54,18 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
         raise UserError(f"size {size}: must be two positive numbers, height and width")
     check_seed(seed)
 
-    with open_source(source) as (names, read):
+    with open_source(source) as (names, read, unread):
         found = sorted(parts for parts in (n.split("/") for n in names) if _is_image(parts))
         if not found:
-            raise UserError(f"{source}: {NO_IMAGES}")
+            raise UserError(f"{source}: {NO_IMAGES}{skipped_example(unread)}")
         layout, wrapper, samples, skipped = _layout(found)
         if size is not None and samples:  # before decoding anything: a size whose arrays cannot fit is refused
             height, width = size
-            channels = _channels(read(samples[0][2]))
+            channels = _channels(read, samples[0][2])
             held = len(samples) if not stream else min(len(samples), chunk_rows(height * width * channels))
             check_image_size(tuple(size), held, channels, copies=1 if not stream else STREAM_COPIES)
-        facts = [_header(read(path)) for _, _, path in track(samples, f"reading {source.name}", total=len(samples))]
-    folder = _FolderStream(source, samples, facts, skipped, size, val_fraction, seed)
+        facts = [_header(read, path) for _, _, path in track(samples, f"reading {source.name}", total=len(samples))]
+    folder = _FolderStream(source, samples, facts, unread + skipped, size, val_fraction, seed)
     dataset = PreparedDataset(name=name, classes=folder.classes, input_spec={}, splits={}, stream=folder,
                               source={"kind": "image-folder" if source.is_dir() else "image-zip", "path": str(source),
                                       "files": len(found), "layout": layout, "wrapper": wrapper})
@@ -84,10 +84,10 @@ class _Fact(NamedTuple):
     reason: str | None = None
 
 
-def _header(data: bytes) -> _Fact:
+def _header(read, path: str) -> _Fact:
     """The image's size and colour from its header alone (nothing is decoded)."""
     try:
-        with open_image(data) as img:
+        with open_image(read(path)) as img:
             return _Fact((img.height, img.width), _is_gray(img))
     except Exception as exc:  # PIL raises many types for corrupt data; a bad file must not stop the read
         return _Fact(None, None, _reason(exc))
@@ -165,7 +165,7 @@ class _FolderStream(RowStream):
         plan = self.plan
         destination = {i: split for split, members in plan.outputs.items() for i in members}
         foreseen = True  # until something the plan did not foresee: then only learn, and deliver nothing
-        with open_source(self.source) as (_, read):
+        with open_source(self.source) as (_, read, _):
             for i, (_, _, path) in enumerate(track(self.samples, f"decoding {self.source.name}", total=len(self.samples))):
                 if self.facts[i].reason is not None:  # known not to decode
                     continue
@@ -241,10 +241,10 @@ def bomb_reason(exc: Exception) -> str | None:
     return f"{found}, more than the {Image.MAX_IMAGE_PIXELS:,} an image may have (a decompression bomb?); not decoded"
 
 
-def _channels(data: bytes) -> int:
+def _channels(read, path: str) -> int:
     """3 when this image makes the set RGB (a colour one always does), else 1; from its header only."""
     try:
-        with open_image(data) as img:
+        with open_image(read(path)) as img:
             return 1 if _is_gray(img) else 3
     except Exception:  # unreadable: the decode below skips it and names why
         return 1
@@ -270,6 +270,8 @@ def _is_gray(img: Image.Image) -> bool:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, Unreadable):  # the file's bytes could not be had (a damaged zip member...): its own words
+        return str(exc)
     if bomb_reason(exc):
         return bomb_reason(exc)
     if isinstance(exc, UnidentifiedImageError):  # its message holds a memory address: keep the manifest stable

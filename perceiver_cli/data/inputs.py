@@ -10,7 +10,7 @@ in any layout; a file that cannot be read is reported and skipped, never the end
 
     reader = input_reader(input_spec, source)
     with expand(paths, reader.kinds) as (files, skipped):
-        samples = reader.read(file.name, file.read())  # raises Unreadable(reason)
+        samples = reader.read(file.name, file.read())  # both raise Unreadable(reason)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .files import is_hidden, open_source
+from .files import Unreadable, is_hidden, open_source, read_file, skipped_example, special_kind
 from .imagefolder import EXTENSIONS
 
 IMAGE_SUFFIXES = tuple(sorted(EXTENSIONS))  # what prepare reads from image folders
@@ -33,10 +33,6 @@ MESH_SUFFIXES = (".off", ".ply", ".stl", ".obj")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 KIND_WORDS = {"image": "images", "mesh": "meshes (OFF/PLY/STL/OBJ)", "volume": "NIfTI volumes"}
 SLICED_SOURCES = ("akoa", "knee-seg")  # prepare kinds whose images are slices of volumes
-
-
-class Unreadable(Exception):
-    """A file that cannot be read as an input: the reason, in our words."""
 
 
 @dataclass
@@ -67,33 +63,40 @@ def kind_of(name: str) -> str | None:
 @contextmanager
 def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], list[dict]]]:
     """(every input file under `paths` (files, folders and zips, recursively) of the kinds the model
-    reads, sorted per path; files of another input kind inside folders, listed as skipped). Files
+    reads, sorted per path; what inside folders and zips is not read: files of another input kind,
+    zips within, FIFOs and devices, members whose path leaves their zip, listed as skipped). Files
     are read when asked (zips stay open meanwhile), so no folder is ever held in memory whole. A file
-    named on its own must be of a kind the model reads (else one line), and so must something be found."""
+    named on its own must be a regular file of a kind the model reads (else one line), and so must
+    something be found."""
     found, skipped = [], []
     with ExitStack() as stack:
         for path in map(Path, paths):
-            if not path.exists():
+            if not path.exists() and not path.is_symlink():
                 raise UserError(f"{path}: no such file or folder")
+            if not path.is_file() and not path.is_dir():  # a FIFO would block predict, a device never end
+                raise UserError(f"{path}: is {special_kind(path)}, not a regular file or a folder; give files, folders "
+                                f"or zips of {_words(kinds)}")
             if path.is_file() and not zipfile.is_zipfile(path):
                 kind = kind_of(path.name)
                 if kind not in kinds:
                     what = f"is {KIND_WORDS[kind]}" if kind else "is not an image, mesh or NIfTI volume"
                     raise UserError(f"{path}: {what}, and this model reads {_words(kinds)}; give inputs of that kind")
-                found.append(Found(str(path), path.read_bytes))
+                found.append(Found(str(path), lambda path=path: read_file(path)))
                 continue
-            names, read = stack.enter_context(open_source(path))
-            for name in sorted(names):
+            source = stack.enter_context(open_source(path))
+            skipped += [{"input": f"{path}/{item['path']}", "reason": item["reason"]} for item in source.skipped]
+            for name in sorted(source.names):
                 if any(is_hidden(part) for part in name.split("/")):
                     continue
                 kind = kind_of(name)
                 if kind in kinds:
-                    found.append(Found(f"{path}/{name}", lambda read=read, name=name: read(name)))
+                    found.append(Found(f"{path}/{name}", lambda read=source.read, name=name: read(name)))
                 elif kind is not None:
                     skipped.append({"input": f"{path}/{name}", "reason": f"{KIND_WORDS[kind]}: this model reads {_words(kinds)}"})
         if not found:
             given = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
-            raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found; give files, folders or zips of them")
+            raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found{skipped_example(skipped, 'input')}; "
+                            f"give files, folders or zips of them")
         yield found, skipped
 
 

@@ -33,8 +33,8 @@ import numpy as np
 from ..console import track
 from ..errors import UserError
 from .akoa import NIFTI_SUFFIXES, SPLIT_NAMES, _load_nifti, _resize, _to_uint8, identify, patients_in_several_splits, split_groups
-from .files import is_hidden, open_source
-from .memory import check_image_size
+from .files import Unreadable, is_hidden, open_source, skipped_example
+from .memory import check_fits, check_image_size
 from .prepared import PreparedDataset, Split, check_seed, split_stats
 from .synthseg import generator, synthesize
 
@@ -71,13 +71,12 @@ def read_kneeseg(options: KneeSegOptions) -> PreparedDataset:
     _check_options(options)
     pattern = re.compile(options.pattern or DEFAULT_PATTERN, 0 if options.pattern else re.IGNORECASE)
     with ExitStack() as stack:
-        labels, read_label = _volumes(stack, options.labels, "--labels")
-        images, read_image = _volumes(stack, options.images, "--images") if options.images else ([], None)
+        labels, read_label, unread = _volumes(stack, options.labels, "--labels")
+        images, read_image, unread_images = _volumes(stack, options.images, "--images") if options.images else ([], None, [])
         pairs = pair_files(images, labels, options.images, options.labels) if options.images else [(None, p) for p in labels]
         patients = {label: _patient(image, label, pattern, options) for image, label in pairs}
-        per_map = (options.images is not None) + options.synthesize
-        check_image_size(options.size, len(pairs) * per_map * (options.slices or 1), 1, copies=4)  # images + masks, twice
-        volumes, skipped = [], []
+        _check_memory(options, len(pairs))
+        volumes, skipped = [], unread + unread_images
         for image, label in track(pairs, f"slicing {len(pairs)} label maps"):
             volume = _read_pair(image, label, patients[label], read_image, read_label, options)
             if volume is None:
@@ -144,22 +143,36 @@ def _check_options(options: KneeSegOptions) -> None:
     check_seed(options.seed)
 
 
+def _check_memory(options: KneeSegOptions, maps: int) -> None:
+    """Refuse, before reading, images that cannot fit: named by --synthesize when it makes them many."""
+    per_map = (options.images is not None) + options.synthesize
+    slices = options.slices or 1
+    if options.synthesize <= 1:
+        check_image_size(options.size, maps * per_map * slices, 1, copies=4)  # images + masks, twice
+        return
+    height, width = options.size
+    fewer = lambda share: f"--synthesize {max(1, int(per_map * share) - (options.images is not None)):,}"  # noqa: E731
+    check_fits(4 * maps * per_map * slices * height * width,
+               f"--synthesize {options.synthesize:,}: {maps:,} label map{'s' if maps != 1 else ''} x {per_map:,} images x "
+               f"{slices} slices of {height}x{width}", "fewer --synthesize (or a smaller --size)", fewer)
+
+
 # --- files and pairs ---------------------------------------------------------------------------------
 
 def _volumes(stack: ExitStack, source: Path, option: str):
-    """(NIfTI files of a folder or zip, sorted, read(path) -> bytes)."""
+    """(NIfTI files of a folder or zip, sorted, read(path) -> bytes, [{"path", "reason"}] of what is not read there)."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"{option} {source}: no such folder")
-    names, read = stack.enter_context(open_source(source))
+    names, read, unread = stack.enter_context(open_source(source))
     files = sorted(n for n in names if n.lower().endswith(NIFTI_SUFFIXES) and not any(is_hidden(p) for p in n.split("/")))
     if not files:
-        raise UserError(f"{option} {source}: no NIfTI volumes (.nii, .nii.gz) found")
+        raise UserError(f"{option} {source}: no NIfTI volumes (.nii, .nii.gz) found{skipped_example(unread)}")
     seen = {}
     for path in files:
         if (other := seen.setdefault(_stem(path), path)) != path:
             raise UserError(f"{option} {source}: {other} and {path} have the same name; pairs are matched by name, rename one")
-    return files, read
+    return files, read, [{"path": f"{source}/{item['path']}", "reason": item["reason"]} for item in unread]
 
 
 def _stem(path: str) -> str:
@@ -224,7 +237,7 @@ def _read_pair(image: str | None, label: str, patient: str, read_image, read_lab
     local = np.searchsorted(values, resize_nearest(labels[chosen], options.size)).astype(np.uint8)
     volume = Volume(label, patient, chosen, values, local)
     if image is not None:
-        volume.images.append((image, _image_slices(image, read_image(image), labels.shape, label, chosen, options)))
+        volume.images.append((image, _image_slices(image, read_image, labels.shape, label, chosen, options)))
     del labels
     for copy in range(options.synthesize):
         volume.images.append((f"{label}#synth={copy}", synthesize(local, len(values), generator(options.seed, _name(label), copy))))
@@ -263,17 +276,21 @@ def _scan(labels: np.ndarray, where: Path, names: list[str] | None) -> tuple[np.
     return np.array(sorted(found), dtype=np.int64), foreground
 
 
-def _image_slices(image: str, data: bytes, label_shape: tuple, label: str, chosen: list[int], options) -> np.ndarray:
+def _image_slices(image: str, read_image, label_shape: tuple, label: str, chosen: list[int], options) -> np.ndarray:
     where = Path(options.images) / image
     try:
-        volume = _load_nifti(data, image.lower().endswith(".gz"), None)
-    except Exception as exc:
+        volume = _load_nifti(read_image(image), image.lower().endswith(".gz"), None)
+    except Exception as exc:  # a damaged zip member (Unreadable), nibabel/gzip's many types
         raise UserError(f"{where}: cannot read the image ({_reason(exc)})") from None
     if volume.shape != label_shape:
         shown = lambda shape: "x".join(map(str, shape))  # noqa: E731
         raise UserError(f"{Path(options.labels) / label}: label map of shape {shown(label_shape)} and its image {where} of "
                         f"shape {shown(volume.shape)} (slices x rows x columns, oriented); a map must have its image's voxel grid")
-    return np.stack([_resize(s, options.size) for s in _to_uint8(volume, chosen)])
+    try:
+        scaled = _to_uint8(volume, chosen)
+    except Unreadable as exc:  # a scan of NaNs
+        raise UserError(f"{where}: {exc}") from None
+    return np.stack([_resize(s, options.size) for s in scaled])
 
 
 def resize_nearest(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -21,7 +21,7 @@ import trimesh  # imported here, before the worker processes fork: each would ot
 
 from ..console import track
 from ..errors import UserError
-from .files import is_hidden, open_source
+from .files import Unreadable, is_hidden, open_source, skipped_example
 from .memory import check_points
 from .prepared import PreparedDataset, Split, check_seed
 
@@ -38,10 +38,11 @@ def read_modelnet40(source: Path, points: int = 2048, workers: int | None = None
     if points < 1:
         raise UserError(f"--points {points}: must be at least 1 (the paper uses 2048)")
     check_seed(seed)
-    with open_source(source) as (names, _):
+    with open_source(source) as (names, _, unread):
         meshes, skipped = _layout(sorted(n for n in names if n.lower().endswith(".off") and not any(is_hidden(p) for p in n.split("/"))))
+    skipped = unread + skipped
     if not meshes:
-        raise UserError(f"{source}: no OFF meshes found; expected {LAYOUT}")
+        raise UserError(f"{source}: no OFF meshes found{skipped_example(skipped)}; expected {LAYOUT}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     check_points(points, len(meshes), workers)
     classes = sorted({cls for _, cls, _ in meshes})
@@ -101,13 +102,13 @@ _READ = None  # and its reader: path -> bytes
 def _open_worker(source: Path) -> None:
     global _SOURCE, _READ
     _SOURCE = open_source(source)  # held here: when the context is collected, the zip closes
-    _, _READ = _SOURCE.__enter__()
+    _READ = _SOURCE.__enter__().read
 
 
 def _sample_all(source: Path, tasks: list, workers: int):
     """(cloud or None, reason) per task, in order."""
     if workers <= 1 or len(tasks) < 2:
-        with open_source(source) as (_, read):
+        with open_source(source) as (_, read, _):
             for task in tasks:
                 yield _read_and_sample(read, *task)
         return
@@ -129,8 +130,8 @@ def _sample_task(task) -> tuple[np.ndarray | None, str | None]:
 def _read_and_sample(read, path: str, seed: int, points: int) -> tuple[np.ndarray | None, str | None]:
     try:
         data = read(path)
-    except Exception as exc:  # a damaged zip member (bad CRC...) or an unreadable file: skipped like a bad mesh
-        return None, f"cannot read: {exc}" if str(exc) else f"cannot read: {type(exc).__name__}"
+    except Unreadable as exc:  # a damaged zip member (bad CRC...) or an unreadable file: skipped like a bad mesh
+        return None, str(exc)
     return sample_mesh(data, seed, points)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import prepared
+from .files import special_kind
 
 # What `perceiver prepare NAME` reads, and the files a user fetches when there is no network.
 SOURCES = {
@@ -54,6 +55,9 @@ def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
+    if not source.is_file() and not source.is_dir():  # reading a FIFO would wait forever, a device never end
+        raise UserError(f"{source}: is {special_kind(source)}, not a regular file or a folder; give --from a folder, "
+                        f"a zip or an archive")
     if dataset == "mnist":
         from .mnist import read_mnist
         return read_mnist(source)
