@@ -52,6 +52,60 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
+class StagedFiles:
+    """Files that appear together or not at all: each is written whole under a temporary name beside
+    its place, and `commit` renames them all into place once the whole command has succeeded;
+    `discard` (after a failure) deletes them, and the folders made for them, so a failed call leaves
+    nothing behind, its disk space included."""
+
+    def __init__(self):
+        self.pending: list[tuple[Path, Path]] = []  # (temporary, final)
+        self.made: list[Path] = []  # folders this call created, deepest last
+
+    def write(self, path: Path, data: bytes, make_folder: bool = False) -> None:
+        """`make_folder`: create the folders it is in (else a missing one is an error, as elsewhere)."""
+        path = Path(path)
+        if make_folder:
+            self._make_folder(path.parent)
+        tmp = temporary_sibling(path)
+        self.pending.append((tmp, path))
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename == str(tmp):
+                exc.filename = str(path)
+            raise
+
+    def _make_folder(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir()
+            self.made.append(new)
+
+    def commit(self) -> None:
+        for tmp, path in self.pending:
+            os.replace(tmp, path)
+        for folder in {path.parent for _, path in self.pending}:
+            fsync_directory(folder)
+        self.pending, self.made = [], []
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()  # only when empty: never what another program put there meanwhile
+            except OSError:
+                pass
+        self.pending, self.made = [], []
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)
@@ -105,7 +159,28 @@ WHAT_TO_DO = {
     errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
     errno.EISDIR: "a folder stands where the file should go: move it or choose another name",
     errno.ENOENT: "its folder does not exist: create it or choose another location",
+    errno.EIO: "the disk or file system reported an input/output error: check the disk (dmesg), or choose another location",
+    errno.EFBIG: "the file is larger than that file system allows: choose another location",
 }
+
+
+# what a failing disk or file system raises, whoever the writer (torch, PIL, numpy, ONNX...)
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+def os_error_within(exc: BaseException) -> OSError | None:
+    """The OS error behind `exc`: itself, or for a disk error a library wrapped in its own (torch.save's
+    zip writer, on a full disk, raises `RuntimeError: [enforce fail at inline_container.cc]` while
+    handling the ENOSPC), the first one down its chain."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def os_error_advice(exc: OSError) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
+
+from rich.markup import escape
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -13,6 +16,15 @@ T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 QUIET = False
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # escape codes, newlines, NUL: never sent raw to a terminal
+
+
+def visible(text) -> str:
+    """A user's text (a file name, a class name) shown as it is: control characters as \\xNN instead
+    of acting on the terminal, and Rich markup escaped instead of rendered."""
+    return escape(CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text)))
 
 
 def set_quiet(quiet: bool) -> None:

@@ -242,11 +242,37 @@ def truncated_checkpoint(mp):
 
 
 def out_is_a_folder_of_other_files(mp):
-    return ["runs/digits", "--format", "safetensors", "--out", "runs/digits"], "not an export"
+    return ["runs/digits", "--format", "safetensors", "--out", "runs/digits"], "did not write (checkpoints"
+
+
+def out_is_an_app_folder_with_its_own_config_json(mp):
+    app = Path("app")
+    app.mkdir()
+    (app / "config.json").write_text('{"port": 8080}')
+    (app / "server.py").write_text("print('serving')")
+    return ["runs/digits", "--format", "safetensors", "--out", app], "did not write (server.py)"
+
+
+def out_is_an_export_the_user_added_a_readme_to(mp):
+    folder = Path("shipped")
+    folder.mkdir()
+    (folder / "config.json").write_text('{"format": "perceiver-export/1"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "README.md").write_text("how we deploy it")
+    return ["runs/digits", "--format", "safetensors", "--out", folder], "did not write (README.md)"
+
+
+def out_holds_a_config_json_of_someone_else(mp):
+    folder = Path("theirs")
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "perceiver"}')  # a Hugging Face folder, say
+    return ["runs/digits", "--format", "safetensors", "--out", folder], "did not write (config.json)"
 
 
 @pytest.mark.parametrize("case", [unknown_format, opset_too_old, opset_too_new, opset_without_onnx, onnxruntime_missing,
-                                  export_folder_without_weights, truncated_checkpoint, out_is_a_folder_of_other_files])
+                                  export_folder_without_weights, truncated_checkpoint, out_is_a_folder_of_other_files,
+                                  out_is_an_app_folder_with_its_own_config_json, out_is_an_export_the_user_added_a_readme_to,
+                                  out_holds_a_config_json_of_someone_else])
 def test_a_mistake_is_one_line_and_writes_nothing(cli, workdir, digits_run, monkeypatch, case):
     args, named = case(monkeypatch)
     before = files(workdir)

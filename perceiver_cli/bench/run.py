@@ -233,7 +233,7 @@ def check_compare(recipe, compare: str | None) -> None:
 
 def run_bench(recipe, options: BenchOptions) -> dict:
     check_compare(recipe, options.compare)
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, "--device")
     if device.type == "cpu":
         keep_freed_memory()
     bf16 = use_bf16(options.dtype or recipe.train.precision, device)

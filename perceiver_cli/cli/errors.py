@@ -9,9 +9,8 @@ import re
 import sys
 
 import typer
-from rich.markup import escape
 
-from ..console import err_console
+from ..console import err_console, visible
 from ..errors import UserError
 
 try:  # typer 0.2x carries its own copy of click, whose exceptions are not click's
@@ -63,7 +62,7 @@ class OneLineUsageErrors(typer.core.TyperGroup):
                 context = getattr(exc, "ctx", None)
                 hint = f" (see `{context.command_path} --help`)" if context is not None else ""
                 message = " ".join(exc.format_message().split())
-                err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {visible(message)}{visible(hint)}", highlight=False, soft_wrap=True)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
@@ -89,7 +88,7 @@ def user_errors(command: str):
                 message = _user_message(exc, command)
                 if message is None or DEBUG:
                     raise
-                err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {visible(message)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
 
         return wrapper
@@ -99,10 +98,13 @@ def user_errors(command: str):
 
 def _user_message(exc: Exception, command: str) -> str | None:
     """The one line for an error the user can act on; None for a bug (which keeps its traceback)."""
+    from ..atomic import os_error_within
+
+    os_error = os_error_within(exc)
     if isinstance(exc, UserError):
         text = str(exc)
-    elif isinstance(exc, OSError) and exc.errno is not None:
-        text = _os_error_text(exc)
+    elif os_error is not None:
+        text = _os_error_text(os_error)
     elif _is_out_of_memory(exc):
         text = f"out of memory: {_asked_memory(str(exc))}; {MEMORY_KNOBS.get(command, 'ask for less')}"
     else:

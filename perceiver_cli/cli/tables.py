@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from ..console import console, err_console, info
+from ..console import console, err_console, info, visible as v
 
 
 def prepared(result, out: Path, seconds: float) -> None:
-    table = Table(title=f"{result.name} → {out}", header_style="bold")
+    table = Table(title=f"{v(result.name)} → {v(out)}", header_style="bold")
     by_patient = all("patients" in split.extra for split in result.splits.values())
     masks = (getattr(result, "target", None) or {}).get("kind") == "mask"  # labels per pixel: shares below
     per_class = by_patient and not masks
@@ -33,9 +33,9 @@ def prepared(result, out: Path, seconds: float) -> None:
         shares.add_column("label")
         shares.add_column("share", justify="right")
         for name, count in zip(result.classes, pixels):
-            shares.add_row(name, f"{count / max(pixels.sum(), 1):.3%}")
+            shares.add_row(v(name), f"{count / max(pixels.sum(), 1):.3%}")
         info(shares)
-    info(f"{len(result.classes)} classes: {', '.join(result.classes[:12])}{' …' if len(result.classes) > 12 else ''}")
+    info(f"{len(result.classes)} classes: {v(', '.join(result.classes[:12]))}{' …' if len(result.classes) > 12 else ''}")
     if by_patient:
         overlap = result.source.get("patients_in_several_splits", [])
         if overlap:
@@ -45,9 +45,9 @@ def prepared(result, out: Path, seconds: float) -> None:
     samples = sum(len(split.y) for split in result.splits.values())
     info(f"prepared {samples:,} samples in {seconds:.1f} s ({samples / max(seconds, 1e-9):,.1f}/s)")
     if result.skipped:
-        err_console.print(f"skipped {len(result.skipped)} input(s) (listed in {out / 'manifest.json'}):", highlight=False)
+        err_console.print(f"skipped {len(result.skipped)} input(s) (listed in {v(out / 'manifest.json')}):", highlight=False)
         for item in result.skipped[:10]:
-            err_console.print(f"  {item['path']}: {item['reason']}", highlight=False)
+            err_console.print(f"  {v(item['path'])}: {v(item['reason'])}", highlight=False)
 
 
 def trained(result) -> None:
@@ -55,13 +55,13 @@ def trained(result) -> None:
     if best and best["metric"] == "last":
         accuracy = result.rows[-1].get("val_accuracy", float("nan"))
         shown = f" · val_accuracy {accuracy:.2%}" if accuracy == accuracy else ""
-        console.print(f"best.pt is the last epoch ({best['epoch']}){shown} · {result.run_dir}", highlight=False)
+        console.print(f"best.pt is the last epoch ({best['epoch']}){shown} · {v(result.run_dir)}", highlight=False)
     elif best and best["value"] == best["value"]:
         value = f"{best['value']:.2%}" if best["metric"] == "val_accuracy" else f"{best['value']:.4f}"
-        console.print(f"best {best['metric']} {value} at epoch {best['epoch']} · {result.run_dir}", highlight=False)
+        console.print(f"best {best['metric']} {value} at epoch {best['epoch']} · {v(result.run_dir)}", highlight=False)
     else:
-        console.print(f"finished · {result.run_dir}", highlight=False)
-    info(f"next: perceiver eval {result.run_dir}")
+        console.print(f"finished · {v(result.run_dir)}", highlight=False)
+    info(f"next: perceiver eval {v(result.run_dir)}")
 
 
 def evaluation(result) -> None:
@@ -73,7 +73,7 @@ def evaluation(result) -> None:
     loss = report["loss"]
     shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
     console.print(
-        f"[bold]{report['evaluated_on']}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
+        f"[bold]{v(report['evaluated_on'])}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
         f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint",
         highlight=False,
     )
@@ -81,24 +81,24 @@ def evaluation(result) -> None:
     for column in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for row in report["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+        per_class.add_row(v(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     info(per_class)
     classes = [row["class"] for row in report["per_class"]]
     if len(classes) <= 20:
         matrix = Table(title="confusion matrix (rows: true, columns: predicted)", header_style="bold")
         matrix.add_column("")
         for name in classes:
-            matrix.add_column(name[:6], justify="right")
+            matrix.add_column(v(name[:6]), justify="right")
         for name, counts in zip(classes, report["confusion_matrix"]):
-            matrix.add_row(name, *map(str, counts))
+            matrix.add_row(v(name), *map(str, counts))
         info(matrix)
-    info(f"wrote {result.json_path} and {result.png_path}")
+    info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
 
 
 def segmentation(result) -> None:
     report = result.report
     console.print(
-        f"[bold]{report['evaluated_on']}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
+        f"[bold]{v(report['evaluated_on'])}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
         f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
         f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint", highlight=False)
     per_class = Table(title="per class", header_style="bold")
@@ -106,21 +106,21 @@ def segmentation(result) -> None:
         per_class.add_column(column, justify="left" if column == "class" else "right")
     figure = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731  NaN: neither present nor predicted
     for row in report["per_class"]:
-        per_class.add_row(row["class"], figure(row["dice"]), figure(row["iou"]), f"{row['pixels']:,}",
+        per_class.add_row(v(row["class"]), figure(row["dice"]), figure(row["iou"]), f"{row['pixels']:,}",
                           f"{row['predicted_pixels']:,}")
     info(per_class)
-    info(f"wrote {result.json_path} and {result.png_path}")
+    info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
 
 
 def reconstruction(result) -> None:
     report = result.report
     ratio = report["loss_over_baseline"]
     console.print(
-        f"[bold]{report['evaluated_on']}[/]: reconstruction loss [bold]{report['loss']:.4f}[/] on the hidden "
+        f"[bold]{v(report['evaluated_on'])}[/]: reconstruction loss [bold]{report['loss']:.4f}[/] on the hidden "
         f"{report['mask_ratio']:.0%} of the patches · patch-mean baseline {report['baseline_loss']:.4f}"
         + (f" ({ratio:.2f}× of it)" if ratio is not None else "")
         + f" · {report['samples']:,} samples · epoch {report['epoch']} checkpoint", highlight=False)
-    info(f"wrote {result.json_path} and {result.png_path}")
+    info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
 
 
 SHOWN_ROWS = 50  # a table longer than this is cut; the --json / --csv files hold every row
@@ -130,18 +130,18 @@ def predictions(result) -> None:
     segment = result.task == "segment"
     samples = [row for row in result.rows if "slices" not in row]
     volumes = [row for row in result.rows if "slices" in row]
-    table = Table(title=f"{result.target}: {len(samples):,} prediction(s)", header_style="bold")
+    table = Table(title=f"{v(result.target)}: {len(samples):,} prediction(s)", header_style="bold")
     for column in ("input", "classes (pixel share)" if segment else "class", "" if segment else "probability",
                    "mask" if segment else "next most likely"):
         if column:
             table.add_column(column, justify="right" if column == "probability" else "left", overflow="fold")
     for row in samples[:SHOWN_ROWS]:
         if segment:
-            shares = ", ".join(f"{e['class']} {e['share']:.1%}" for e in row["top_k"])
-            table.add_row(row["input"], shares, row.get("mask_file", ""))
+            shares = ", ".join(f"{v(e['class'])} {e['share']:.1%}" for e in row["top_k"])
+            table.add_row(v(row["input"]), shares, v(row.get("mask_file", "")))
         else:
-            others = ", ".join(f"{e['class']} {e['probability']:.1%}" for e in row["top_k"][1:])
-            table.add_row(row["input"], row["class"], f"{row['probability']:.1%}", others)
+            others = ", ".join(f"{v(e['class'])} {e['probability']:.1%}" for e in row["top_k"][1:])
+            table.add_row(v(row["input"]), v(row["class"]), f"{row['probability']:.1%}", others)
     console.print(table)
     if len(samples) > SHOWN_ROWS:
         info(f"… and {len(samples) - SHOWN_ROWS:,} more (every row is in --json / --csv)")
@@ -150,22 +150,22 @@ def predictions(result) -> None:
         for column in ("volume", "slices", "classes (voxel share)", "mask"):
             summary.add_column(column, justify="right" if column == "slices" else "left", overflow="fold")
         for row in volumes:
-            shares = ", ".join(f"{e['class']} {e['share']:.1%}" for e in row["top_k"])
-            summary.add_row(row["input"], str(row["slices"]), shares, row["mask_file"])
+            shares = ", ".join(f"{v(e['class'])} {e['share']:.1%}" for e in row["top_k"])
+            summary.add_row(v(row["input"]), str(row["slices"]), shares, v(row["mask_file"]))
         console.print(summary)
     elif volumes:
         summary = Table(title="per volume (its slices' probabilities averaged)", header_style="bold")
         for column in ("volume", "slices", "class", "probability"):
             summary.add_column(column, justify="left" if column in ("volume", "class") else "right", overflow="fold")
         for row in volumes:
-            summary.add_row(row["input"], str(row["slices"]), row["class"], f"{row['probability']:.1%}")
+            summary.add_row(v(row["input"]), str(row["slices"]), v(row["class"]), f"{row['probability']:.1%}")
         console.print(summary)
     for skipped in result.skipped:
-        err_console.print(f"skipped {skipped['input']}: {skipped['reason']}", highlight=False, soft_wrap=True)
+        err_console.print(f"skipped {v(skipped['input'])}: {v(skipped['reason'])}", highlight=False, soft_wrap=True)
     if result.files:
         shown = [str(p) for p in result.files if not str(p).endswith(".mask.png")]
         masks = len(result.files) - len(shown)
-        info(f"wrote {', '.join(([f'{masks} mask PNG(s)'] if masks else []) + shown)}", highlight=False)
+        info(f"wrote {', '.join(([f'{masks} mask PNG(s)'] if masks else []) + [v(p) for p in shown])}", highlight=False)
 
 
 def attention(result) -> None:
@@ -181,8 +181,8 @@ def attention(result) -> None:
     info("entropy: H(mass)/log(tokens), 1 = even; top 5 % mass: share on the 5 % most attended tokens; "
          "latents used / effective: latents that are the strongest reader of some token, exp(entropy) of that split")
     for path in result.files:
-        console.print(f"wrote {path}", highlight=False)
-    console.print(f"wrote {result.stats_path}", highlight=False)
+        console.print(f"wrote {v(path)}", highlight=False)
+    console.print(f"wrote {v(result.stats_path)}", highlight=False)
 
 
 def report(result, formulas: dict) -> None:
@@ -207,7 +207,7 @@ def report(result, formulas: dict) -> None:
     console.print(table)
     for name, formula in formulas.items():
         info(f"  {name} = {formula}", highlight=False)
-    console.print(f"wrote {result.png_path} and {result.json_path}", highlight=False)
+    console.print(f"wrote {v(result.png_path)} and {v(result.json_path)}", highlight=False)
 
 
 def _memory_text(value) -> str:
@@ -266,7 +266,7 @@ def bench(document: dict) -> None:
 
 
 def export(result) -> None:
-    table = Table(title=f"{result.format} export → {result.out}", header_style="bold")
+    table = Table(title=f"{result.format} export → {v(result.out)}", header_style="bold")
     table.add_column("check")
     for column in ("batch", "max |diff|", "tolerance"):
         table.add_column(column, justify="right")
@@ -286,4 +286,4 @@ def export(result) -> None:
 
     for note in result.notes:
         info(f"[yellow]note:[/] {escape(note)}")
-    console.print(f"wrote {result.out}: {', '.join(result.files)}", highlight=False)
+    console.print(f"wrote {v(result.out)}: {', '.join(result.files)}", highlight=False)

@@ -62,7 +62,11 @@ def replace_directory(new: Path, target: Path) -> None:
         return
     old = temporary_sibling(target, "old")
     os.rename(target, old)
-    os.rename(new, target)  # a kill just before this leaves only `old`: recover() brings it back
+    try:
+        os.rename(new, target)  # a kill just before this leaves only `old`: recover() brings it back
+    except BaseException:  # a failing rename (EIO): the old directory goes back where it was
+        os.rename(old, target)
+        raise
     fsync_directory(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 

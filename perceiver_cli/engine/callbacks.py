@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import UserError
 from ..runs import checkpoint
-from ..runs.files import append_line, write_text
+from ..runs.files import append_line, write_text, writing
 from ..runs.metrics import write_metrics
 from .display import TrainingDisplay, format_rate
 
@@ -48,7 +48,7 @@ class Callback:
 
 def resume_hint(run_dir: Path) -> str:
     """What a failed write's error adds: how to continue, once there is a saved epoch."""
-    if (run_dir / "checkpoints" / "last.pt").is_file():
+    if any((run_dir / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt")):  # resume reads either
         return f"then continue the run from its last saved epoch: perceiver train --resume {run_dir}"
     return ""
 
@@ -89,10 +89,9 @@ class Checkpoints(Callback):
 
     def epoch_end(self, trainer, epoch, row, improved):
         state = trainer.state(epoch)  # built once, written to one or both files
-        hint = resume_hint(trainer.run_dir)
         if improved:
-            checkpoint.save(state, self.folder / "best.pt", hint)
-        checkpoint.save(state, self.folder / "last.pt", hint)
+            checkpoint.save(state, self.folder / "best.pt", resume_hint(trainer.run_dir))
+        checkpoint.save(state, self.folder / "last.pt", resume_hint(trainer.run_dir))  # best.pt may be new
 
 
 class MetricsFiles(Callback):
@@ -115,21 +114,33 @@ class TensorBoard(Callback):
         except ImportError:
             raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
                             "(or set train.tensorboard=false)") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.run_dir = run_dir
+        with writing(run_dir, "or set train.tensorboard=false"):
+            self.writer = SummaryWriter(log_dir=str(run_dir))
 
     def add_capture(self, captured, classes: list[str], epoch: int) -> None:
         from .preview import tensorboard_image
 
-        self.writer.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch, dataformats="HWC")
+        with self._writing():
+            self.writer.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch, dataformats="HWC")
 
     def epoch_end(self, trainer, epoch, row, improved):
-        for key, value in row.items():
-            if key != "epoch" and value == value:  # NaN (no validation data) is left out
-                self.writer.add_scalar(self.TAGS.get(key, key), value, epoch)
-        self.writer.flush()
+        with self._writing():
+            for key, value in row.items():
+                if key != "epoch" and value == value:  # NaN (no validation data) is left out
+                    self.writer.add_scalar(self.TAGS.get(key, key), value, epoch)
+            self.writer.flush()
+
+    def _writing(self):
+        """TensorBoard writes from a thread of its own and raises what failed there (a full disk) at
+        the next add or flush: named as the run's event file."""
+        return writing(self.run_dir / "events.out.tfevents.*", resume_hint(self.run_dir))
 
     def close(self):
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError:  # the failure was reported where it happened (or the run is ending on another error)
+            pass
 
 
 class AttentionCapture(Callback):

@@ -28,9 +28,10 @@ def keep_freed_memory() -> None:
         pass
 
 
-def resolve_device(choice: str) -> torch.device:
+def resolve_device(choice: str, asked: str = "train.device") -> torch.device:
+    """`asked`: where the choice came from, for the error line (a recipe key, or a command's --device)."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA device is visible; use --device cpu or auto")
+        raise UserError(f"{asked}=cuda but no CUDA device is visible; use --device cpu or auto")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)

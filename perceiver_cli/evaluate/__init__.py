@@ -13,7 +13,7 @@ from .classify import EvalResult, evaluate_classifier, folder_samples, metrics, 
 
 def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
              device: str = "auto") -> EvalResult:
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     model, recipe, loaded = load_trained(Path(target), torch_device)
     if recipe.task.name == "segment":
         from .segment import evaluate_segmentation as run

@@ -3,10 +3,12 @@ file is translated from and what --format torchscript saves (model.pt2)."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import torch
 
+from ..atomic import write_bytes_atomic
 from .graph import with_plain_attention
 
 
@@ -44,7 +46,11 @@ def _export(module, example, shapes) -> torch.export.ExportedProgram:
 
 
 def save_program(program: torch.export.ExportedProgram, path) -> None:
-    torch.export.save(program, str(path))
+    """model.pt2, serialised in memory and written by Python: torch's own file writer aborts the
+    process (SIGABRT in c10) when the disk fills, where Python's raises an OSError the CLI can report."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def run_program_file(path, x: torch.Tensor) -> torch.Tensor:

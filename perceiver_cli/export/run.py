@@ -12,18 +12,21 @@ above the tolerance nothing is written.
 
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import json_text
+from ..atomic import json_text, temporary_sibling, write_text_atomic
+from ..data import swap
 from ..engine.runtime import InputTransform
 from ..errors import UserError
-from ..runs.exported import is_export_folder, load_folder, load_model_from, write_folder
+from ..runs.exported import CONFIG, WEIGHTS, is_export_folder, load_folder, load_model_from, write_folder
+from ..runs.exported import FORMAT as EXPORT_FORMAT
+from ..runs.files import writing
 from ..runs.trained import run_dir_of, split_samples
 from . import onnx_file, program
 from .graph import Deployable, generated_samples, input_description, output_description
@@ -35,6 +38,7 @@ CHECK_BATCHES = (1, 8)
 # slab loop frozen at trace time was off by 0.1-0.2), and 1e-3 moves a probability by ~0.1 % at most
 TOLERANCE = 1e-3
 EXPORT_INFO = "export.json"
+EXPORT_FILES = {WEIGHTS, CONFIG, "model.onnx", "model.pt2", EXPORT_INFO}  # all an export folder may hold
 
 
 @dataclass
@@ -70,7 +74,9 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
     if task == "masked_image":
         raise UserError(f"{target}: a masked_image run is an encoder to fine-tune (train.init), not a model to deploy; "
                         f"export the classifier or segmentation run trained from it")
-    out = Path(out) if out is not None else _default_out(target, loaded)
+    out = _folder_of(Path(out) if out is not None else _default_out(target, loaded))
+    with writing(out, "or give --out elsewhere"):
+        swap.recover(out)  # a killed export's leftovers: its old folder back in place, dead temporaries gone
     _check_out(out)
 
     classes = list(state["classes"])
@@ -80,18 +86,23 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
     with torch.no_grad():
         eager = {batch: model(transform(torch.from_numpy(samples[:batch]))) for batch in CHECK_BATCHES}
 
-    with tempfile.TemporaryDirectory(prefix="perceiver-export-") as tmp:
-        extra = {}
-        if format != "safetensors":
-            extra = _graph_files(Deployable(model, transform).eval(), Path(tmp), format, opset, samples, eager, result)
-            result.input = input_description(state["input_spec"], getattr(recipe.data, "num_points", None))
-            result.output = output_description(task, classes)
-            info = Path(tmp) / EXPORT_INFO
-            info.write_text(json_text(_export_info(result), indent=2) + "\n")
-            extra[EXPORT_INFO] = info
-        write_folder(model, recipe, state, out, extra_files=extra)
-    result.files = sorted(path.name for path in out.iterdir())
-    _check_round_trip(out, transform, samples, eager, result)
+    # the whole folder is built and checked beside its place (same disk: the swap is a rename), then swapped in
+    staging = temporary_sibling(out)
+    try:
+        with writing(out, "or give --out elsewhere"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            if format != "safetensors":
+                _graph_files(Deployable(model, transform).eval(), staging, format, opset, samples, eager, result)
+                result.input = input_description(state["input_spec"], getattr(recipe.data, "num_points", None))
+                result.output = output_description(task, classes)
+                write_text_atomic(staging / EXPORT_INFO, json_text(_export_info(result), indent=2) + "\n")
+            write_folder(model, recipe, state, staging)
+            _check_round_trip(staging, transform, samples, eager, result)
+            result.files = sorted(path.name for path in staging.iterdir())
+            swap.replace_directory(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after a swap; after a failure nothing is kept
     return result
 
 
@@ -101,13 +112,36 @@ def _default_out(target: Path, loaded) -> Path:
     return (target if target.is_dir() else run_dir_of(loaded.path)) / "export"
 
 
+def _folder_of(out: Path) -> Path:
+    """The folder to replace: a link to one is followed, so the link stays and points at the new export."""
+    return out.resolve() if out.is_symlink() else out
+
+
 def _check_out(out: Path) -> None:
-    """The folder is replaced as a whole: never a folder of other files."""
+    """The folder is replaced as a whole, so it must be new, empty, or an export that perceiver export
+    wrote holding nothing else: a folder with anyone else's files in it is refused, nothing touched."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder (it is created, or an earlier export there is replaced)")
-    if out.is_dir() and any(out.iterdir()) and not is_export_folder(out):
-        raise UserError(f"--out {out} holds files that are not an export (no config.json); give a new or empty folder, "
-                        f"since an export replaces its folder as a whole")
+    try:
+        names = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot list it ({exc.strerror}); give a folder you can read and write") from None
+    if not names or _is_our_export(out, names):
+        return
+    theirs = [name for name in names if name not in EXPORT_FILES] or names
+    shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+    raise UserError(f"--out {out} holds files that perceiver export did not write ({shown}); nothing was touched: give a "
+                    f"new or empty folder, or move them out (an export replaces its folder as a whole)")
+
+
+def _is_our_export(out: Path, names: list[str]) -> bool:
+    """Only files an export writes, as plain files, with a config.json of our format."""
+    if not set(names) <= EXPORT_FILES or any((out / name).is_symlink() or not (out / name).is_file() for name in names):
+        return False
+    try:
+        return json.loads((out / CONFIG).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
 
 
 def _check_samples(recipe, state) -> tuple[np.ndarray, str]:
@@ -126,20 +160,20 @@ def _check_samples(recipe, state) -> tuple[np.ndarray, str]:
     return np.concatenate([taken] * repeats)[:count], shown
 
 
-def _graph_files(module: Deployable, tmp: Path, format: str, opset, samples, eager, result: ExportResult) -> dict:
-    """Export the graph into tmp, check it, and return {name in the folder: file}."""
+def _graph_files(module: Deployable, folder: Path, format: str, opset, samples, eager, result: ExportResult) -> None:
+    """Export the graph into the folder being built and check it."""
     example = torch.from_numpy(samples[:2])  # a batch of 2: size 1 would be specialised as a constant
     exported, traced_module, result.notes = program.export_program(module, example)
     input_name = "points" if module.is_points else "images"
     if format == "onnx":
-        path = tmp / "model.onnx"
+        path = folder / "model.onnx"
         result.exporter, notes = onnx_file.write_onnx(exported, traced_module, example, path, opset, input_name)
         result.notes += notes
         result.opset = onnx_file.opset_of(path)
         run = lambda x: torch.from_numpy(onnx_file.run_onnx(path, x))  # noqa: E731
         what = "ONNX Runtime"
     else:
-        path = tmp / "model.pt2"
+        path = folder / "model.pt2"
         program.save_program(exported, path)
         result.exporter = "torch.export (model.pt2; load with torch.export.load)"
         run = lambda x: program.run_program_file(path, torch.from_numpy(x))  # noqa: E731
@@ -153,7 +187,6 @@ def _graph_files(module: Deployable, tmp: Path, format: str, opset, samples, eag
             raise UserError(f"the exported {path.name} differs from PyTorch by {diff:.3g} at batch {batch} (tolerance "
                             f"{tolerance:.3g}, {result.inputs_used}); nothing was written. Please report it with the "
                             f"output of --debug")
-    return {path.name: path}
 
 
 def _export_info(result: ExportResult) -> dict:
@@ -163,13 +196,12 @@ def _export_info(result: ExportResult) -> dict:
             "check": {"inputs": result.inputs_used, "runs": result.checks}, "notes": result.notes}
 
 
-def _check_round_trip(out: Path, transform, samples, eager, result: ExportResult) -> None:
+def _check_round_trip(folder: Path, transform, samples, eager, result: ExportResult) -> None:
     """The folder as perceiver_cli.load reads it gives the very same logits (same bits)."""
-    model, _, _ = load_folder(out, torch.device("cpu"))
+    model, _, _ = load_folder(folder, torch.device("cpu"))
     batch = max(CHECK_BATCHES)
     with torch.no_grad():
         same = torch.equal(model(transform(torch.from_numpy(samples[:batch]))), eager[batch])
     result.checks.append({"what": "safetensors folder reloaded vs PyTorch", "batch": batch, "identical": same})
     if not same:
-        shutil.rmtree(out, ignore_errors=True)
-        raise UserError(f"{out}: the reloaded weights do not give the run's logits; nothing was kept. Please report it")
+        raise UserError(f"{result.out}: the reloaded weights do not give the run's logits; nothing was written. Please report it")

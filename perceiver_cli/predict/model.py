@@ -153,7 +153,7 @@ def _prepared_source(recipe, state: dict) -> dict:
 
 def load(path, device: str = "auto") -> LoadedModel:
     """A run directory (its best checkpoint), a checkpoint .pt or an export folder, ready to predict."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     module, recipe, state, loaded = load_model_from(Path(path), torch_device)
     if loaded is not None:
         loaded.tell()

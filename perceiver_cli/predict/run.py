@@ -2,7 +2,8 @@
 write what it says: a table (cli/tables.py), --json and --csv files, and for a segmentation run one
 mask PNG per input (pixel value = class index, at the model's input size) under --masks, with a label
 volume over each NIfTI scan.
-Everything is written atomically; an unreadable input is listed under "skipped" and the rest go on.
+Everything is staged and appears together when the call succeeds (nothing of a failed call is left);
+an unreadable input is listed under "skipped" and the rest go on.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_bytes_atomic
+from ..atomic import StagedFiles, json_text
+from ..data.inputs import kind_of
 from ..errors import UserError
-from ..runs.files import write_json, write_text, writing
+from ..runs.files import remove_stale_temporaries, writing
 from .model import load
 
 
@@ -43,14 +45,26 @@ class PredictResult:
 
 
 def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> PredictResult:
+    """Predict every input and write what was asked. The masks, label volumes and --json/--csv files
+    appear together when the whole call has succeeded; a call that fails part-way leaves none of them."""
     if options.top_k < 1 or options.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    for path in (options.json, options.csv):
-        if path is not None and Path(path).is_dir():
-            raise UserError(f"{path}: is a folder; give a file name for --json / --csv")
+    check_outputs(inputs, {"--json": options.json, "--csv": options.csv})
     model = load(target, options.device)
+    staged = StagedFiles()
+    try:
+        result = _predict(target, inputs, options, model, staged)
+        with writing(Path(options.json or options.csv or options.masks), "or write the outputs elsewhere"):
+            staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    return result
+
+
+def _predict(target: Path, inputs: list[Path], options: PredictOptions, model, staged: StagedFiles) -> PredictResult:
     skipped: list[dict] = []
-    masks = MaskWriter(Path(options.masks), model, options.top_k) if model.task.name == "segment" else None
+    masks = MaskWriter(Path(options.masks), model, options.top_k, staged) if model.task.name == "segment" else None
     rows = []
     for row in model.rows(inputs, options.top_k, options.batch_size, skipped, "predicting", options.mask_size):
         rows.append(masks.write(row) if masks else row)  # a mask is written as it comes, then let go
@@ -63,13 +77,47 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
     for row in rows:  # every class's probability served the volume summaries; the files keep the top k
         row.pop("probabilities", None)
     if options.json is not None:
-        write_json(Path(options.json), {"model": str(target), "task": result.task, "classes": result.classes,
-                                        "predictions": rows, "skipped": skipped})
+        document = {"model": str(target), "task": result.task, "classes": result.classes, "predictions": rows,
+                    "skipped": skipped}
+        with writing(Path(options.json)):
+            staged.write(Path(options.json), (json_text(document, indent=2) + "\n").encode())
         result.files.append(Path(options.json))
     if options.csv is not None:
-        write_text(Path(options.csv), csv_text(rows, options.top_k, result.task))
+        with writing(Path(options.csv)):
+            staged.write(Path(options.csv), csv_text(rows, options.top_k, result.task).encode())
         result.files.append(Path(options.csv))
     return result
+
+
+def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
+    """--json and --csv must not overwrite an input (a file named, or one that a folder named would
+    have read) or each other, and must be file names."""
+    given = {option: Path(path) for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        if path.is_dir():
+            raise UserError(f"{option} {path}: is a folder; give a file name for {option}")
+        for source in map(Path, inputs):
+            if _same_file(path, source) or (source.is_dir() and _is_within(path, source) and kind_of(path.name)):
+                raise UserError(f"{option} {path}: is one of the inputs; writing it would overwrite that file: give "
+                                f"another file name")
+    names = list(given.items())
+    for i, (option, path) in enumerate(names):
+        for other, other_path in names[i + 1:]:
+            if _same_file(path, other_path):
+                raise UserError(f"{option} and {other} both name {path}: one would overwrite the other; give two file names")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        return False
+    return a.resolve() == b.resolve()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -83,16 +131,19 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 class MaskWriter:
-    """A segmentation run's masks, written as their rows come: an 8-bit PNG of class indices per image
-    or slice, and for a NIfTI volume whose every slice was predicted, a label volume over the scan
-    (`<volume>.mask.nii.gz`: its voxel grid and affine, each slice's mask resized back, nearest)."""
+    """A segmentation run's masks, written (staged) as their rows come: an 8-bit PNG of class indices
+    per image or slice, and for a NIfTI volume whose every slice was predicted, a label volume over the
+    scan (`<volume>.mask.nii.gz`: its voxel grid and affine, each slice's mask resized back, nearest)."""
 
-    def __init__(self, folder: Path, model, top_k: int):
-        self.folder, self.model, self.top_k = folder, model, top_k
+    def __init__(self, folder: Path, model, top_k: int, staged: StagedFiles):
+        self.folder, self.model, self.top_k, self.staged = folder, model, top_k, staged
         self.files: list[Path] = []
         self.used: set[str] = set()
         self.pending: dict[str, dict[int, np.ndarray]] = {}  # volume -> {slice index: mask}
         self.volumes: list[dict] = []  # one row per label volume written: its file, its voxels' shares per class
+        if folder.is_dir():
+            with writing(folder, "or give --masks elsewhere"):
+                remove_stale_temporaries(folder)  # what a killed predict left there
 
     def write(self, row: dict) -> dict:
         from PIL import Image
@@ -126,18 +177,21 @@ class MaskWriter:
     def _save(self, name: str, suffix: str, data: bytes) -> Path:
         path = self.folder / mask_name(name, suffix, self.used)
         with writing(path, "or give --masks elsewhere"):
-            self.folder.mkdir(parents=True, exist_ok=True)  # on the first mask: nothing is made for inputs none of which read
-            write_bytes_atomic(path, data)
+            self.staged.write(path, data, make_folder=True)  # its folder is made with the first mask: none for inputs none of which read
         self.files.append(path)
         return path
 
 
 def mask_name(sample: str, suffix: str, used: set[str]) -> str:
-    """A file name for a sample's mask: its file name (and slice), or its whole path when that name is
-    taken by an earlier input, with every separator made safe."""
-    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") + suffix  # noqa: E731
+    """A file name for a sample's mask, unique in this call: its file name (and slice), or its whole
+    path when that is taken by an earlier input, or a numbered one when both are (names that differ
+    only in characters made safe, like é.png and ö.png)."""
+    safe = lambda text: (re.sub(r"[^\w.-]+", "_", text).strip("_.") or "input") + suffix  # noqa: E731
     name = safe(sample.replace("\\", "/").rsplit("/", 1)[-1])
     name = safe(sample) if name in used else name
+    stem, number = name[: -len(suffix)], 2
+    while name in used:
+        name, number = f"{stem}-{number}{suffix}", number + 1
     used.add(name)
     return name
 

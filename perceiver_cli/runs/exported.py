@@ -6,23 +6,22 @@ writes and what `perceiver_cli.load` and `perceiver predict` read besides run di
                          "checkpoint": dataset, classes, target, input_spec, normalization,
                          source (how prepare made the samples), epoch}
 
-The folder is written beside its final place and renamed into it: a reader sees the old folder or
-the new one, never half of one.
+`perceiver export` builds the folder beside its final place and swaps it in (data/swap.py): a
+reader sees the old folder or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from pathlib import Path
 
 import torch
 
-from ..atomic import fsync_directory, json_text, temporary_sibling
+from ..atomic import json_text, write_text_atomic
 from ..errors import UserError
 from ..recipe import recipe_from_dict
-from .files import writing
 from .trained import build_trained_model
 
 FORMAT = "perceiver-export/1"
@@ -40,34 +39,23 @@ def is_export_folder(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
 
 
-def write_folder(model: torch.nn.Module, recipe, state: dict, out: Path, extra_files: dict[str, Path] | None = None) -> Path:
-    """Write model.safetensors and config.json (and `extra_files`: {name in the folder: file to move
-    in}) into `out`, replacing a folder there at once."""
+def write_folder(model: torch.nn.Module, recipe, state: dict, folder: Path) -> None:
+    """Write model.safetensors and config.json into `folder` (export/run.py builds the folder beside
+    its final place and swaps it in whole)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
-    out = Path(out)
-    with writing(out, "or give --out elsewhere"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(out)
-        tmp.mkdir()
-        try:
-            save_model(model, str(tmp / WEIGHTS))  # shared tensors (weight sharing) are stored once
-            _readable_as_umask_allows(tmp / WEIGHTS)  # safetensors writes it owner-only; the rest is 0666 & ~umask
-            document = {"format": FORMAT, "recipe": recipe.to_dict(), "checkpoint": description(state)}
-            (tmp / CONFIG).write_text(json_text(document, indent=2) + "\n")
-            for name, path in (extra_files or {}).items():
-                shutil.move(str(path), tmp / name)
-            old = temporary_sibling(out, "old") if out.exists() else None
-            if old is not None:
-                out.rename(old)
-            tmp.rename(out)
-            fsync_directory(out.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+    folder = Path(folder)
+    try:
+        save_model(model, str(folder / WEIGHTS))  # shared tensors (weight sharing) are stored once
+    except SafetensorError as exc:  # its Rust writer names the OS error only in words: "(os error 28)"
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
             raise
-    return out
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(folder / WEIGHTS)) from None
+    _readable_as_umask_allows(folder / WEIGHTS)  # safetensors writes it owner-only; the rest is 0666 & ~umask
+    document = {"format": FORMAT, "recipe": recipe.to_dict(), "checkpoint": description(state)}
+    write_text_atomic(folder / CONFIG, json_text(document, indent=2) + "\n")
 
 
 def _readable_as_umask_allows(path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import atomic_writer, os_error_advice, process_alive, write_json_atomic, write_text_atomic
+from ..atomic import atomic_writer, os_error_advice, os_error_within, process_alive, write_json_atomic, write_text_atomic
 from ..errors import UserError
 
 
@@ -20,11 +20,15 @@ def os_error_message(path: Path, exc: OSError, hint: str = "") -> str:
 
 @contextmanager
 def writing(path: Path, hint: str = "") -> Iterator[None]:
-    """Turn an OSError raised while writing `path` into a UserError (`hint`: what else to do)."""
+    """Turn an OSError raised while writing `path` into a UserError (`hint`: what else to do); also one
+    that a writing library wrapped in its own error (os_error_within)."""
     try:
         yield
-    except OSError as exc:
-        raise UserError(os_error_message(path, exc, hint)) from None
+    except Exception as exc:
+        os_error = os_error_within(exc)
+        if os_error is None or isinstance(exc, UserError):
+            raise
+        raise UserError(os_error_message(path, os_error, hint)) from None
 
 
 def write_text(path: Path, text: str, hint: str = "") -> None:
