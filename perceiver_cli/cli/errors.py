@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import threading
 
 import typer
 
@@ -35,6 +36,17 @@ _interrupt_note = None  # set by a command that can say how to continue after Ct
 def set_debug(debug: bool) -> None:
     global DEBUG
     DEBUG = debug
+    threading.excepthook = _thread_exception
+
+
+_default_thread_hook = threading.excepthook
+
+
+def _thread_exception(args) -> None:
+    """A library's writer thread (TensorBoard's) that meets a full disk raises it again in the command's
+    own thread, which reports it in one line: its traceback from the thread is for --debug only."""
+    if DEBUG or not isinstance(args.exc_value, OSError):
+        _default_thread_hook(args)
 
 
 def is_debug() -> bool:
