@@ -25,8 +25,11 @@ def train(
 ):
     """Train a Perceiver from a recipe into runs/<name>/ (config, metrics, checkpoints, log)."""
     from ..data.sources import load_for_recipe
+    from ..engine.dist import end_with_launcher
     from ..engine.train import describe, earlier_attempt, resume_run, start_run
     from ..recipe import load_recipe
+
+    end_with_launcher()  # a rank of torchrun dies with it, from the start (its data may take a while to load)
 
     def training_data(data_config):  # memory-mapped: resident or streamed as data.residency decides
         return load_for_recipe(data_config, mmap=True)
@@ -61,6 +64,7 @@ def _start_ranks(devices: int, recipe, overrides, resume, name, device_name) -> 
 
     from ..console import is_quiet
     from ..engine.dist import launched_by_torchrun, run_ranks
+    from ..engine.train import hold_run
     from .errors import is_debug
 
     if launched_by_torchrun():
@@ -77,7 +81,13 @@ def _start_ranks(devices: int, recipe, overrides, resume, name, device_name) -> 
         argv += ["--set", assignment]
     argv += (["--resume", str(resume)] if resume else []) + (["--name", name] if name else [])
     argv += ["--device", device_name] if device_name else []
-    raise typer.Exit(run_ranks(devices, argv))
+    lock = hold_run(resume) if resume is not None else None  # held here while the ranks run: they die with us
+    try:
+        code = run_ranks(devices, argv, locked_run=resume)
+    finally:
+        if lock is not None:
+            lock.release()
+    raise typer.Exit(code)
 
 
 def _how_to_continue(run_dir: Path) -> str:

@@ -3,24 +3,76 @@
 One process is world size 1: every reduction is then the identity, so the training loop has one code
 path. Under `torchrun` (or `perceiver train --devices N`, which starts it) RANK, WORLD_SIZE and
 LOCAL_RANK are set: NCCL joins the ranks on CUDA (each on its LOCAL_RANK GPU), gloo on a CPU.
+
+A rank dies with the process that started it (end_with_launcher), and a job torchrun may restart
+notes in runs/.torchrun-<job> which run it writes, for the restarted ranks to resume.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..atomic import process_alive
 from ..errors import UserError
+from ..runs.files import write_json
+
+LAUNCHER_PID = "PERCEIVER_LAUNCHER_PID"  # set by run_ranks: the process its ranks die with
+LOCKED_RUN = "PERCEIVER_LOCKED_RUN"  # set by run_ranks: the run directory its caller holds locked for the ranks
 
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 (or one process), known before the process group is joined."""
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0
+
+
+def launcher_holds(run_dir: Path) -> bool:
+    """Whether the `--devices` launcher that started this rank holds `run_dir`'s lock for it."""
+    held = os.environ.get(LOCKED_RUN)
+    return launched_by_torchrun() and held is not None and Path(held) == Path(run_dir).resolve()
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_ended_with_launcher = []  # asked for already (the early call in `perceiver train`, then DistContext.start)
+
+
+def end_with_launcher() -> None:
+    """Make this rank die (SIGKILL) when the process that started it dies, kill -9 included: torchrun
+    starts every rank in a session of its own, so an orphan would train on, or wait at a rendezvous
+    for the 30-minute timeout. Linux: the kernel's parent-death signal; elsewhere a watching thread."""
+    if not launched_by_torchrun() or _ended_with_launcher:
+        return
+    _ended_with_launcher.append(True)
+    parent = int(os.environ.get(LAUNCHER_PID, os.getppid()))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        import threading
+        import time
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the launcher died before the signal was asked for: none will come
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -41,6 +93,7 @@ class DistContext:
         """Join the process group torchrun describes (or none), and the device this rank trains on."""
         if not launched_by_torchrun():
             return cls(device=device), device
+        end_with_launcher()  # before the rendezvous, which waits for ranks that may never come
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
         if device.type == "cuda":
             if local >= torch.cuda.device_count():
@@ -109,6 +162,58 @@ class DistContext:
             dist.destroy_process_group()
 
 
+# --- torchrun --max-restarts: which run a restarted job resumes ------------------------------------
+
+def restart_marker(runs_dir: str) -> Path | None:
+    """runs/.torchrun-<job id>, when torchrun may restart this job (--max-restarts): which run directory
+    the job writes, for its restarted ranks to find. A job that is never restarted (`--devices N`) has none."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not launched_by_torchrun() or not job or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) == 0:
+        return None
+    return Path(runs_dir) / f".torchrun-{job}"
+
+
+def note_restart_run(runs_dir: str, run_dir: Path) -> None:
+    """Rank 0: the marker names the run and torchrun's own process (this rank's parent), so that a later
+    run can remove the markers of jobs whose torchrun was killed."""
+    marker = restart_marker(runs_dir)
+    if marker is not None:
+        write_json(marker, {"run": Path(run_dir).name, "host": socket.gethostname(), "pid": os.getppid()})
+
+
+def restarted_run(runs_dir: str) -> Path | None:
+    """The run directory an earlier attempt of this torchrun job wrote, when this is a restart."""
+    marker = restart_marker(runs_dir)
+    if marker is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        return None
+    try:
+        return marker.parent / json.loads(marker.read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or an older version's: start anew
+        return None
+
+
+def forget_restart_run(runs_dir: str) -> None:
+    """Rank 0, the job done: no restart will look for its run."""
+    marker = restart_marker(runs_dir)
+    if marker is not None:
+        marker.unlink(missing_ok=True)
+
+
+def remove_dead_markers(runs_dir: str) -> None:
+    """Delete the markers of jobs on this machine whose torchrun is gone (killed: no rank forgot its
+    marker), and those of an older version (a plain name, no pid)."""
+    for path in Path(runs_dir).glob(".torchrun-*"):
+        try:
+            mark = json.loads(path.read_text())
+            dead = mark["host"] == socket.gethostname() and not process_alive(int(mark["pid"]))
+        except (ValueError, KeyError, TypeError):
+            dead = True
+        except OSError:  # removed meanwhile, or unreadable: not ours to judge
+            continue
+        if dead:
+            path.unlink(missing_ok=True)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel (what checkpoints, EMA and captures use)."""
     from torch.nn.parallel import DistributedDataParallel
@@ -116,19 +221,31 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def run_ranks(count: int, argv: list[str]) -> int:
+def run_ranks(count: int, argv: list[str], locked_run: Path | None = None) -> int:
     """Start `count` ranks of `python -m perceiver_cli ARGV` on this machine through torch.distributed.run
     (torchrun's own machinery: a local rendezvous, one process per rank) and wait for them; their exit code.
     Rank 0 prints as one process would. When a rank fails, torchrun stops the others, and its error line
-    is shown once: rank 0's, or another rank's (with its number) when rank 0 did not say it."""
+    is shown once: rank 0's, or another rank's (with its number) when rank 0 did not say it. The ranks
+    die with this process, and leave the lock of `locked_run` (held by the caller) to it."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for its ranks, without its warning
+    ours = {LAUNCHER_PID: str(os.getpid())}  # the ranks inherit this environment
+    if locked_run is not None:
+        ours[LOCKED_RUN] = str(Path(locked_run).resolve())
+    os.environ.update(ours)
+    try:
+        return _run(count, argv)
+    finally:
+        for key in ours:
+            os.environ.pop(key, None)
+
+
+def _run(count: int, argv: list[str]) -> int:
     import logging
     import tempfile
-    from pathlib import Path
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for its ranks, without its warning
     with tempfile.TemporaryDirectory(prefix="perceiver-ranks-") as logs:
         # every rank's stderr to a file (stdout stays live: rank 0's progress), replayed below
         args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={count}", "--log-dir", logs,

@@ -9,13 +9,13 @@ that makes a kill harmless: the attention capture, its train.log line, best.pt, 
 commit point: it carries the metrics rows), metrics.jsonl/csv. A kill before last.pt is renamed
 redoes the epoch on resume (or its rest, from a mid-epoch last.pt); a kill after it loses nothing,
 since resume rewrites the metrics files from last.pt. A run that fails before its first epoch is
-saved leaves no run directory.
+saved leaves no run directory, and one killed then leaves nothing a rerun or --resume cannot take
+over. A run directory is locked (rank 0 holds it) for as long as a training uses it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,19 +23,21 @@ from pathlib import Path
 
 import torch
 
+from ..console import err_console
 from ..data import prepared
 from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
 from ..data.splits import split_train_val_rows
 from ..errors import UserError
 from ..model import count_parameters
-from ..recipe import Recipe, apply_override, overridden_keys, recipe_from_dict
+from ..recipe import Recipe, apply_override, load_recipe, overridden_keys, recipe_from_dict
 from ..runs import checkpoint
-from ..runs.directory import create_run_dir, remove_unsaved
-from ..runs.files import remove_stale_temporaries, write_text
+from ..runs.directory import RunLock, create_run_dir, empty_run_dir, has_checkpoint, lock_run, remove_unsaved
+from ..runs.files import remove_stale_temporaries
 from ..runs.metrics import restored_rows, sync_metrics
 from ..tasks import build_task, take
 from .callbacks import Callback, default_callbacks
-from .dist import DistContext, launched_by_torchrun
+from .dist import (DistContext, forget_restart_run, is_rank_zero, launched_by_torchrun, launcher_holds, note_restart_run,
+                   remove_dead_markers, restarted_run)
 from .graphs import training_forward
 from .optim import build_optimizer, build_scheduler
 from .runtime import InputTransform, autocast, keep_freed_memory, resolve_device, use_bf16
@@ -57,6 +59,7 @@ class Trainer:
                  resume_state: dict | None = None, quiet: bool = False, device: str | None = None,
                  dist: DistContext | None = None, callbacks: list[Callback] = ()):
         self.recipe, self.dataset, self.run_dir = recipe, dataset, run_dir
+        self.run_lock: RunLock | None = None  # rank 0's hold on run_dir (start_run / resume_run), freed when fit ends
         t = recipe.train
         self.dist = dist or DistContext()
         self.quiet = quiet or not self.dist.is_main  # only rank 0 shows progress
@@ -320,17 +323,18 @@ class Trainer:
         try:
             result = self._fit()
             self.dist.barrier()  # rank 0's last writes are done before any rank reports
-            marker = _attempt_marker(self.recipe.train.runs_dir)
-            if marker is not None and self.dist.is_main:  # finished: no restart of this job will look for it
-                marker.unlink(missing_ok=True)
+            if self.dist.is_main:  # finished: no restart of this job will look for it
+                forget_restart_run(self.recipe.train.runs_dir)
             return result
         except BaseException:  # Ctrl-C included: a new run with no saved epoch leaves nothing behind
             self._close()
             if self.dist.is_main and not self.resumed:
-                remove_unsaved(self.run_dir)
+                remove_unsaved(self.run_dir)  # while still locked: no other run can have started in it
             raise
         finally:
             self.dist.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def _fit(self) -> TrainResult:
         t = self.recipe.train
@@ -361,60 +365,85 @@ def _bytes(array, rows) -> int:
     return array.nbytes if rows is None else array.nbytes // max(len(array), 1) * len(rows)
 
 
-def _attempt_marker(runs_dir: str) -> Path | None:
-    """runs/.torchrun-<job id>: which run directory this torchrun job writes, for its restarts to find."""
-    job = os.environ.get("TORCHELASTIC_RUN_ID")
-    return Path(runs_dir) / f".torchrun-{job}" if launched_by_torchrun() and job else None
-
-
 def earlier_attempt(recipe: Recipe) -> Path | None:
     """The run an earlier attempt of this torchrun job wrote, when torchrun (--max-restarts) has
     restarted the job after a rank died: the same command then resumes it instead of starting anew.
-    An earlier attempt that saved nothing is removed, so that the run keeps its name."""
-    marker = _attempt_marker(recipe.train.runs_dir)
-    if marker is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" or not marker.is_file():
-        return None
-    run_dir = marker.parent / marker.read_text().strip()
-    if any((run_dir / "checkpoints").glob("*.pt")):
-        return run_dir
-    if int(os.environ["RANK"]) == 0 and run_dir.is_dir():
-        remove_unsaved(run_dir)
-    return None
+    One that saved nothing is not resumed: start_run takes its directory over, so the run keeps its name."""
+    run_dir = restarted_run(recipe.train.runs_dir)
+    return run_dir if run_dir is not None and has_checkpoint(run_dir) else None
 
 
 def start_run(recipe: Recipe, recipe_path: Path, dataset: prepared.PreparedDataset, quiet: bool = False,
               device: str | None = None, callbacks: list[Callback] = ()) -> Trainer:
-    """A new run directory with config.yaml and the header of train.log, and its Trainer. Under
+    """A new run directory (create_run_dir: runs/<name>, or what a run killed before its first saved
+    epoch left there), locked, with config.yaml and the header of train.log, and its Trainer. Under
     torchrun this process is one rank: rank 0 makes the directory and every rank trains into it."""
     dist, _ = DistContext.start(resolve_device(device or recipe.train.device))
     name = recipe.train.name or recipe_path.stem
-    run_dir = Path(dist.share(str(create_run_dir(Path(recipe.train.runs_dir), name)) if dist.is_main else None))
+    run_dir, lock = None, None
+    if dist.is_main:
+        run_dir, lock = create_run_dir(Path(recipe.train.runs_dir), name)
+    run_dir = Path(dist.share(str(run_dir) if dist.is_main else None))
+    return _start_in(run_dir, lock, recipe, recipe_path, dataset, dist, quiet, callbacks)
+
+
+def _start_in(run_dir: Path, lock: RunLock | None, recipe: Recipe, recipe_path: Path,
+              dataset: prepared.PreparedDataset, dist: DistContext, quiet: bool, callbacks, notes=()) -> Trainer:
+    """The Trainer of `recipe` from its first epoch in `run_dir` (empty, held by rank 0's `lock`)."""
     try:
         trainer = Trainer(recipe, dataset, run_dir, quiet=quiet, dist=dist, callbacks=callbacks)
+        trainer.run_lock = lock
         if dist.is_main:
-            marker = _attempt_marker(recipe.train.runs_dir)
-            if marker is not None:
-                write_text(marker, run_dir.name)
+            remove_dead_markers(recipe.train.runs_dir)
+            note_restart_run(recipe.train.runs_dir, run_dir)
         trainer.begin([
             f"recipe {recipe_path} dataset {dataset.name} ({trainer.train_count} train / {trainer.val_count} val) "
-            f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16} world {dist.world}"
+            f"parameters {trainer.parameters} device {trainer.device} bf16 {trainer.bf16} world {dist.world}",
+            *notes,
         ])
     except BaseException:
         if dist.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)  # just made by create_run_dir: all in it is ours
+            shutil.rmtree(run_dir, ignore_errors=True)  # made or emptied for this run: all in it is ours
+        if lock is not None:
+            lock.release()
         dist.close()
         raise
     return trainer
+
+
+def hold_run(run_dir: Path) -> RunLock | None:
+    """The lock of a run to resume, taken before anything in it is read or changed: one line naming the
+    live training that holds it. Rank 0 (or one process) holds it; None on the other ranks, and an empty
+    hold on the ranks of a `--devices` launcher that holds it for them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: not a run directory (runs/<name>, holding checkpoints/last.pt)")
+    if not is_rank_zero():
+        return None
+    return RunLock() if launcher_holds(run_dir) else lock_run(run_dir)
 
 
 def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: bool = False,
                device: str | None = None, callbacks: list[Callback] = ()) -> Trainer:
     """Continue runs/<name> from checkpoints/last.pt (best.pt if last.pt is damaged) with the config
     stored in it; first clear what killed writes left and restore metrics.jsonl/csv from it. The
-    global batch and the batch order are the run's, so it may come back on another number of ranks."""
+    global batch and the batch order are the run's, so it may come back on another number of ranks.
+    A run that saved no checkpoint (stopped before its first epoch) starts afresh from its config.yaml."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"--resume {run_dir}: not a run directory (runs/<name>, holding checkpoints/last.pt)")
+    lock = hold_run(run_dir)
+    try:
+        if not has_checkpoint(run_dir):
+            return _resume_afresh(run_dir, lock, dataset_loader, overrides, quiet, device, callbacks)
+        trainer = _resume(run_dir, dataset_loader, overrides, quiet, device, callbacks)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.run_lock = lock
+    return trainer
+
+
+def _resume(run_dir: Path, dataset_loader, overrides, quiet, device, callbacks) -> Trainer:
     loaded = checkpoint.load_run(run_dir, prefer="last")
     state = loaded.state
     config = state["config"]
@@ -425,6 +454,7 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
     try:
         if dist.is_main:
             remove_stale_temporaries(run_dir)
+            remove_dead_markers(recipe.train.runs_dir)
             if "metrics" in state:
                 sync_metrics(run_dir, restored_rows(state, run_dir))
         if state["epoch"] >= recipe.train.epochs:
@@ -440,6 +470,27 @@ def resume_run(run_dir: Path, dataset_loader, overrides: list[str] = (), quiet: 
     if dist.is_main:
         loaded.tell()
     return trainer
+
+
+def _resume_afresh(run_dir: Path, lock: RunLock | None, dataset_loader, overrides, quiet, device, callbacks) -> Trainer:
+    """--resume of a run killed before its first epoch was saved: nothing to continue, so its recipe
+    (config.yaml) starts again in its directory, with a note that says so."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"--resume {run_dir}: no checkpoint and no config.yaml, so nothing to resume; run the "
+                        f"training command again (it takes the name {run_dir.name} over)")
+    recipe, _ = load_recipe(config, overrides)
+    note = f"{run_dir} has no checkpoint (it stopped before its first epoch was saved): starting it afresh"
+    dist, _ = DistContext.start(resolve_device(device or recipe.train.device))
+    try:
+        dataset = dataset_loader(recipe.data)
+        if dist.is_main:
+            empty_run_dir(run_dir)
+            err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    except BaseException:
+        dist.close()
+        raise
+    return _start_in(run_dir, lock, recipe, config, dataset, dist, quiet, callbacks, [f"note: {note}"])
 
 
 def describe(trainer: Trainer) -> str:
