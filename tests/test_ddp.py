@@ -1,7 +1,8 @@
 """Training on several ranks (DistributedDataParallel over gloo on this CPU) is training on one:
 with the same global batch, 2 ranks end with the parameters and metrics of 1 process (to float
 tolerance), with and without train.grad_accum, started by `--devices 2` or by torchrun itself; only
-rank 0 writes. And where the data lives (resident or streamed) never changes the result."""
+rank 0 writes. Under Adam one parameter is the exception, and why. And where the data lives
+(resident or streamed) never changes the result."""
 
 from __future__ import annotations
 
@@ -14,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import TINY, set_args
 from perceiver_cli.data import prepared
 
 # dropout off (its streams differ per rank by design), augmentation on (drawn for the global batch).
-# SGD: Adam divides by the gradient's own size, so a parameter whose true gradient is zero (the key
-# bias: softmax ignores a shift shared by all keys) would move by lr in the direction of float noise,
-# which any other summation order (ranks, micro-batches) draws differently
-IMAGES = TINY + ["train.epochs=1", "train.precision=fp32", "optim.name=sgd", "optim.lr=0.05", "data.augment.random_crop_padding=1",
+# IMAGES trains with the recipe's AdamW, POINTS with SGD (see assert_same_training for the difference)
+IMAGES = TINY + ["train.epochs=1", "train.precision=fp32", "data.augment.random_crop_padding=1",
                  "data.augment.horizontal_flip=true"]
 POINTS = TINY + ["train.epochs=2", "train.precision=fp32", "optim.name=sgd", "optim.lr=0.05", "train.batch_size=16", "data.dataset=blobs",
                  "data.root=data/blobs", "data.augment.point_scale=[0.9, 1.1]", "data.augment.jitter=0.01"]
@@ -52,12 +52,25 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-def assert_same_training(one: Path, many: Path) -> None:
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm().clamp_min(1e-12))
+
+
+def assert_same_training(one: Path, many: Path, adam: bool = False) -> None:
+    """Every parameter to relative 1e-5 (the ranks sum their gradients in another order than one process).
+    Under Adam the key half of each cross-attention's to_kv bias is the exception: its true gradient is 0
+    (test_the_key_half_of_the_cross_attention_bias_has_no_true_gradient), so Adam, dividing by the
+    gradient's own size, steps it by about lr in the direction of rounding noise, which another summation
+    order draws differently (3e-4 after this epoch); it cannot change any output, so the metrics agree."""
     a, b = weights(one), weights(many)
     assert a.keys() == b.keys()
-    for name in a:  # relative 1e-5: the ranks sum their gradients in another order than one process
-        gap = (a[name] - b[name]).norm() / a[name].norm().clamp_min(1e-12)
-        assert gap < 1e-5, (name, float(gap))
+    for name in a:
+        if adam and name.endswith("to_kv.proj.bias"):
+            (keys_a, values_a), (keys_b, values_b) = a[name].chunk(2), b[name].chunk(2)
+            assert relative_gap(values_a, values_b) < 1e-5, name
+            assert relative_gap(keys_a, keys_b) < 1e-2, name  # lr-sized steps, never more
+            continue
+        assert relative_gap(a[name], b[name]) < 1e-5, (name, relative_gap(a[name], b[name]))
     rows_a = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(line) for line in (many / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
@@ -82,8 +95,25 @@ def test_two_gloo_ranks_started_by_devices_train_as_one_process(cli, workdir):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("best.pt is") + result.stdout.count("best val_accuracy") == 1  # rank 0 speaks once
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["one", "two"]
-    assert_same_training(workdir / "runs/one", workdir / "runs/two")
+    assert_same_training(workdir / "runs/one", workdir / "runs/two", adam=True)
     only_rank_0_wrote(workdir / "runs/two", epochs=1)
+
+
+def test_the_key_half_of_the_cross_attention_bias_has_no_true_gradient():
+    """A bias b added to every key adds q.b to all of a query's logits, which softmax ignores: what
+    reaches it is rounding noise, against a real gradient for every other parameter."""
+    from perceiver_cli.model import build_model
+    from perceiver_cli.recipe import load_recipe
+
+    recipe, _ = load_recipe(None, TINY)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, {"kind": "image", "shape": [8, 8, 1]}, 10)
+    F.cross_entropy(model(torch.randn(32, 8, 8, 1)), torch.arange(32) % 10).backward()
+    grads = dict(model.named_parameters())
+    keys, values = grads["cross_blocks.0.attention.to_kv.proj.bias"].grad.chunk(2)
+    assert keys.norm() < 1e-6 * values.norm()
+    smallest = min(p.grad.norm() for name, p in grads.items() if not name.endswith("to_kv.proj.bias"))
+    assert smallest > 1e3 * keys.norm()
 
 
 def test_two_ranks_under_torchrun_with_grad_accum_train_points_as_one_process(cli, workdir):
