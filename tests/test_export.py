@@ -242,7 +242,7 @@ def truncated_checkpoint(mp):
 
 
 def out_is_a_folder_of_other_files(mp):
-    return ["runs/digits", "--format", "safetensors", "--out", "runs/digits"], "did not write (checkpoints"
+    return ["runs/digits", "--format", "safetensors", "--out", "runs/digits"], "did not write ("
 
 
 def out_is_an_app_folder_with_its_own_config_json(mp):
