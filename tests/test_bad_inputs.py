@@ -563,6 +563,12 @@ def test_the_table_covers_at_least_sixty_bad_inputs_across_every_subcommand():
 
 @pytest.mark.parametrize("case", CASES, ids=[case.__name__ for case in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(cli, world, case):
+    assert_one_line_and_nothing_changed(cli, world, case)
+
+
+def assert_one_line_and_nothing_changed(cli, world: Path, case) -> str:
+    """Run a case of a bad-input table in `world`: exit 2, one error line holding every expected text,
+    nothing changed on disk. Returns the line."""
     inputs = world / "inputs"
     inputs.mkdir()
     with pytest.MonkeyPatch.context() as mp:  # what a case patches (a full disk...) ends with the command
@@ -578,6 +584,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(cli, world, case):
     for text in expected:
         assert text in lines[0], (text, lines[0])
     assert every_path(world) == before  # nothing changed, nothing new: no run directory, dataset or temp file
+    return lines[0]
 
 
 # --- Ctrl-C and library warnings -------------------------------------------------------------------------

@@ -144,17 +144,18 @@ def _check_options(options: KneeSegOptions) -> None:
 
 
 def _check_memory(options: KneeSegOptions, maps: int) -> None:
-    """Refuse, before reading, images that cannot fit: named by --synthesize when it makes them many."""
-    per_map = (options.images is not None) + options.synthesize
+    """Refuse, before reading, images that cannot fit (images and masks, held twice: 4 bytes a pixel):
+    one image per map must fit at --size; beyond that, --synthesize is what makes them many."""
+    real = options.images is not None
     slices = options.slices or 1
-    if options.synthesize <= 1:
-        check_image_size(options.size, maps * per_map * slices, 1, copies=4)  # images + masks, twice
-        return
-    height, width = options.size
-    fewer = lambda share: f"--synthesize {max(1, int(per_map * share) - (options.images is not None)):,}"  # noqa: E731
-    check_fits(4 * maps * per_map * slices * height * width,
-               f"--synthesize {options.synthesize:,}: {maps:,} label map{'s' if maps != 1 else ''} x {per_map:,} images x "
-               f"{slices} slices of {height}x{width}", "fewer --synthesize (or a smaller --size)", fewer)
+    check_image_size(options.size, maps * min(real + options.synthesize, 2) * slices, 1, copies=4)
+    if options.synthesize > 1:
+        height, width = options.size
+        per_map = real + options.synthesize
+        check_fits(4 * maps * per_map * slices * height * width,
+                   f"--synthesize {options.synthesize:,}: {maps:,} label map{'s' if maps != 1 else ''} x {per_map:,} "
+                   f"images x {slices} slices of {height}x{width}", "fewer --synthesize",
+                   lambda share: f"{max(1, int(per_map * share) - real):,}")
 
 
 # --- files and pairs ---------------------------------------------------------------------------------

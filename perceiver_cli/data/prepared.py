@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -90,9 +91,12 @@ class SplitInfo(_Open):
 SAMPLE_RANK = {"image": 3, "points": 2, "sequence": 2}  # H W C; points x (coords + features); length x channels
 
 
+Size = Annotated[int, Field(ge=1, strict=True)]  # strict: "8" or 8.0 is no size
+
+
 class InputSpec(_Open):
     kind: Literal["image", "points", "sequence"]
-    shape: list[Annotated[int, Field(ge=1)]]
+    shape: list[Size]
 
     @model_validator(mode="after")
     def _rank(self):
@@ -103,7 +107,7 @@ class InputSpec(_Open):
 
 class TargetSpec(_Open):
     kind: Literal["class", "mask"]
-    shape: Optional[list[Annotated[int, Field(ge=1)]]] = None
+    shape: Optional[list[Size]] = None
 
     @model_validator(mode="after")
     def _shape(self):
@@ -119,9 +123,26 @@ def is_mask(target: dict | None) -> bool:
     return bool(target) and target.get("kind") == "mask"
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # strict: "0.3" is no number
+
+
 class Normalization(_Open):
-    mean: list[float]
-    std: list[float]
+    """Inputs become (x - mean) / std per channel: a NaN, an infinity or a std of 0 would make every input NaN."""
+    mean: list[Finite] = Field(min_length=1)
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _channels(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalization has {len(self.mean)} means and {len(self.std)} stds; one of each per channel")
+        return self
+
+
+def check_channels(input_spec: InputSpec, normalization: Normalization | None) -> None:
+    """An image's normalization has one mean and std per channel (ValueError naming the mismatch)."""
+    if normalization is not None and input_spec.kind == "image" and len(normalization.mean) != input_spec.shape[-1]:
+        raise ValueError(f"normalization has {len(normalization.mean)} channels, and input.shape {input_spec.shape} "
+                         f"{input_spec.shape[-1]}; one mean and std per channel")
 
 
 class Manifest(_Open):
@@ -134,6 +155,11 @@ class Manifest(_Open):
     splits: dict[str, SplitInfo] = Field(min_length=1)
     source: dict = Field(default_factory=dict)
     skipped: list[dict] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _normalization(self):
+        check_channels(self.input, self.normalization)
+        return self
 
 
 @dataclass
@@ -454,17 +480,51 @@ def _read_manifest(path: Path) -> tuple[Manifest, dict]:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        what = f"missing key '{where}'" if error["type"] == "missing" else f"'{where}': {error['msg']}"
+        what = f"missing key '{where}'" if error["type"] == "missing" else f"'{where}': {error['msg']}" if where \
+            else error["msg"].removeprefix("Value error, ")  # a check across keys
         raise UserError(f"{path}: {what}; {_prepare_again(raw, path.parent)}") from None
 
 
+# the `perceiver prepare` options each reader records in the manifest's source: (source key, option)
+_IMAGES = (("path", "--from"), ("size", "--size"))
+PREPARE_OPTIONS = {
+    "knee-seg": (("labels", "--labels"), ("images", "--images"), ("synthesize", "--synthesize"), ("slices", "--slices"),
+                 ("size", "--size"), ("split", "--split"), ("seed", "--seed"), ("pattern", "--pattern")),
+    "akoa": (("path", "--from"), ("labels", "--labels"), ("pattern", "--pattern"), ("slices", "--slices"),
+             ("axis", "--axis"), ("size", "--size"), ("split", "--split"), ("split_by", "--split-by"), ("seed", "--seed")),
+    "modelnet-off": (("path", "--from"), ("points", "--points"), ("seed", "--seed")),
+    "image-folder": _IMAGES,
+    "image-zip": _IMAGES,
+}
+
+
 def _prepare_again(raw: dict, root: Path) -> str:
-    """How to make this dataset again, from what its manifest still says."""
+    """How to make this dataset again, from what its manifest still says: the command with every
+    option its reader recorded (knee-seg without --synthesize, say, would not run at all)."""
     name = raw.get("dataset") if isinstance(raw.get("dataset"), str) else "<dataset>"
     source = raw.get("source") if isinstance(raw.get("source"), dict) else {}
-    origin = "".join(f" --{key} {source[key]}" for key in ("images", "labels") if isinstance(source.get(key), str))
-    origin = f" --from {source['path']}" if isinstance(source.get("path"), str) else origin
-    return f"re-run `perceiver prepare {name}{origin} --out {root}`"
+    kind = str(source.get("kind", ""))
+    recorded = PREPARE_OPTIONS.get(kind) or PREPARE_OPTIONS.get(kind.split("-")[0]) or (("path", "--from"),)
+    options = [(option, _option_value(key, source.get(key))) for key, option in recorded]
+    held_out = source.get("held_out") if isinstance(source.get("held_out"), dict) else {}
+    options += [(option, _option_value(key, held_out.get(key))) for key, option in (("fraction", "--val-fraction"), ("seed", "--seed"))]
+    if kind == "knee-seg" and isinstance(raw.get("classes"), list) and isinstance(source.get("label_values"), list):
+        default = ["background"] + [f"label_{v}" for v in source["label_values"][1:]]
+        if raw["classes"] != default:  # the classes were named with --names
+            options.append(("--names", ",".join(map(str, raw["classes"]))))
+    shown = "".join(f" {option} {shlex.quote(value)}" for option, value in options if value is not None)
+    return f"re-run `perceiver prepare {name}{shown} --out {shlex.quote(str(root))}`"
+
+
+def _option_value(key: str, value) -> str | None:
+    """A recorded value as its option takes it; None where the option is to be left out (its default)."""
+    if isinstance(value, bool) or value is None or (key == "synthesize" and value == 0):
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return ("x" if key == "size" else ",").join(map(str, value))  # --size HxW, --split a,b,c
+    if key == "axis" and not isinstance(value, int):  # "sagittal (from the affine)": the default
+        return None
+    return str(value) if isinstance(value, (str, int, float)) else None
 
 
 def load(root: Path, verify: bool = False, mmap: bool = False) -> PreparedDataset:

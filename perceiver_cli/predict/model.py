@@ -23,6 +23,7 @@ from ..data.inputs import Sample, Unreadable, expand
 from ..engine.runtime import InputTransform, as_tensor, predict, resolve_device, use_bf16
 from ..errors import UserError
 from ..runs.exported import load_model_from
+from ..runs.schema import check_finite
 from ..runs.trained import described_dataset
 from ..tasks import build_task
 
@@ -155,6 +156,7 @@ def load(path, device: str = "auto") -> LoadedModel:
     """A run directory (its best checkpoint), a checkpoint .pt or an export folder, ready to predict."""
     torch_device = resolve_device(device, "--device")
     module, recipe, state, loaded = load_model_from(Path(path), torch_device)
-    if loaded is not None:
+    if loaded is not None:  # a checkpoint (an export folder's weights were checked as it was read)
+        check_finite(module.state_dict(), loaded.path, "use the run's other checkpoint, or train it again")
         loaded.tell()
     return LoadedModel(module, recipe, state, torch_device, Path(path)).eval()

@@ -22,9 +22,10 @@ import torch
 from ..atomic import json_text, write_text_atomic
 from ..errors import UserError
 from ..recipe import recipe_from_dict
+from .schema import EXPORT_FORMAT, check_export, check_finite
 from .trained import build_trained_model
 
-FORMAT = "perceiver-export/1"
+FORMAT = EXPORT_FORMAT
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 # what a checkpoint says of its data, which rebuilding and preprocessing need (not the optimizer)
 DESCRIPTION = ("dataset", "classes", "target", "input_spec", "normalization", "source", "epoch")
@@ -65,22 +66,14 @@ def _readable_as_umask_allows(path: Path) -> None:
 
 
 def read_config(folder: Path) -> dict:
-    """config.json of an export folder, checked: one line naming what is missing."""
+    """config.json of an export folder, checked against runs/schema.py: one line naming what is wrong."""
     folder = Path(folder)
     path = folder / CONFIG
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path}: not a readable export config ({exc}); export the run again") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise UserError(f"{path}: not a perceiver export (format {document.get('format') if isinstance(document, dict) else None!r}, "
-                        f"expected {FORMAT}); export the run again with perceiver export")
-    missing = [key for key in ("recipe", "checkpoint") if not isinstance(document.get(key), dict)]
-    missing += [f"checkpoint.{key}" for key in ("classes", "input_spec") if key not in document.get("checkpoint", {})]
-    if missing:
-        raise UserError(f"{path}: incomplete export: no {missing[0]}; export the run again with perceiver export")
-    if not (folder / WEIGHTS).is_file():
-        raise UserError(f"{folder}: incomplete export: no {WEIGHTS}; export the run again with perceiver export")
+    check_export(document, path, folder / WEIGHTS)  # its format, its weights file, every key read of the right type
     return document
 
 
@@ -99,6 +92,7 @@ def load_folder(folder: Path, device: torch.device):
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise UserError(f"{Path(folder) / WEIGHTS}: weights do not fit the model in its config.json, or the file is "
                         f"damaged ({str(exc).splitlines()[0][:160]}); export the run again") from None
+    check_finite(model.state_dict(), Path(folder) / WEIGHTS, "export the run again from a checkpoint that predicts")
     return model.to(device).eval(), recipe, state
 
 

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..recipe import recipe_from_dict
 from ..tasks import build_task
 from . import checkpoint
+from .schema import check_rebuildable
 
 
 def described_dataset(state: dict) -> SimpleNamespace:
@@ -33,6 +34,7 @@ def load_trained(target: Path, device: torch.device, prefer: str = "best"):
     that is damaged; say `loaded.tell()` once the command succeeds) or of a .pt file."""
     loaded = checkpoint.load_run(target, prefer)
     state = loaded.state
+    check_rebuildable(state, loaded.path)
     recipe = recipe_from_dict(state["config"], source=str(loaded.path))
     model = build_trained_model(recipe, state)
     try:
