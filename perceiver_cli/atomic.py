@@ -67,6 +67,8 @@ class StagedFiles:
         path = Path(path)
         if make_folder:
             self._make_folder(path.parent)
+        if path.is_dir():  # found now, not at commit, when other files may be in place already
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         tmp = temporary_sibling(path)
         self.pending.append((tmp, path))
         try:
@@ -90,7 +92,11 @@ class StagedFiles:
 
     def commit(self) -> None:
         for tmp, path in self.pending:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                exc.filename, exc.filename2 = str(path), None  # the file the user knows
+                raise
         for folder in {path.parent for _, path in self.pending}:
             fsync_directory(folder)
         self.pending, self.made = [], []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .runs.files import save_figure, write_json, writing
+from .runs.files import all_or_nothing, save_figure, write_json, writing
 from .runs.metrics import saved_rows
 
 FORMULAS = {
@@ -105,9 +105,10 @@ def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
     with writing(out.parent, "or give --out elsewhere"):
         out.parent.mkdir(parents=True, exist_ok=True)
     png_path, json_path = out.with_suffix(".png"), out.with_suffix(".json")
-    plot_dashboard(runs, png_path)
     document = {"formulas": FORMULAS, "runs": {str(r.run_dir): r.summary for r in runs}}
-    write_json(json_path, document)
+    with all_or_nothing("or give --out elsewhere"):  # the PNG and the JSON appear together
+        plot_dashboard(runs, png_path)
+        write_json(json_path, document)
     return ReportResult(runs, png_path, json_path)
 
 

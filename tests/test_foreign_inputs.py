@@ -361,6 +361,19 @@ def kneeseg_synthesize_too_many(tmp, mp):
         ["--synthesize 100,000,000", "memory", "fewer --synthesize"]
 
 
+def export_with_a_billion_latents(tmp, mp):
+    folder = edited_export(tmp, Path(EXPORT), lambda c: c["recipe"]["model"].update(num_latents=10**9))
+    return ["predict", folder, write(tmp / "a.png", png())], \
+        ["config.json", "does not fit in this machine's memory", "model.num_latents=1,000,000,000"]
+
+
+def checkpoint_with_a_billion_latents(tmp, mp):
+    state = good_state(Path(RUN))
+    state["config"]["model"]["num_latents"] = 10**9
+    return ["eval", save_state(tmp, "huge.pt", state)], \
+        ["huge.pt", "does not fit in this machine's memory", "model.num_latents=1,000,000,000"]
+
+
 CASES = [
     predict_zip_bad_crc, predict_zip_corrupt_deflate, predict_zip_encrypted, predict_zip_unknown_method,
     prepare_zip_every_member_damaged, eval_data_zip_every_member_damaged,
@@ -373,6 +386,7 @@ CASES = [
     checkpoint_with_nan_weights, export_with_inf_weights, checkpoint_std_zero, export_std_infinite, manifest_std_zero,
     prepare_akoa_all_nan_scan,
     predict_zip_member_of_6_gb, prepare_zip_member_of_6_gb, kneeseg_synthesize_too_many,
+    export_with_a_billion_latents, checkpoint_with_a_billion_latents,
 ]
 
 

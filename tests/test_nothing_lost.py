@@ -334,6 +334,27 @@ def test_predict_eval_prepare_and_report_on_a_full_disk_are_one_line(cli, digits
     assert small_disk.files() == before  # nothing of a failed command is left: the run as it was
 
 
+def test_a_disk_that_fills_between_two_outputs_leaves_neither(cli, digits_run, small_disk, monkeypatch):
+    """eval, report and attention each write a JSON and figures: when the disk fills after the first
+    file, the command is one line and none of its files appear (the first is not left alone)."""
+    from perceiver_cli.atomic import StagedFiles
+
+    shutil.copytree(digits_run, small_disk.root / "run")
+    real_write = StagedFiles.write
+
+    def write(self, path, data, make_folder=False):
+        real_write(self, path, data, make_folder)
+        small_disk.fill()  # the first file fitted; the next will not
+    monkeypatch.setattr(StagedFiles, "write", write)
+    for command in (["eval", small_disk.root / "run"], ["report", small_disk.root / "run"],
+                    ["attention", small_disk.root / "run", "--checkpoint", "best"]):
+        small_disk.free()
+        before = {name: stat for name, stat in small_disk.files().items() if not name.startswith("run/attention/epoch_")}
+        assert_full_disk_line(cli(*command))
+        after = {name: stat for name, stat in small_disk.files().items() if not name.startswith("run/attention/epoch_")}
+        assert after == before, (command, set(after) ^ set(before))
+
+
 # --- names shown as they are ---------------------------------------------------------------------------
 
 def test_file_names_with_markup_or_escape_codes_are_shown_as_they_are(cli, digits_run, workdir):
@@ -345,3 +366,7 @@ def test_file_names_with_markup_or_escape_codes_are_shown_as_they_are(cli, digit
     assert "\x1b" not in result.output  # no escape code reaches the terminal
     line = assert_user_error(cli("predict", digits_run, "[red]gone[/red]\x07.png"))
     assert "[red]gone[/red]\\x07.png" in line
+    runs = workdir / "[bold]runs"
+    result = cli("train", *set_args(TINY + [f"train.runs_dir={runs}", "train.epochs=1"]), "--name", "odd")
+    assert result.exit_code == 0, result.output
+    assert f"run {runs / 'odd'}" in result.output  # the training header names the folder as it is

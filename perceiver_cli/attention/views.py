@@ -16,7 +16,7 @@ from ..engine.capture import probe_samples
 from ..engine.runtime import InputTransform, resolve_device
 from ..errors import UserError
 from ..runs import checkpoint as checkpoints
-from ..runs.files import write_json
+from ..runs.files import all_or_nothing, write_json
 from ..data.inputs import match_channels
 from ..runs.trained import load_trained, split_samples
 from .render import FORMATS, check_colormap, render, render_evolution, selected
@@ -48,8 +48,13 @@ class ViewResult:
 
 
 def view(run_dir: Path, options: ViewOptions) -> ViewResult:
-    """Every option is checked, and the input image read, before anything is written."""
-    run_dir = Path(run_dir)
+    """Every option is checked, and the input image read, before anything is written; the figures and
+    the statistics appear together or, when one cannot be written, none of them."""
+    with all_or_nothing():
+        return _view(Path(run_dir), options)
+
+
+def _view(run_dir: Path, options: ViewOptions) -> ViewResult:
     check_colormap(options.colormap)
     if options.format not in FORMATS:
         raise UserError(f"--format {options.format!r}: use one of {', '.join(FORMATS)}")

@@ -12,7 +12,7 @@ import threading
 import typer
 
 from ..console import err_console, visible
-from ..errors import UserError
+from ..errors import UserError, is_out_of_memory
 
 try:  # typer 0.2x carries its own copy of click, whose exceptions are not click's
     from typer._click import exceptions as click_errors
@@ -117,7 +117,7 @@ def _user_message(exc: Exception, command: str) -> str | None:
         text = str(exc)
     elif os_error is not None:
         text = _os_error_text(os_error)
-    elif _is_out_of_memory(exc):
+    elif is_out_of_memory(exc):
         text = f"out of memory: {_asked_memory(str(exc))}; {MEMORY_KNOBS.get(command, 'ask for less')}"
     else:
         return None
@@ -128,17 +128,6 @@ def _os_error_text(exc: OSError) -> str:
     from ..atomic import os_error_advice
 
     return f"{exc.filename if exc.filename is not None else 'a file'}: {os_error_advice(exc)}"
-
-
-def _is_out_of_memory(exc: Exception) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 def _asked_memory(text: str) -> str:

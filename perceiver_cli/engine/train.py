@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..console import err_console
+from ..console import err_console, visible
 from ..data import prepared
 from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
 from ..data.splits import split_train_val_rows
@@ -496,6 +496,6 @@ def _resume_afresh(run_dir: Path, lock: RunLock | None, dataset_loader, override
 def describe(trainer: Trainer) -> str:
     precision = "bf16 autocast" if trainer.bf16 else "fp32"
     ranks = f" × {trainer.dist.world} ranks ({trainer.dist.backend})" if trainer.dist.world > 1 else ""
-    return (f"[bold]{trainer.dataset.name}[/] {trainer.train_count:,} train / {trainer.val_count:,} val · "
-            f"{trainer.parameters:,} parameters · {trainer.device}{ranks} {precision} · run [cyan]{trainer.run_dir}[/]")
+    return (f"[bold]{visible(trainer.dataset.name)}[/] {trainer.train_count:,} train / {trainer.val_count:,} val · "
+            f"{trainer.parameters:,} parameters · {trainer.device}{ranks} {precision} · run [cyan]{visible(trainer.run_dir)}[/]")
 

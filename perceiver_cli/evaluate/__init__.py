@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engine.runtime import resolve_device
+from ..runs.files import all_or_nothing
 from ..runs.trained import load_trained
 from .classify import EvalResult, evaluate_classifier, folder_samples, metrics, plot_confusion
 
@@ -21,7 +22,8 @@ def evaluate(target: Path, split: str | None = None, data: Path | None = None, b
         from .masked import evaluate_reconstruction as run
     else:
         run = evaluate_classifier
-    result = run(model, recipe, loaded, split, data, batch_size, torch_device)
+    with all_or_nothing():  # its JSON and figures appear together
+        result = run(model, recipe, loaded, split, data, batch_size, torch_device)
     loaded.tell()
     return result
 

@@ -86,7 +86,7 @@ def load_folder(folder: Path, device: torch.device):
     state = {key: document["checkpoint"].get(key) for key in DESCRIPTION}
     state["target"] = state["target"] or {"kind": "class"}
     recipe = recipe_from_dict(document["recipe"], source=str(Path(folder) / CONFIG))
-    model = build_trained_model(recipe, state)
+    model = build_trained_model(recipe, state, Path(folder) / CONFIG)
     try:
         load_model(model, str(Path(folder) / WEIGHTS), strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:

@@ -5,12 +5,15 @@ the path, gives the system's reason and says what to do. Also: clearing what kil
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-from ..atomic import atomic_writer, os_error_advice, os_error_within, process_alive, write_json_atomic, write_text_atomic
+from ..atomic import (StagedFiles, json_text, os_error_advice, os_error_within, process_alive,
+                      write_bytes_atomic)
 from ..errors import UserError
 
 
@@ -31,15 +34,47 @@ def writing(path: Path, hint: str = "") -> Iterator[None]:
         raise UserError(os_error_message(path, os_error, hint)) from None
 
 
-def write_text(path: Path, text: str, hint: str = "") -> None:
+# Set inside all_or_nothing(): the files written meanwhile are staged, to appear together at its end.
+_staged: ContextVar[StagedFiles | None] = ContextVar("staged", default=None)
+
+
+@contextmanager
+def all_or_nothing(hint: str = "") -> Iterator[None]:
+    """The files that write_text/write_json/save_figure write inside this block (an evaluation's JSON
+    and its figure, say) appear together when the block succeeds; when it fails, none of them does
+    and their temporaries are deleted, so a full disk at the second file leaves no first one."""
+    staged = StagedFiles()
+    token = _staged.set(staged)
+    try:
+        yield
+        try:
+            staged.commit()
+        except OSError as exc:
+            raise UserError(os_error_message(Path(exc.filename or "."), exc, hint)) from None
+    except BaseException:
+        staged.discard()
+        raise
+    finally:
+        _staged.reset(token)
+
+
+def write_bytes(path: Path, data: bytes, hint: str = "") -> None:
+    """`path` replaced whole by `data`, now or, inside all_or_nothing(), at the end of that block."""
+    staged = _staged.get()
     with writing(path, hint):
-        write_text_atomic(path, text)
+        if staged is None:
+            write_bytes_atomic(path, data)
+        else:
+            staged.write(path, data)
+
+
+def write_text(path: Path, text: str, hint: str = "") -> None:
+    write_bytes(path, text.encode("utf-8"), hint)
 
 
 def write_json(path: Path, value, hint: str = "") -> None:
     """Strict JSON: NaN and infinities are written as null (readers turn null back into NaN)."""
-    with writing(path, hint):
-        write_json_atomic(path, value)
+    write_bytes(path, (json_text(value, indent=2) + "\n").encode("utf-8"), hint)
 
 
 def append_line(path: Path, line: str, hint: str = "") -> None:
@@ -53,11 +88,12 @@ def save_figure(fig, path: Path, **options) -> None:
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    buffer = io.BytesIO()  # rendered in memory, so a full disk is met only by write_bytes
     try:
-        with writing(path), atomic_writer(path) as fh:
-            fig.savefig(fh, format=path.suffix.lstrip(".") or "png", **options)
+        fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **options)
     finally:
         plt.close(fig)
+    write_bytes(path, buffer.getvalue())
 
 
 # --- what killed writes left ----------------------------------------------------------------------

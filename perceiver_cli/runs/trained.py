@@ -11,7 +11,7 @@ import torch
 
 from ..data.sources import load_for_recipe
 from ..data.splits import split_train_val
-from ..errors import UserError
+from ..errors import UserError, is_out_of_memory
 from ..recipe import recipe_from_dict
 from ..tasks import build_task
 from . import checkpoint
@@ -24,9 +24,18 @@ def described_dataset(state: dict) -> SimpleNamespace:
                            normalization=state.get("normalization"), target=state.get("target") or {"kind": "class"})
 
 
-def build_trained_model(recipe, state: dict):
-    """The model of the checkpoint's task (classify for checkpoints from before tasks), untrained."""
-    return build_task(recipe, described_dataset(state), transform=None).build_model()
+def build_trained_model(recipe, state: dict, source: Path | str = "its config"):
+    """The model of the checkpoint's task (classify for checkpoints from before tasks), untrained.
+    A model too large for this machine is the config's doing (`source`), not the batch size's."""
+    try:
+        return build_task(recipe, described_dataset(state), transform=None).build_model()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        m = recipe.model
+        raise UserError(f"{source}: its model does not fit in this machine's memory (model.num_latents={m.num_latents:,}, "
+                        f"model.latent_dim={m.latent_dim:,}, model.latent_blocks={m.latent_blocks}); it was not saved by a run "
+                        "that trained here: load it on a machine with more memory, or check that file") from None
 
 
 def load_trained(target: Path, device: torch.device, prefer: str = "best"):
@@ -36,7 +45,7 @@ def load_trained(target: Path, device: torch.device, prefer: str = "best"):
     state = loaded.state
     check_rebuildable(state, loaded.path)
     recipe = recipe_from_dict(state["config"], source=str(loaded.path))
-    model = build_trained_model(recipe, state)
+    model = build_trained_model(recipe, state, loaded.path)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
