@@ -49,6 +49,7 @@ class ModelConfig(Section):
     learned_dim: int = Field(64, gt=0, description="channels of a learned position encoding")
     patch_size: int = Field(1, gt=0, description="images: 1 = one token per pixel (paper); p > 1 = one token per p x p patch (Perceiver IO)")
     conv_stem: int = Field(0, ge=0, description="images: 0 = off (paper); k > 0 = conv 3x3 to k channels + GELU + maxpool 2 before tokenising (Perceiver IO)")
+    conv_stem_stages: int = Field(1, ge=1, le=4, description="images with conv_stem: stages of conv 3x3 + maxpool 2, channels doubling from conv_stem; past 1, each conv is followed by BatchNorm (tokens then cover 2^stages x patch_size pixels)")
     permute_pixels: bool = Field(False, description="apply one fixed, seeded permutation to the input positions")
     permute_seed: int = Field(42, ge=0, description="seed of that permutation")
     output: Literal["mean", "cls", "query"] = Field("mean", description="classify: mean over latents (paper), a CLS latent, or a Perceiver IO query")

@@ -500,6 +500,18 @@ def prepare_option_of_another_dataset(tmp, mp):
     return ["prepare", "pets", "--from", tmp / "pets", "--points", "100"], ["--points", "modelnet40"]
 
 
+def prepare_test_fraction_leaving_nothing_to_train(tmp, mp):
+    write_image_folder(tmp / "pets", per_class=2)
+    return ["prepare", "pets", "--from", tmp / "pets", "--val-fraction", "0.5", "--test-fraction", "0.5"], \
+        ["--test-fraction 0.5", "--val-fraction 0.5", "below 1"]
+
+
+def prepare_test_fraction_of_a_folder_with_its_own_test(tmp, mp):
+    write_image_folder(tmp / "pets" / "train", per_class=2)
+    write_image_folder(tmp / "pets" / "test", per_class=2)
+    return ["prepare", "pets", "--from", tmp / "pets", "--test-fraction", "0.2"], ["own test split", "drop --test-fraction"]
+
+
 def prepare_out_is_not_a_dataset(tmp, mp):
     write_image_folder(tmp / "pets", per_class=2)
     write(tmp / "occupied" / "mine.txt", "keep me")
@@ -552,7 +564,8 @@ CASES = [
     bench_huge_input, bench_huge_batch, bench_unknown_compare, bench_bad_dtype,
     prepare_mnist_empty, prepare_cifar_bad_md5, prepare_source_missing, prepare_no_source, prepare_not_a_zip,
     prepare_folder_without_images, prepare_size_not_a_size, prepare_size_too_large_for_memory,
-    prepare_option_of_another_dataset, prepare_out_is_not_a_dataset, prepare_out_below_a_file,
+    prepare_option_of_another_dataset, prepare_test_fraction_leaving_nothing_to_train,
+    prepare_test_fraction_of_a_folder_with_its_own_test, prepare_out_is_not_a_dataset, prepare_out_below_a_file,
     prepare_modelnet_without_meshes, prepare_akoa_bad_slices, prepare_akoa_bad_split, prepare_val_fraction_out_of_range,
 ]
 

@@ -87,10 +87,10 @@ def test_help_shows_the_documented_defaults(cli, command, default):
 PREPARE_OPTIONS = {
     "digits": {"--out"},
     "mnist": {"--from", "--out"},
-    "cifar10": {"--from", "--out", "--val-fraction", "--seed", "--size"},
+    "cifar10": {"--from", "--out", "--val-fraction", "--test-fraction", "--seed", "--size"},
     "modelnet40": {"--from", "--out", "--seed", "--points", "--workers"},
     "akoa": {"--from", "--out", "--seed", "--size", "--labels", "--pattern", "--slices", "--axis", "--split", "--split-by"},
-    "flowers": {"--from", "--out", "--val-fraction", "--seed", "--size"},
+    "flowers": {"--from", "--out", "--val-fraction", "--test-fraction", "--seed", "--size"},
 }
 
 
@@ -325,8 +325,17 @@ train:
 
 
 def test_train_and_eval_on_a_prepared_image_folder(cli, workdir, image_folder, image_zip):
-    prepared = cli("prepare", "shapes", "--from", image_folder, "--val-fraction", "0.25")
+    """A folder of train images only gets a val and a test split of its own (--test-fraction), apart
+    from train and each other; eval scores test by default, and says when it scores the val split that
+    chose best.pt."""
+    from perceiver_cli.data import prepared as datasets
+
+    prepared = cli("prepare", "shapes", "--from", image_folder, "--val-fraction", "0.25", "--test-fraction", "0.25")
     assert prepared.exit_code == 0, prepared.output
+    splits = datasets.load(Path("data/shapes")).splits
+    files = {name: set(split.extra["source_files"]) for name, split in splits.items()}
+    assert {name: len(f) for name, f in files.items()} == {"train": 36, "val": 18, "test": 18}
+    assert not (files["train"] & files["val"] or files["train"] & files["test"] or files["val"] & files["test"])
     recipe = workdir / "shapes_tiny.yaml"
     recipe.write_text(SHAPES_RECIPE)
 
@@ -335,11 +344,14 @@ def test_train_and_eval_on_a_prepared_image_folder(cli, workdir, image_folder, i
     run = Path("runs") / "shapes_tiny"
     assert len(read_jsonl(run / "metrics.jsonl")) == 15
 
+    on_test = cli("eval", run)
+    assert on_test.exit_code == 0, on_test.output
+    report = json.loads((run / "eval_test.json").read_text())
+    assert report["samples"] == 18 and report["evaluated_on"] == "shapes test split"
+    assert report["accuracy"] >= 0.8, report  # chance is 1/3; the classes differ by colour
     on_val = cli("eval", run, "--split", "val")
     assert on_val.exit_code == 0, on_val.output
-    report = json.loads((run / "eval_val.json").read_text())
-    assert report["samples"] == 18
-    assert report["accuracy"] >= 0.8, report  # chance is 1/3; the classes differ by colour
+    assert "shapes val split (which also chose this checkpoint by val_accuracy" in " ".join(on_val.stdout.split())
 
     on_zip = cli("eval", run, "--data", image_zip)
     assert on_zip.exit_code == 0, on_zip.output

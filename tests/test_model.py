@@ -241,6 +241,18 @@ def test_conv_stem_tokens_cover_stride_pixels():
     assert model(torch.randn(2, 8, 12, 3)).shape == (2, 5)
 
 
+def test_a_two_stage_conv_stem_doubles_channels_and_stride():
+    config = small(conv_stem=8, conv_stem_stages=2, patch_size=1)
+    model = build_model(config, {"kind": "image", "shape": [8, 12, 3]}, 5).eval()
+    tokens, pe, _ = model.adapter(torch.randn(2, 8, 12, 3))
+    # conv 8 + maxpool -> 4 x 6, conv 16 + maxpool -> 2 x 3 tokens of 16 channels
+    assert model.adapter.stride == 4
+    assert tokens.shape == (2, 6, 16) and pe.shape[0] == 6
+    assert model(torch.randn(2, 8, 12, 3)).shape == (2, 5)
+    with pytest.raises(UserError, match="per conv_stem stage"):
+        build_model(small(conv_stem=8, conv_stem_stages=3), {"kind": "image", "shape": [12, 12, 3]}, 5)
+
+
 def test_bf16_autocast_forward_and_backward_track_fp32():
     """The engine's bf16 path (autocast): outputs stay close to fp32 and gradients are finite."""
     torch.manual_seed(0)

@@ -60,6 +60,7 @@ app = typer.Typer(
 # (data.prepared.check_seed), in their words, so no min= here
 Out = Annotated[Optional[Path], typer.Option("--out", help="Where to write the prepared dataset.  \\[default: data/<dataset>]")]
 ValFraction = Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Image folders with a train split only: share of each class held out as the val split.")]
+TestFraction = Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9, help="Image folders with a train split only: share of each class held out as a test split, which training never sees (eval scores it).")]
 ImageSeed = Annotated[int, typer.Option("--seed", help="Seed of the held-out val split (image folders).")]
 ImageSize = Annotated[Optional[str], typer.Option("--size", help="Image folders: resize every image to HEIGHTxWIDTH.  \\[default: the most common size]")]
 
@@ -137,11 +138,12 @@ def cifar10(
     source: Optional[Path] = typer.Option(None, "--from", help="cifar-10-python.tar.gz, cifar-10-batches-py/ (md5s checked) or an image folder/zip (<split>/<class>/*).  \\[default: downloaded when the network allows]"),
     out: Out = None,
     val_fraction: ValFraction = 0.1,
+    test_fraction: TestFraction = 0.0,
     seed: ImageSeed = 0,
     size: ImageSize = None,
 ):
-    """CIFAR-10's 60,000 32×32 images (--val-fraction, --seed and --size apply when --from is an image folder)."""
-    _prepare("cifar10", source, out, val_fraction=val_fraction, seed=seed, size=parse_size(size))
+    """CIFAR-10's 60,000 32×32 images (--val-fraction, --test-fraction, --seed and --size apply when --from is an image folder)."""
+    _prepare("cifar10", source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, size=parse_size(size))
 
 
 @app.command("modelnet40", cls=DatasetCommand)
@@ -217,8 +219,10 @@ def image_folder(
     source: Optional[Path] = typer.Option(None, "--from", help="An image folder or zip: <root>/<class>/* or <root>/<split>/<class>/* (splits train, val/validation, test)."),
     out: Out = None,
     val_fraction: ValFraction = 0.1,
+    test_fraction: TestFraction = 0.0,
     seed: ImageSeed = 0,
     size: ImageSize = None,
 ):
     """Any other name: your own labelled image folder or zip, prepared under that name (data/NAME/)."""
-    _prepare(ctx.info_name, source, out, val_fraction=val_fraction, seed=seed, size=parse_size(size))
+    _prepare(ctx.info_name, source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+             size=parse_size(size))

@@ -43,13 +43,17 @@ NO_IMAGES = "no images found; expected <root>/<class>/*.png|jpg or <root>/<split
 
 
 def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: int = 0,
-                      size: tuple[int, int] | None = None, stream: bool = False) -> PreparedDataset:
+                      size: tuple[int, int] | None = None, stream: bool = False,
+                      test_fraction: float = 0.0) -> PreparedDataset:
     """The folder's images as a dataset. The headers are read here, which is enough to plan the
     arrays; `stream`: the images are decoded while prepared.write writes them, a chunk at a time
     (never the whole dataset in memory); otherwise they are decoded into arrays here."""
     source = Path(source)
     if not 0 <= val_fraction < 1:
         raise UserError(f"val_fraction {val_fraction}: must be at least 0 and below 1 (e.g. 0.1)")
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise UserError(f"--test-fraction {test_fraction}: must be at least 0, and with --val-fraction {val_fraction} "
+                        f"below 1 (e.g. 0.1), so that something is left to train on")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise UserError(f"size {size}: must be two positive numbers, height and width")
     check_seed(seed)
@@ -65,7 +69,7 @@ def read_image_folder(source: Path, name: str, val_fraction: float = 0.1, seed: 
             held = len(samples) if not stream else min(len(samples), chunk_rows(height * width * channels))
             check_image_size(tuple(size), held, channels, copies=1 if not stream else STREAM_COPIES)
         facts = [_header(read, path) for _, _, path in track(samples, f"reading {source.name}", total=len(samples))]
-    folder = _FolderStream(source, samples, facts, unread + skipped, size, val_fraction, seed)
+    folder = _FolderStream(source, samples, facts, unread + skipped, size, val_fraction, seed, test_fraction)
     dataset = PreparedDataset(name=name, classes=folder.classes, input_spec={}, splits={}, stream=folder,
                               source={"kind": "image-folder" if source.is_dir() else "image-zip", "path": str(source),
                                       "files": len(found), "layout": layout, "wrapper": wrapper})
@@ -108,9 +112,10 @@ class _FolderStream(RowStream):
     short) or to be colour where the plan said gray changes the plan: the images are then decoded
     again knowing what the first pass found (as if every image had been decoded first)."""
 
-    def __init__(self, source: Path, samples, facts: list[_Fact], layout_skipped: list[dict], size, val_fraction, seed):
+    def __init__(self, source: Path, samples, facts: list[_Fact], layout_skipped: list[dict], size, val_fraction, seed,
+                 test_fraction: float = 0.0):
         self.source, self.samples, self.facts, self.layout_skipped = source, samples, facts, layout_skipped
-        self.size, self.val_fraction, self.seed = size, val_fraction, seed
+        self.size, self.val_fraction, self.seed, self.test_fraction = size, val_fraction, seed, test_fraction
         self.classes = sorted({cls for _, cls, _ in samples})
         self.label_of = {cls: i for i, cls in enumerate(self.classes)}
         self.plan = self._plan()
@@ -131,13 +136,27 @@ class _FolderStream(RowStream):
         outputs = {split: members for split in SPLIT_ORDER
                    if (members := tuple(i for i in readable if self.samples[i][0] == split))}
         held_out = None
-        if list(outputs) == ["train"] and self.val_fraction > 0:  # a stratified val carved out of train
+        if self.test_fraction > 0 and list(outputs) != ["train"]:
+            raise UserError(f"{self.source}: --test-fraction carves a test split out of train, but this folder has its "
+                            f"own {', '.join(s for s in outputs if s != 'train')} split: drop --test-fraction")
+        if list(outputs) == ["train"] and self.val_fraction + self.test_fraction > 0:  # stratified shares of train
             members = np.array(outputs["train"])
             labels = np.array([self.label_of[self.samples[i][1]] for i in members], dtype=np.int64)
-            keep, held = stratified_holdout(labels, self.val_fraction, self.seed)
-            if len(held):  # else every class has a single image: nothing to spare
-                outputs = {"train": tuple(members[keep].tolist()), "val": tuple(members[held].tolist())}
+            test = np.array([], dtype=np.int64)
+            if self.test_fraction > 0:  # the test share first, with its own seed stream: val does not move it
+                keep, held = stratified_holdout(labels, self.test_fraction, self.seed + 1_000_003)
+                test, members, labels = members[held], members[keep], labels[keep]
+            val_share = self.val_fraction / (1 - self.test_fraction)  # of what the test share left
+            keep, held = stratified_holdout(labels, val_share, self.seed) if self.val_fraction > 0 else (np.arange(len(members)), [])
+            if len(held) or len(test):  # else every class has a single image: nothing to spare
+                outputs = {"train": tuple(members[keep].tolist())}
+                if len(held):
+                    outputs["val"] = tuple(members[held].tolist())
+                if len(test):
+                    outputs["test"] = tuple(test.tolist())
                 held_out = {"split": "val", "from": "train", "fraction": self.val_fraction, "seed": self.seed}
+                if len(test):
+                    held_out["test_fraction"] = self.test_fraction
         resized = sum(n for s, n in counts.items() if s != target)
         return _Plan(target, channels, resized, outputs, held_out)
 
@@ -148,7 +167,7 @@ class _FolderStream(RowStream):
         dataset.splits = {}
         for split, members in plan.outputs.items():
             extra = {"source_files": [self.samples[i][2] for i in members]}
-            if plan.held_out and split == "val":
+            if plan.held_out and split in ("val", "test"):
                 extra["held_out_from"] = "train"  # traceable to its files through source_files
             labels = np.array([self.label_of[self.samples[i][1]] for i in members], dtype=np.int64)
             dataset.splits[split] = Split(Planned((len(members), height, width, plan.channels), np.dtype(np.uint8)),

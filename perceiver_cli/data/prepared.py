@@ -507,7 +507,7 @@ def _prepare_again(raw: dict, root: Path) -> str:
     recorded = PREPARE_OPTIONS.get(kind) or PREPARE_OPTIONS.get(kind.split("-")[0]) or (("path", "--from"),)
     options = [(option, _option_value(key, source.get(key))) for key, option in recorded]
     held_out = source.get("held_out") if isinstance(source.get("held_out"), dict) else {}
-    options += [(option, _option_value(key, held_out.get(key))) for key, option in (("fraction", "--val-fraction"), ("seed", "--seed"))]
+    options += [(option, _option_value(key, held_out.get(key))) for key, option in (("fraction", "--val-fraction"), ("test_fraction", "--test-fraction"), ("seed", "--seed"))]
     if kind == "knee-seg" and isinstance(raw.get("classes"), list) and isinstance(source.get("label_values"), list):
         default = ["background"] + [f"label_{v}" for v in source["label_values"][1:]]
         if raw["classes"] != default:  # the classes were named with --names

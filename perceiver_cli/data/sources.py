@@ -40,7 +40,7 @@ def prepared_root(data_config) -> Path:
 
 def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
                 size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
-                akoa=None, kneeseg=None) -> prepared.PreparedDataset:
+                akoa=None, kneeseg=None, test_fraction: float = 0.0) -> prepared.PreparedDataset:
     """Read `source` into a PreparedDataset (not yet written; an image folder's images are decoded
     while prepared.write writes them). `akoa`: an AkoaOptions; `kneeseg`: a KneeSegOptions (its
     folders are in the options, not `source`)."""
@@ -69,10 +69,13 @@ def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int
         return read_akoa(source, akoa or AkoaOptions(seed=seed))
     is_image_folder = source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source))
     if dataset == "cifar10" and not is_image_folder:
+        if test_fraction:
+            raise UserError(f"{source}: CIFAR-10's own archive has its test split: drop --test-fraction")
         from .cifar10 import read_cifar10
         return read_cifar10(source)
     from .imagefolder import read_image_folder
-    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size, stream=True)
+    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size, stream=True,
+                             test_fraction=test_fraction)
 
 
 def _looks_like_cifar_batches(path: Path) -> bool:

@@ -82,14 +82,23 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path
     save_figure(fig, path, dpi=100)
 
 
-def samples_to_evaluate(recipe, state: dict, split: str | None, data: Path | None, read_data):
+def split_described(recipe, state: dict, split: str, checkpoint: Path) -> str:
+    """'cifar10 val split', saying so when that split also chose the checkpoint (best.pt by a val
+    metric): its figure is then a little optimistic, and a test split is the honest one."""
+    described = f"{state['dataset']} {split} split"
+    if split == "val" and Path(checkpoint).name == "best.pt" and recipe.train.best_metric != "last":
+        described += f" (which also chose this checkpoint by {recipe.train.best_metric}; a test split is unbiased)"
+    return described
+
+
+def samples_to_evaluate(recipe, state: dict, split: str | None, data: Path | None, read_data, checkpoint: Path):
     """(x, y, file tag, description) of a split of the run's dataset, or of --data (read_data() reads it)."""
     if data is not None:
         x, y = read_data()
         tag, described = f"data-{Path(data).stem}", str(data)
     else:
         x, y, split = split_samples(recipe, state, split)
-        tag, described = split, f"{state['dataset']} {split} split"
+        tag, described = split, split_described(recipe, state, split, checkpoint)
     if len(y) == 0:
         raise UserError(f"{described}: no samples to evaluate")
     return x, y, tag, described
@@ -99,7 +108,8 @@ def evaluate_classifier(model, recipe, loaded, split: str | None, data: Path | N
                         torch_device: torch.device) -> EvalResult:
     checkpoint_path, state = loaded.path, loaded.state
     run_dir = run_dir_of(checkpoint_path)
-    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: folder_samples(Path(data), state))
+    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: folder_samples(Path(data), state),
+                                              checkpoint_path)
     transform = InputTransform(state["input_spec"], state["normalization"], torch_device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, torch_device)
     logits = predict(model, as_tensor(x, torch_device), transform, batch_size, bf16, torch_device)

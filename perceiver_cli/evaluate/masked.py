@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..runs.files import save_figure, write_json
 from ..runs.trained import described_dataset, run_dir_of, split_samples
 from ..tasks.masked import MaskedImageTask
-from .classify import EvalResult
+from .classify import EvalResult, split_described
 
 FIGURE_SAMPLES = 6
 
@@ -43,7 +43,7 @@ def evaluate_reconstruction(model, recipe, loaded, split: str | None, data: Path
             if shown is None:
                 shown = reconstructions(task, inputs, output, transform, FIGURE_SAMPLES)
     loss, baseline = (sums / len(x)).tolist()
-    described = f"{state['dataset']} {split} split"
+    described = split_described(recipe, state, split, loaded.path)
     report = {"task": "masked_image", "checkpoint": str(loaded.path), "epoch": state["epoch"],
               "evaluated_on": described, "samples": int(len(x)), "mask_ratio": recipe.task.mask_ratio,
               "loss": loss, "baseline_loss": baseline, "loss_over_baseline": loss / baseline if baseline else None}

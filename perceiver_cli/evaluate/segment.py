@@ -62,7 +62,8 @@ def evaluate_segmentation(model, recipe, loaded, split: str | None, data: Path |
                           device: torch.device) -> EvalResult:
     state, classes = loaded.state, loaded.state["classes"]
     run_dir = run_dir_of(loaded.path)
-    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: other_dataset(Path(data), classes))
+    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: other_dataset(Path(data), classes),
+                                              loaded.path)
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, device)
     loss, correct, counts, predicted = predict_masks(model.eval(), x, y, transform, batch_size, bf16, device)

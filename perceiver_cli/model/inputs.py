@@ -67,23 +67,32 @@ class ImageAdapter(InputAdapter):
     def __init__(self, config, image_shape: tuple[int, int, int]):
         height, width, channels = image_shape
         self.stem = None
-        self.stride = config.patch_size * (2 if config.conv_stem else 1)
+        stages = getattr(config, "conv_stem_stages", 1) if config.conv_stem else 0
+        self.stride = config.patch_size * 2**stages
         if height % self.stride or width % self.stride:
-            raise UserError(f"model.patch_size={config.patch_size} (x2 with conv_stem) does not divide the {height}x{width} "
-                            f"images: choose a patch size that divides both sides")
-        token_channels = (config.conv_stem or channels) * config.patch_size**2
-        super().__init__(config, (height // self.stride, width // self.stride), token_channels)
+            raise UserError(f"model.patch_size={config.patch_size} (x2 per conv_stem stage) does not divide the "
+                            f"{height}x{width} images: choose a patch size that divides both sides")
+        stem_channels = config.conv_stem * 2 ** (stages - 1) if stages else channels
+        super().__init__(config, (height // self.stride, width // self.stride), stem_channels * config.patch_size**2)
         self.patch = config.patch_size
-        if config.conv_stem:
+        if stages == 1:
             # Perceiver IO's "conv + maxpool" preprocessing, sized for small images
             self.stem = nn.Sequential(nn.Conv2d(channels, config.conv_stem, 3, padding=1), nn.GELU(), nn.MaxPool2d(2))
+        elif stages > 1:  # more of it: each stage sees twice the pixels with twice the channels
+            layers, before = [], channels
+            for stage in range(stages):
+                after = config.conv_stem * 2**stage
+                layers += [nn.Conv2d(before, after, 3, padding=1, bias=False), nn.BatchNorm2d(after), nn.GELU(),
+                           nn.MaxPool2d(2)]
+                before = after
+            self.stem = nn.Sequential(*layers)
 
     def grid(self, x):
         return (x.shape[1] // self.stride, x.shape[2] // self.stride)
 
     def tokens(self, x):
         if self.stem is not None:
-            x = self.stem(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # B H/2 W/2 conv_stem
+            x = self.stem(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # B H/stride' W/stride' C
         return rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=self.patch, p2=self.patch)
 
 
