@@ -239,6 +239,28 @@ def test_eval_run_directory_writes_report_and_png(cli, digits_run):
         image.verify()
 
 
+def test_eval_averages_with_mirror_images_when_the_run_trained_on_them_or_when_asked(cli, digits_run):
+    from perceiver_cli.evaluate.classify import metrics
+    from perceiver_cli.runs.trained import load_trained, split_samples
+
+    plain = cli("eval", digits_run)  # digits train without flips: off by default
+    assert plain.exit_code == 0 and "mirror" not in plain.stdout
+    assert json.loads((digits_run / "eval_test.json").read_text())["flip_averaged"] is False
+    flipped = cli("eval", digits_run, "--flip-average")
+    assert flipped.exit_code == 0, flipped.output
+    assert "averaged with its mirror" in " ".join(flipped.stdout.split())
+    report = json.loads((digits_run / "eval_test.json").read_text())
+    model, recipe, loaded = load_trained(digits_run, torch.device("cpu"))
+    x, y, _ = split_samples(recipe, loaded.state, "test")
+    from perceiver_cli.engine.runtime import InputTransform, autocast, use_bf16
+    cpu = torch.device("cpu")
+    transform = InputTransform(loaded.state["input_spec"], loaded.state["normalization"], cpu)
+    with torch.no_grad(), autocast(cpu, use_bf16(recipe.train.precision, cpu)):  # as eval decides, on any CPU
+        images = torch.from_numpy(np.ascontiguousarray(x))
+        logits = (model(transform(images)).float() + model(transform(images.flip(2))).float()) / 2
+    assert report["accuracy"] == pytest.approx(metrics(logits, torch.from_numpy(y), loaded.state["classes"])["accuracy"], abs=1e-6)
+
+
 def test_eval_split_and_data_together_is_an_error(cli, digits_run, image_folder):
     message = assert_user_error(cli("eval", digits_run, "--split", "val", "--data", image_folder))
     assert "--split" in message and "--data" in message

@@ -27,10 +27,11 @@ def eval_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on any labelled image folder or zip instead (<root>/<class>/* or <root>/<split>/<class>/*); class names must be the model's."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to evaluate on."),
+    flip: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average", help="Images: average each prediction with its mirror image's.  \\[default: on when the run trained with data.augment.horizontal_flip]"),
 ):
     """Accuracy, loss, per-class precision/recall/F1 and confusion matrix; per-class Dice/IoU for segmentation; reconstruction loss for masked-image runs (table, PNG and JSON in the run directory)."""
     from ..evaluate import evaluate
 
     if data is not None and split is not None:
         raise UserError("give either --split or --data, not both")
-    tables.evaluation(evaluate(target, split.value if split else None, data, batch_size, device.value))
+    tables.evaluation(evaluate(target, split.value if split else None, data, batch_size, device.value, flip))

@@ -74,7 +74,8 @@ def evaluation(result) -> None:
     shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
     console.print(
         f"[bold]{v(report['evaluated_on'])}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
-        f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint",
+        f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint"
+        + (" · each image averaged with its mirror (--no-flip-average to turn off)" if report.get("flip_averaged") else ""),
         highlight=False,
     )
     per_class = Table(title="per class", header_style="bold")

@@ -104,20 +104,34 @@ def samples_to_evaluate(recipe, state: dict, split: str | None, data: Path | Non
     return x, y, tag, described
 
 
+def flip_averaging(recipe, state: dict, asked: bool | None) -> bool:
+    """Whether to average each image's logits with its mirror image's: asked, or by default when the
+    run trained on mirrored images (they are then as familiar to it as the originals)."""
+    is_image = state["input_spec"].get("kind") == "image"
+    if asked and not is_image:
+        raise UserError(f"--flip-average mirrors images, and this run reads {state['input_spec'].get('kind')}s: drop it")
+    return is_image and (asked if asked is not None else bool(recipe.data.augment.horizontal_flip))
+
+
 def evaluate_classifier(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
-                        torch_device: torch.device) -> EvalResult:
+                        torch_device: torch.device, flip: bool | None = None) -> EvalResult:
     checkpoint_path, state = loaded.path, loaded.state
+    flip = flip_averaging(recipe, state, flip)
     run_dir = run_dir_of(checkpoint_path)
     x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: folder_samples(Path(data), state),
                                               checkpoint_path)
     transform = InputTransform(state["input_spec"], state["normalization"], torch_device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, torch_device)
-    logits = predict(model, as_tensor(x, torch_device), transform, batch_size, bf16, torch_device)
+    stored = as_tensor(x, torch_device)
+    logits = predict(model, stored, transform, batch_size, bf16, torch_device)
+    if flip:  # stored images are (N, H, W, C): the mirror reverses W
+        logits = (logits + predict(model, stored.flip(2), transform, batch_size, bf16, torch_device)) / 2
     report = {
         "task": "classify",
         "checkpoint": str(checkpoint_path),
         "epoch": state["epoch"],
         "evaluated_on": described,
+        "flip_averaged": flip,
         **metrics(logits, as_tensor(y, torch_device), state["classes"]),
     }
     json_path = run_dir / f"eval_{tag}.json"
