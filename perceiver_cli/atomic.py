@@ -137,8 +137,13 @@ def json_text(value, indent: int | None = None) -> str:
     return json.dumps(json_safe(value), indent=indent, allow_nan=False)
 
 
+def json_file_bytes(value, indent: int | None = 2) -> bytes:
+    """What a JSON file of ours holds: strict JSON, then a newline."""
+    return (json_text(value, indent) + "\n").encode("utf-8")
+
+
 def write_json_atomic(path: Path, value, indent: int | None = 2) -> None:
-    write_text_atomic(path, json_text(value, indent) + "\n")
+    write_bytes_atomic(path, json_file_bytes(value, indent))
 
 
 def process_alive(pid: int) -> bool:

@@ -147,7 +147,7 @@ class _FolderStream(RowStream):
                 keep, held = stratified_holdout(labels, self.test_fraction, self.seed + 1_000_003)
                 test, members, labels = members[held], members[keep], labels[keep]
             val_share = self.val_fraction / (1 - self.test_fraction)  # of what the test share left
-            keep, held = stratified_holdout(labels, val_share, self.seed) if self.val_fraction > 0 else (np.arange(len(members)), [])
+            keep, held = stratified_holdout(labels, val_share, self.seed)  # a share of 0 holds nothing out
             if len(held) or len(test):  # else every class has a single image: nothing to spare
                 outputs = {"train": tuple(members[keep].tolist())}
                 if len(held):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from ..atomic import (StagedFiles, json_text, os_error_advice, os_error_within, process_alive,
+from ..atomic import (StagedFiles, json_file_bytes, os_error_advice, os_error_within, process_alive,
                       write_bytes_atomic)
 from ..errors import UserError
 
@@ -74,7 +74,7 @@ def write_text(path: Path, text: str, hint: str = "") -> None:
 
 def write_json(path: Path, value, hint: str = "") -> None:
     """Strict JSON: NaN and infinities are written as null (readers turn null back into NaN)."""
-    write_bytes(path, (json_text(value, indent=2) + "\n").encode("utf-8"), hint)
+    write_bytes(path, json_file_bytes(value), hint)
 
 
 def append_line(path: Path, line: str, hint: str = "") -> None:
