@@ -29,6 +29,8 @@ from perceiver_cli.data.splits import split_train_val
 from perceiver_cli.engine.train import start_run
 from perceiver_cli.evaluate import evaluate
 from perceiver_cli.recipe import load_recipe
+from perceiver_cli.seeds import machine
+from perceiver_cli.tasks import TASKS
 
 RECIPES = {"digits": "digits", "cifar10": "cifar10_cpu", "knee-seg": "knee_seg"}
 
@@ -61,7 +63,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['model']:<40} {row['value']:>10.4f} {row['seconds']:>8.1f}  {row['evaluated_on']} ({row['metric']})")
     if args.json:
-        args.json.write_text(json.dumps({"dataset": args.dataset, "machine": machine(), "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"dataset": args.dataset, "recipe": path.stem, "machine": machine(), "rows": rows}, indent=2) + "\n")
 
 
 def perceiver_row(recipe, path, dataset, run: Path | None) -> dict:
@@ -76,7 +78,7 @@ def perceiver_row(recipe, path, dataset, run: Path | None) -> dict:
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
         seconds = rows[-1]["elapsed_s"]
     report = evaluate(run).report
-    metric = "accuracy" if "accuracy" in report else "mean_dice"
+    metric = TASKS[recipe.task.name].headline
     return {"model": f"Perceiver ({path.stem})", "metric": metric, "value": report[metric], "seconds": round(seconds, 1),
             "evaluated_on": report["evaluated_on"], "run": str(run)}
 
@@ -195,14 +197,6 @@ def _dice(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 BASELINES = {"digits": svc, "cifar10": resnet18, "knee-seg": unet}
-
-
-def machine() -> str:
-    import platform
-
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
-    units = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {' '.join(units) or 'no bf16 units'}, torch {torch.__version__}"
 
 
 if __name__ == "__main__":

@@ -21,3 +21,12 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_every_shipped_recipe_is_documented():
     for recipe in RECIPES_DIR.glob("*.yaml"):
         assert f"`{recipe.name}`" in README, recipe.name
+
+
+def test_readme_results_table_is_written_from_the_measurements_json():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "tools" / "results_table.py")
+    results_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_table)
+    assert results_table.updated(README) == README, "run python tools/results_table.py"

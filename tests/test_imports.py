@@ -24,7 +24,8 @@ ALLOWED = {
     "runs": BASE | {"model", "data", "tasks"},
     "engine": BASE | {"model", "data", "tasks", "runs"},
     **{command: BELOW_COMMANDS for command in COMMANDS},
-    "cli": BELOW_COMMANDS | COMMANDS | {"__init__"},  # only the CLI imports the commands' modules
+    "seeds": BELOW_COMMANDS | {"evaluate"},  # trains runs and evaluates each
+    "cli": BELOW_COMMANDS | COMMANDS | {"seeds", "__init__"},  # only the CLI imports the commands' modules
     "__main__": {"cli"},
     "__init__": {"predict"},  # perceiver_cli.load
 }

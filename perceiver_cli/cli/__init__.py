@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..console import console, set_quiet
-from . import attention, bench, export, predict, prepare, report, train
+from . import attention, bench, export, predict, prepare, report, seeds, train
 from .errors import OneLineUsageErrors, set_debug
 from .eval import eval_command
 
@@ -58,6 +58,7 @@ app.command("eval")(eval_command)
 app.command("attention")(attention.attention)
 app.command("report")(report.report_command)
 app.command("bench")(bench.bench)
+app.command("seeds")(seeds.seeds_command)
 app.command("export")(export.export_command)
 app.command("predict")(predict.predict_command)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -14,7 +13,7 @@ from ..console import console
 from ..errors import UserError
 from . import tables
 from .errors import user_errors
-from .options import Device
+from .options import Device, check_writable
 
 
 class BenchMode(str, Enum):
@@ -49,7 +48,7 @@ def bench(
     from ..recipe import load_recipe
 
     if json_path is not None:  # before the benchmark runs, not after it
-        _check_writable(json_path, "--json")
+        check_writable(json_path, "--json")
     loaded, _ = load_recipe(recipe, overrides)
     document = run_bench(loaded, BenchOptions(input_size=input_size, batch=batch, steps=steps, warmup=warmup, mode=mode.value,
                                               device=device.value, dtype=dtype.value if dtype else None,
@@ -85,14 +84,3 @@ def _krasserm_table(document: dict) -> None:
     d = c["defaults"]
     console.print(f"at defaults (train): ours {d['ours_samples_per_s']:,.1f} samples/s ({d['ours_dtype']}) vs krasserm "
                   f"{d['krasserm_samples_per_s']:,.1f} ({d['krasserm_dtype']}): {d['speedup']:.2f}x", highlight=False)
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """Refuse an output path that cannot be written, before any work is spent on what goes into it."""
-    folder = path.parent
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; give a file path, e.g. {path / 'bench.json'}")
-    if not folder.is_dir():
-        raise UserError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{option} {path}: the folder {folder} is not writable; choose another path")

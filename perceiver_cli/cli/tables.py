@@ -288,3 +288,19 @@ def export(result) -> None:
     for note in result.notes:
         info(f"[yellow]note:[/] {escape(note)}")
     console.print(f"wrote {v(result.out)}: {', '.join(result.files)}", highlight=False)
+
+
+def seeds(summary: dict) -> None:
+    shown = (lambda x: f"{x:.2%}") if summary["percent"] else (lambda x: f"{x:.4f}")
+    metric = summary["metric"].replace("_", " ")
+    table = Table(title=f"{summary['name']}: one run per seed", header_style="bold")
+    for column in ("seed", metric, "evaluated on", "training", "run"):
+        table.add_column(column, justify="right" if column in ("seed", metric, "training") else "left",
+                         no_wrap=column == "run")
+    for seed in summary["seeds"]:
+        table.add_row(str(seed["seed"]), shown(seed["value"]), v(seed["evaluated_on"]),
+                      f"{seed['train_seconds']:,.0f} s {seed['precision']}", v(seed["run"]))
+    console.print(table)
+    console.print(f"[bold]{v(summary['name'])}[/]: {metric} [bold]{shown(summary['mean'])} ± {shown(summary['std'])}[/] "
+                  f"over {len(summary['seeds'])} seeds (min {shown(summary['min'])}, max {shown(summary['max'])}) · "
+                  f"{v(summary['machine'])}", highlight=False, soft_wrap=True)

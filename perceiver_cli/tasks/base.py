@@ -24,6 +24,8 @@ def take(parts: tuple, index: slice) -> tuple:
 class Task:
     name = ""
     metric = "accuracy"  # the epoch row's train_<metric> / val_<metric>; None when the task has none
+    headline = "accuracy"  # the key of its `perceiver eval` report that sums a run up (perceiver seeds)
+    headline_percent = True  # shown as a percentage (else as a number)
     predicts = False  # whether `predictions` says something of a new input (perceiver predict)
 
     def __init__(self, recipe, dataset, transform):

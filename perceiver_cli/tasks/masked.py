@@ -21,6 +21,7 @@ from .base import Task
 
 class MaskedImageTask(Task):
     name = "masked_image"
+    headline, headline_percent = "loss", False  # the hidden patches' reconstruction loss
     metric = None
 
     def __init__(self, recipe, dataset, transform):

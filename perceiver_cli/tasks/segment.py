@@ -65,6 +65,7 @@ def mean_foreground(values: list[float]) -> float:
 
 class SegmentTask(Task):
     name = "segment"
+    headline, headline_percent = "mean_dice", False
     predicts = True
 
     def predictions(self, logits, top_k):
