@@ -70,11 +70,11 @@ def test_a_decoder_with_one_query_is_todays_classification_query_head(cross_head
     assert torch.equal(ours, head) and torch.equal(ours, before)
 
 
-def dense(chunk=None, query_pixels=True, stride=1, shape=(8, 8, 3), classes=3) -> DensePerceiver:
+def dense(chunk=None, query_pixels=True, stride=1, shape=(8, 8, 3), classes=3, context=0) -> DensePerceiver:
     torch.manual_seed(0)
     spec = {"kind": "image", "shape": list(shape)}
     return DensePerceiver(small(decoder_chunk=chunk, decoder_dim=16, decoder_heads=2), spec, classes, stride,
-                          query_pixels)
+                          query_pixels, context)
 
 
 @pytest.mark.parametrize("chunk", [7, 1])
@@ -387,12 +387,23 @@ def test_checkpoints_from_before_tasks_still_evaluate_and_resume(cli, digits_run
     assert state["target"] == {"kind": "class"} and state["config"]["task"]["name"] == "classify"
 
 
-@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
-def test_the_segmentation_loss_of_a_batch_is_the_mean_of_its_parts(dice_weight):
+def fake_masks(shares=(0.9, 0.09, 0.01), count=10, size=10):
+    """A dataset-like object whose train masks hold the three classes in these pixel shares."""
+    y = np.zeros((count, size, size), np.uint8).reshape(-1)
+    edges = np.cumsum([round(share * y.size) for share in shares])
+    y[edges[0]:edges[1]], y[edges[1]:] = 1, 2
+    train = Split(x=np.zeros((count, size, size, 1), np.uint8), y=y.reshape(count, size, size))
+    return SimpleNamespace(classes=["background", "a", "b"], split=lambda name: train)
+
+
+@pytest.mark.parametrize("dice_weight, class_weight_power", [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5)])
+def test_the_segmentation_loss_of_a_batch_is_the_mean_of_its_parts(dice_weight, class_weight_power):
     """What lets N ranks (or grad_accum micro-batches) train exactly as one batch: the loss of a batch is
-    the mean of its halves' losses. A Dice pooled over the batch would not be (it was, at first)."""
-    recipe = SimpleNamespace(task=SimpleNamespace(dice_weight=dice_weight), optim=SimpleNamespace(label_smoothing=0.0))
-    task = SegmentTask(recipe, SimpleNamespace(classes=["background", "a", "b"]), transform=None)
+    the mean of its halves' losses. A Dice pooled over the batch would not be (it was, at first), nor
+    would a cross-entropy weighted per class normalised by each batch's own weights."""
+    recipe = SimpleNamespace(task=SimpleNamespace(dice_weight=dice_weight, class_weight_power=class_weight_power),
+                             optim=SimpleNamespace(label_smoothing=0.0))
+    task = SegmentTask(recipe, fake_masks(), transform=None)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 5, 5, 3, generator=generator)
     y = torch.randint(0, 3, (6, 5, 5), generator=generator)
@@ -400,3 +411,42 @@ def test_the_segmentation_loss_of_a_batch_is_the_mean_of_its_parts(dice_weight):
     whole, _ = task.loss(logits, (y,))
     halves = [task.loss(logits[part], (y[part],))[0] for part in (slice(0, 2), slice(2, 6))]
     torch.testing.assert_close(whole, (2 * halves[0] + 4 * halves[1]) / 6, rtol=1e-6, atol=1e-7)
+
+
+def test_largest_components_keeps_one_region_per_class_and_clears_only_that_class():
+    from perceiver_cli.tasks.segment import largest_components
+
+    mask = np.zeros((1, 8, 8), np.uint8)
+    mask[0, 0:3, 0:3] = 1  # the bone: 9 pixels
+    mask[0, 6:8, 6:8] = 1  # a stray island of it: 4 pixels
+    mask[0, 5, 0] = mask[0, 7, 2] = 2  # two regions of a class left alone
+    cleaned = largest_components(mask, [1])
+    assert (cleaned[0, 0:3, 0:3] == 1).all() and (cleaned[0, 6:8, 6:8] == 0).all()
+    assert cleaned[0, 5, 0] == cleaned[0, 7, 2] == 2 and (mask[0, 6:8, 6:8] == 1).all()  # the input is untouched
+    mask[0, 3, 3] = 1  # diagonal neighbours are one region (8-connected)
+    assert largest_components(mask, [1])[0, 3, 3] == 1
+
+
+def test_class_weights_favour_rare_labels_and_average_one_over_the_training_pixels():
+    recipe = SimpleNamespace(task=SimpleNamespace(dice_weight=0.0, class_weight_power=0.5),
+                             optim=SimpleNamespace(label_smoothing=0.0))
+    weights = SegmentTask(recipe, fake_masks(), transform=None).class_weights("cpu")
+    shares = torch.tensor([0.9, 0.09, 0.01])
+    torch.testing.assert_close((weights * shares).sum(), torch.tensor(1.0))
+    torch.testing.assert_close(weights[2] / weights[0], torch.tensor(90.0).sqrt())  # (0.9 / 0.01) ** 0.5
+    recipe.task.class_weight_power = 0.0  # off: the plain cross-entropy
+    assert SegmentTask(recipe, fake_masks(), transform=None).class_weights("cpu") is None
+
+
+def test_query_context_gives_each_query_its_block_and_the_pixels_around_it():
+    model = dense(stride=2, shape=(8, 8, 1), classes=3, context=1)  # 4 x 4 windows around 2 x 2 blocks
+    x = torch.arange(64.0).reshape(1, 8, 8, 1)
+    windows = model.query_windows(x)  # B Q (C w w)
+    assert windows.shape == (1, 16, 16)
+    inner = windows[0, 1 * 4 + 1].reshape(4, 4)  # the block at rows 2-3, columns 2-3
+    torch.testing.assert_close(inner, x[0, 1:5, 1:5, 0])
+    corner = windows[0, 0].reshape(4, 4)  # replicated at the image's edge
+    torch.testing.assert_close(corner[0], torch.tensor([0.0, 0.0, 1.0, 2.0]))
+    assert model(x).shape == (1, 8, 8, 3) and model(x, output_shape=(16, 16)).shape == (1, 16, 16, 3)
+    plain = dense(stride=2, shape=(8, 8, 1), classes=3)  # no context: the block alone, as checkpoints before it
+    torch.testing.assert_close(plain.query_windows(x)[0, 5], x[0, 2:4, 2:4, 0].reshape(-1))

@@ -218,6 +218,20 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
     assert whole["slices"] == 6 and abs(sum(whole["shares"].values()) - 1) < 1e-6
     assert abs(sum(rows[0]["shares"].values()) - 1) < 1e-6 and "mask" in result.stdout
 
+    # the bones' stray islands cleaned: each mask is the plain one with only its largest label_1 region kept
+    from perceiver_cli.tasks.segment import largest_components
+
+    result = cli("predict", "runs/seg", volume, "--masks", "clean", "--json", "clean.json", "--largest-component", "label_1")
+    assert result.exit_code == 0, result.output
+    assert "only the largest region of label_1 kept in each mask" in result.stdout
+    cleaned = json.loads(Path("clean.json").read_text())
+    assert cleaned["largest_component"] == ["label_1"]
+    for plain, clean in zip(rows, [row for row in cleaned["predictions"] if "slices" not in row]):
+        expected = largest_components(np.asarray(Image.open(plain["mask_file"]))[None], [1])[0]
+        assert np.array_equal(np.asarray(Image.open(clean["mask_file"])), expected)
+    assert "not a foreground class of this run" in assert_user_error(
+        cli("predict", "runs/seg", volume, "--largest-component", "femur"))
+
     # any output size from the same model: its decoder's queries are positions (Perceiver IO)
     result = cli("predict", "runs/seg", volume, "--masks", "big", "--mask-size", "32x48", "--json", "big.json")
     assert result.exit_code == 0, result.output

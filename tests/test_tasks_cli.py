@@ -50,6 +50,15 @@ def test_segmentation_from_prepare_to_eval_on_other_patients(cli, workdir):
     assert [row["class"] for row in report["per_class"]][:2] == ["background", "label_1"]
     assert Path("runs/seg/segment_test.png").stat().st_size > 1000
     assert "Dice" in result.stdout and "label_2" in result.stdout
+    result = cli("eval", "runs/seg", "--largest-component", "label_1")  # only its largest region per slice
+    assert result.exit_code == 0, result.output
+    cleaned = json.loads(Path("runs/seg/eval_test.json").read_text())
+    assert cleaned["largest_component"] == ["label_1"] and "only the largest region of label_1" in result.stdout
+    plain, clean = (next(r for r in doc["per_class"] if r["class"] == "label_1") for doc in (report, cleaned))
+    assert clean["predicted_pixels"] <= plain["predicted_pixels"] and clean["pixels"] == plain["pixels"]
+    result = cli("eval", "runs/seg", "--largest-component", "femur")
+    assert result.exit_code == 2 and "--largest-component femur: not a foreground class" in result.output
+    cli("eval", "runs/seg")  # the plain figures again, for the report below
     result = cli("attention", "runs/seg")  # captured while training (train.save_attention_maps)
     assert result.exit_code == 0, result.output
     (stage,) = json.loads(Path("runs/seg/attention/stats.json").read_text())["epochs"]["12"].values()

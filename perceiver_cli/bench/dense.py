@@ -59,7 +59,7 @@ def make_model(which: str, config, task, input_spec: dict, classes: int, checkpo
         return FixedMask(model, input_spec, task.mask_ratio, batch)
     if which == "krasserm":
         return krasserm.build(config, task, input_spec, classes)
-    model = DensePerceiver(config, input_spec, classes, task.output_stride, task.query_pixels)
+    model = DensePerceiver(config, input_spec, classes, task.output_stride, task.query_pixels, task.query_context)
     model.activation_checkpointing = checkpointing
     return model
 

@@ -28,10 +28,12 @@ def eval_command(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to evaluate on."),
     flip: Optional[bool] = typer.Option(None, "--flip-average/--no-flip-average", help="Images: average each prediction with its mirror image's.  \\[default: on when the run trained with data.augment.horizontal_flip]"),
+    largest_component: Optional[str] = typer.Option(None, "--largest-component", help="Segmentation: keep only the largest connected region of these classes in each slice (comma-separated names or values, e.g. label_1,label_3,label_5 for the bones); their stray islands become background."),
 ):
     """Accuracy, loss, per-class precision/recall/F1 and confusion matrix; per-class Dice/IoU for segmentation; reconstruction loss for masked-image runs (table, PNG and JSON in the run directory)."""
     from ..evaluate import evaluate
 
     if data is not None and split is not None:
         raise UserError("give either --split or --data, not both")
-    tables.evaluation(evaluate(target, split.value if split else None, data, batch_size, device.value, flip))
+    keep = [name.strip() for name in largest_component.split(",") if name.strip()] if largest_component else None
+    tables.evaluation(evaluate(target, split.value if split else None, data, batch_size, device.value, flip, keep))

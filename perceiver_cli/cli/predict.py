@@ -23,9 +23,12 @@ def predict_command(
     mask_size: Optional[str] = typer.Option(None, "--mask-size", help="Segmentation runs: masks at this HEIGHTxWIDTH, e.g. 512x512 for a scan's own resolution (the decoder's queries are positions: any size).  \\[default: the model's input size]"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples per forward pass."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to run on."),
+    largest_component: Optional[str] = typer.Option(None, "--largest-component", help="Segmentation: keep only the largest connected region of these classes in each mask (comma-separated names or values, e.g. label_1,label_3,label_5 for the bones); their stray islands become background."),
 ):
     """What the model says of each input: a table of its top classes (or mask files), JSON and CSV on request."""
     from ..predict.run import PredictOptions, parse_size, predict_files
 
+    keep = [name.strip() for name in largest_component.split(",") if name.strip()] if largest_component else []
+
     tables.predictions(predict_files(target, inputs, PredictOptions(top_k, json_path, csv_path, masks, batch_size,
-                                                                    device.value, parse_size(mask_size))))
+                                                                    device.value, parse_size(mask_size), keep)))

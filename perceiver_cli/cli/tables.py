@@ -101,7 +101,9 @@ def segmentation(result) -> None:
     console.print(
         f"[bold]{v(report['evaluated_on'])}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
         f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
-        f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint", highlight=False)
+        f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint"
+        + (f" · only the largest region of {', '.join(report['largest_component'])} kept per slice"
+           if report.get("largest_component") else ""), highlight=False)
     per_class = Table(title="per class", header_style="bold")
     for column in ("class", "Dice", "IoU", "pixels", "predicted"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
@@ -161,6 +163,9 @@ def predictions(result) -> None:
         for row in volumes:
             summary.add_row(v(row["input"]), str(row["slices"]), v(row["class"]), f"{row['probability']:.1%}")
         console.print(summary)
+    if result.largest_component:
+        info(f"only the largest region of {', '.join(v(name) for name in result.largest_component)} kept in each mask",
+             highlight=False)
     for skipped in result.skipped:
         err_console.print(f"skipped {v(skipped['input'])}: {v(skipped['reason'])}", highlight=False, soft_wrap=True)
     if result.files:

@@ -15,14 +15,18 @@ from .classify import EvalResult, evaluate_classifier, folder_samples, metrics, 
 
 
 def evaluate(target: Path, split: str | None = None, data: Path | None = None, batch_size: int = 256,
-             device: str = "auto", flip: bool | None = None) -> EvalResult:
-    """`flip`: average each image's prediction with its mirror's (classify; None: when it trained on mirrors)."""
+             device: str = "auto", flip: bool | None = None, largest_component: list[str] | None = None) -> EvalResult:
+    """`flip`: average each image's prediction with its mirror's (classify; None: when it trained on mirrors).
+    `largest_component`: segment classes of which only the largest region per slice is kept."""
     torch_device = resolve_device(device, "--device")
     model, recipe, loaded = load_trained(Path(target), torch_device)
     if flip and recipe.task.name != "classify":
         raise UserError(f"--flip-average applies to classify runs; this is a {recipe.task.name} run: drop it")
+    if largest_component and recipe.task.name != "segment":
+        raise UserError(f"--largest-component applies to segment runs; this is a {recipe.task.name} run: drop it")
     if recipe.task.name == "segment":
-        from .segment import evaluate_segmentation as run
+        from .segment import evaluate_segmentation
+        run = partial(evaluate_segmentation, largest_component=largest_component or [])
     elif recipe.task.name == "masked_image":
         from .masked import evaluate_reconstruction as run
     else:

@@ -16,7 +16,7 @@ from ..engine.runtime import InputTransform, autocast, use_bf16
 from ..errors import UserError
 from ..runs.files import save_figure, write_json
 from ..runs.trained import run_dir_of
-from ..tasks.segment import confusion_counts, dice_and_iou, mean_foreground
+from ..tasks.segment import class_indices, confusion_counts, dice_and_iou, largest_components, mean_foreground
 from .classify import EvalResult, samples_to_evaluate
 
 FIGURE_SAMPLES = 6
@@ -40,8 +40,10 @@ def other_dataset(data: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarra
 
 
 @torch.no_grad()
-def predict_masks(model, x: np.ndarray, y: np.ndarray, transform, batch_size: int, bf16: bool, device):
-    """(summed loss, per-class confusion counts, predicted masks uint8 N H W) over all samples."""
+def predict_masks(model, x: np.ndarray, y: np.ndarray, transform, batch_size: int, bf16: bool, device,
+                  keep_largest: list[int] = ()):
+    """(summed loss, per-class confusion counts, predicted masks uint8 N H W) over all samples; of the
+    classes in `keep_largest`, only each mask's largest region is kept."""
     classes = model.num_classes
     counts = torch.zeros(3, classes, dtype=torch.float64, device=device)
     loss, correct, predicted = 0.0, 0.0, []
@@ -52,6 +54,8 @@ def predict_masks(model, x: np.ndarray, y: np.ndarray, transform, batch_size: in
             logits = model(transform(stored)).float()
         loss += F.cross_entropy(logits.permute(0, 3, 1, 2), truth, reduction="none").mean((1, 2)).sum().item()
         guess = logits.argmax(-1)
+        if keep_largest:
+            guess = torch.from_numpy(largest_components(guess.cpu().numpy(), list(keep_largest))).to(device)
         correct += (guess == truth).float().mean((1, 2)).sum().item()
         counts += confusion_counts(guess, truth, classes)
         predicted.append(guess.to(torch.uint8).cpu().numpy())
@@ -59,14 +63,15 @@ def predict_masks(model, x: np.ndarray, y: np.ndarray, transform, batch_size: in
 
 
 def evaluate_segmentation(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
-                          device: torch.device) -> EvalResult:
+                          device: torch.device, largest_component: list[str] = ()) -> EvalResult:
     state, classes = loaded.state, loaded.state["classes"]
+    keep = class_indices(list(largest_component), list(classes), "--largest-component")
     run_dir = run_dir_of(loaded.path)
     x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: other_dataset(Path(data), classes),
                                               loaded.path)
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
     bf16 = use_bf16(recipe.train.precision, device)
-    loss, correct, counts, predicted = predict_masks(model.eval(), x, y, transform, batch_size, bf16, device)
+    loss, correct, counts, predicted = predict_masks(model.eval(), x, y, transform, batch_size, bf16, device, keep)
     dice, iou = dice_and_iou(counts)
     both, guessed, truth = counts.tolist()
     report = {
@@ -79,6 +84,7 @@ def evaluate_segmentation(model, recipe, loaded, split: str | None, data: Path |
         "loss": loss / len(y),
         "mean_dice": mean_foreground(dice),
         "mean_iou": mean_foreground(iou),
+        "largest_component": [classes[i] for i in keep],  # classes cleaned to their largest region per slice
         "per_class": [{"class": name, "dice": d, "iou": i, "pixels": int(t), "predicted_pixels": int(g)}
                       for name, d, i, t, g in zip(classes, dice, iou, truth, guessed)],
     }

@@ -7,6 +7,8 @@ then output queries built from output positions that cross-attend to the latents
                      queries are Fourier features of positions in [-1, 1], plus (task.query_pixels)
                      the input's own pixels of that cell, as Perceiver IO's optical-flow queries
                      carry the input: the latents say what is where, the pixels where the edges are.
+                     With task.query_context c, a query carries the (s + 2c)^2 window around its
+                     block: the texture and edges next to it too.
     MaskedPerceiver  masked image modelling (MAE, He et al. 2022, as a Perceiver): the encoder reads
                      only the visible patches; one query per masked patch (its position + a
                      learned mask token) decodes that patch's pixel values.
@@ -35,7 +37,8 @@ def _decoder(config) -> tuple[int, QueryDecoder]:
 
 
 class DensePerceiver(PerceiverEncoder):
-    def __init__(self, config, input_spec: dict, num_classes: int, output_stride: int = 1, query_pixels: bool = True):
+    def __init__(self, config, input_spec: dict, num_classes: int, output_stride: int = 1, query_pixels: bool = True,
+                 query_context: int = 0):
         if input_spec["kind"] != "image":
             raise UserError(f"task.name=segment needs images; this dataset holds {input_spec['kind']}")
         super().__init__(config, input_spec)
@@ -47,7 +50,9 @@ class DensePerceiver(PerceiverEncoder):
         dim, self.decoder = _decoder(config)
         self.queries = OutputQueries(2, config.num_bands, config.max_freq, dim)
         channels = input_spec["shape"][2]
-        self.pixel_queries = nn.Linear(channels * output_stride**2, dim) if query_pixels else None
+        self.context = query_context  # pixels around the block that its query also carries
+        window = output_stride + 2 * query_context
+        self.pixel_queries = nn.Linear(channels * window**2, dim) if query_pixels else None
         self.output_norm = nn.LayerNorm(dim)
         self.output = nn.Linear(dim, num_classes * output_stride**2)  # the output adapter
 
@@ -63,11 +68,20 @@ class DensePerceiver(PerceiverEncoder):
         if self.pixel_queries is not None:
             pixels = x if (height, width) == tuple(x.shape[1:3]) else F.interpolate(
                 x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-            blocks = rearrange(pixels, "b (h s1) (w s2) c -> b (h w) (s1 s2 c)", s1=s, s2=s)  # B Q (s s C)
+            blocks = self.query_windows(pixels)  # B Q (w w C)
             queries = queries + self.pixel_queries(blocks)
         decoded = self.decoder(queries, latents, self.config.decoder_chunk)  # B Q D_q
         logits = self.output(self.output_norm(decoded))  # B Q (s s K)
         return rearrange(logits, "b (h w) (s1 s2 k) -> b (h s1) (w s2) k", h=height // s, s1=s, s2=s)
+
+    def query_windows(self, pixels: torch.Tensor) -> torch.Tensor:
+        """B H W C -> B Q (w w C): each query's s x s block, with `context` pixels around it (edges
+        replicated), so that a query sees the texture and edges next to its block."""
+        s, m = self.stride, self.context
+        if not m:
+            return rearrange(pixels, "b (h s1) (w s2) c -> b (h w) (s1 s2 c)", s1=s, s2=s)
+        padded = F.pad(pixels.permute(0, 3, 1, 2), (m, m, m, m), mode="replicate")
+        return F.unfold(padded, kernel_size=s + 2 * m, stride=s).transpose(1, 2)  # B Q (C w w)
 
 
 class MaskedPerceiver(PerceiverEncoder):

@@ -20,6 +20,7 @@ from ..atomic import StagedFiles, json_text
 from ..data.inputs import kind_of
 from ..errors import UserError
 from ..runs.files import remove_stale_temporaries, writing
+from ..tasks.segment import class_indices
 from .model import load
 
 
@@ -32,6 +33,7 @@ class PredictOptions:
     batch_size: int = 64
     device: str = "auto"
     mask_size: tuple[int, int] | None = None  # segmentation: masks at this H W (default: the model's input size)
+    largest_component: list[str] = field(default_factory=list)  # segmentation: classes kept to their largest region
 
 
 @dataclass
@@ -42,6 +44,7 @@ class PredictResult:
     rows: list[dict]  # per sample, then per volume (with "slices")
     skipped: list[dict]
     files: list[Path] = field(default_factory=list)  # what was written
+    largest_component: list[str] = field(default_factory=list)  # classes cleaned to their largest region per mask
 
 
 def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> PredictResult:
@@ -51,6 +54,10 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
         raise UserError("--top-k and --batch-size must be at least 1")
     check_outputs(inputs, {"--json": options.json, "--csv": options.csv})
     model = load(target, options.device)
+    if options.largest_component:
+        if not hasattr(model.task, "keep_largest"):
+            raise UserError(f"--largest-component applies to segmentation runs; {target} is a {model.task.name} run: drop it")
+        model.task.keep_largest = class_indices(options.largest_component, list(model.classes), "--largest-component")
     staged = StagedFiles()
     try:
         result = _predict(target, inputs, options, model, staged)
@@ -73,12 +80,13 @@ def _predict(target: Path, inputs: list[Path], options: PredictOptions, model, s
         raise UserError(f"none of the {len(skipped)} inputs could be read (first: {first['input']}: {first['reason']}); "
                         f"give files of the kind the model was trained on")
     rows += masks.volumes if masks else model.volume_rows(rows, options.top_k)
-    result = PredictResult(str(target), model.task.name, model.classes, rows, skipped, list(masks.files) if masks else [])
+    result = PredictResult(str(target), model.task.name, model.classes, rows, skipped, list(masks.files) if masks else [],
+                           [model.classes[i] for i in getattr(model.task, "keep_largest", [])])
     for row in rows:  # every class's probability served the volume summaries; the files keep the top k
         row.pop("probabilities", None)
     if options.json is not None:
         document = {"model": str(target), "task": result.task, "classes": result.classes, "predictions": rows,
-                    "skipped": skipped}
+                    "skipped": skipped, **({"largest_component": result.largest_component} if result.largest_component else {})}
         with writing(Path(options.json)):
             staged.write(Path(options.json), (json_text(document, indent=2) + "\n").encode())
         result.files.append(Path(options.json))

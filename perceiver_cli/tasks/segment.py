@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import augment_images
+from ..errors import UserError
 from ..model.perceiver_io import DensePerceiver
 from .base import Task
 
@@ -50,6 +51,35 @@ def dice_and_iou(counts: torch.Tensor) -> tuple[list[float], list[float]]:
     return dice.tolist(), iou.tolist()
 
 
+def largest_components(masks: np.ndarray, keep: list[int]) -> np.ndarray:
+    """masks (N H W class indices) with only the largest connected region of each class in `keep` per
+    mask (8-connected); the rest of that class becomes background. For structures that are one piece
+    in every slice (a bone): stray islands of it elsewhere are errors."""
+    from scipy import ndimage
+
+    cleaned = np.array(masks, copy=True)
+    for mask in cleaned:
+        for value in keep:
+            regions, count = ndimage.label(mask == value, structure=np.ones((3, 3)))
+            if count > 1:
+                sizes = np.bincount(regions.reshape(-1))[1:]
+                mask[(regions > 0) & (regions != 1 + int(sizes.argmax()))] = 0
+    return cleaned
+
+
+def class_indices(names: list[str], classes: list[str], option: str) -> list[int]:
+    """Class names (or their indices, as text) -> indices into `classes`; a name it lacks is one line."""
+    indices = []
+    for name in names:
+        if name in classes:
+            indices.append(classes.index(name))
+        elif name.isdigit() and 0 < int(name) < len(classes):
+            indices.append(int(name))
+        else:
+            raise UserError(f"{option} {name}: not a foreground class of this run ({', '.join(classes[1:])})")
+    return indices
+
+
 def class_shares(labels: np.ndarray, classes: list[str], top_k: int) -> dict:
     """The share of a mask's (or a label volume's) pixels per class, and the top_k classes by share."""
     shares = np.bincount(np.asarray(labels).reshape(-1), minlength=len(classes)) / np.asarray(labels).size
@@ -68,19 +98,41 @@ class SegmentTask(Task):
     headline, headline_percent = "mean_dice", False
     predicts = True
 
+    keep_largest: list[int] = []  # classes of which predictions keep only the largest region (predict --largest-component)
+
     def predictions(self, logits, top_k):
         """Per sample its mask (uint8 H W class indices, for a PNG) and the share of pixels per class."""
         masks = logits.float().argmax(-1).to(torch.uint8).cpu().numpy()
+        if self.keep_largest:
+            masks = largest_components(masks, self.keep_largest)
         return [{"mask": mask, **class_shares(mask, list(self.dataset.classes), top_k)} for mask in masks]
 
     def __init__(self, recipe, dataset, transform):
         super().__init__(recipe, dataset, transform)
         self.classes = len(dataset.classes)
+        self._class_weights = None  # counted from the training masks at the first loss (predict needs none)
+
+    def class_weights(self, device) -> torch.Tensor | None:
+        """task.class_weight_power p > 0: per-class cross-entropy weights share^-p, with a mean weight of 1
+        over the training pixels (a class no training pixel has gets 0: it is never a target there)."""
+        power = self.recipe.task.class_weight_power
+        if not power:
+            return None
+        if self._class_weights is None:
+            labels = self.dataset.split("train").y
+            counts = np.zeros(self.classes)
+            for start in range(0, len(labels), 256):  # memory-mapped: a chunk at a time
+                counts += np.bincount(np.asarray(labels[start: start + 256]).reshape(-1), minlength=self.classes)
+            share = counts / counts.sum()
+            weights = np.where(counts > 0, np.maximum(share, 1e-12) ** -power, 0.0)
+            self._class_weights = torch.tensor(weights / (weights * share).sum(), dtype=torch.float32)
+        return self._class_weights.to(device)
 
     def build_model(self):
         task = self.recipe.task
         return DensePerceiver(self.recipe.model, self.dataset.input_spec, self.classes, task.output_stride,
-                              task.query_pixels)
+                              task.query_pixels,
+                              task.query_context)
 
     def train_batch(self, stored, labels, generator):
         # the mask rides along as one more uint8 channel, so every augmentation moves it with the image
@@ -94,7 +146,10 @@ class SegmentTask(Task):
     def loss(self, logits, target):
         (y,) = target
         logits = logits.float()
-        loss = F.cross_entropy(logits.permute(0, 3, 1, 2), y, label_smoothing=self.recipe.optim.label_smoothing)
+        # a plain mean over pixels even when weighted (the weights average 1 over the training pixels):
+        # then N ranks or micro-batches train exactly as one batch does
+        loss = F.cross_entropy(logits.permute(0, 3, 1, 2), y, weight=self.class_weights(logits.device),
+                               label_smoothing=self.recipe.optim.label_smoothing, reduction="none").mean()
         if self.recipe.task.dice_weight:
             loss = loss + self.recipe.task.dice_weight * soft_dice_loss(logits, y)
         return loss, (logits.argmax(-1) == y).float().mean((1, 2)).sum()
