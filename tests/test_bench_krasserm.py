@@ -62,7 +62,8 @@ def test_a_segment_recipe_is_benched_as_its_per_pixel_model(cli, workdir):
     assert result.exit_code == 0, result.output
     document = json.loads((workdir / "bench.json").read_text())
     recipe, _ = load_recipe("knee_seg", SEG_TINY)
-    model = DensePerceiver(recipe.model, {"kind": "image", "shape": [16, 16, 1]}, 10, 4, True)
+    model = DensePerceiver(recipe.model, {"kind": "image", "shape": [16, 16, 1]}, 10, 4, True,
+                           recipe.task.query_context)
     assert document["parameters"] == count_parameters(model)
     assert document["flops_per_sample"]["forward"] > 0 and document["results"]["infer"]["samples_per_s"] > 0
     assert document["results"]["infer"]["mfu_paper_flops"] is None  # the paper count is the classifier's
