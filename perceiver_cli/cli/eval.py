@@ -11,7 +11,7 @@ import typer
 from ..errors import UserError
 from . import tables
 from .errors import user_errors
-from .options import Device
+from .options import Device, class_names
 
 
 class Split(str, Enum):
@@ -35,5 +35,5 @@ def eval_command(
 
     if data is not None and split is not None:
         raise UserError("give either --split or --data, not both")
-    keep = [name.strip() for name in largest_component.split(",") if name.strip()] if largest_component else None
+    keep = class_names(largest_component)
     tables.evaluation(evaluate(target, split.value if split else None, data, batch_size, device.value, flip, keep))

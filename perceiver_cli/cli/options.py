@@ -15,6 +15,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def class_names(text: str | None) -> list[str]:
+    """A comma-separated --largest-component value -> its names, blanks dropped ([] when not given)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def check_writable(path: Path, option: str) -> None:
     """Refuse an output path that cannot be written, before any work is spent on what goes into it."""
     folder = path.parent

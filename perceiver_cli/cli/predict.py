@@ -9,7 +9,7 @@ import typer
 
 from . import tables
 from .errors import user_errors
-from .options import Device
+from .options import Device, class_names
 
 
 @user_errors("predict")
@@ -28,7 +28,7 @@ def predict_command(
     """What the model says of each input: a table of its top classes (or mask files), JSON and CSV on request."""
     from ..predict.run import PredictOptions, parse_size, predict_files
 
-    keep = [name.strip() for name in largest_component.split(",") if name.strip()] if largest_component else []
+    keep = class_names(largest_component)
 
     tables.predictions(predict_files(target, inputs, PredictOptions(top_k, json_path, csv_path, masks, batch_size,
                                                                     device.value, parse_size(mask_size), keep)))

@@ -68,15 +68,16 @@ class DensePerceiver(PerceiverEncoder):
         if self.pixel_queries is not None:
             pixels = x if (height, width) == tuple(x.shape[1:3]) else F.interpolate(
                 x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-            blocks = self.query_windows(pixels)  # B Q (w w C)
+            blocks = self.query_windows(pixels)  # B Q (window pixels)
             queries = queries + self.pixel_queries(blocks)
         decoded = self.decoder(queries, latents, self.config.decoder_chunk)  # B Q D_q
         logits = self.output(self.output_norm(decoded))  # B Q (s s K)
         return rearrange(logits, "b (h w) (s1 s2 k) -> b (h s1) (w s2) k", h=height // s, s1=s, s2=s)
 
     def query_windows(self, pixels: torch.Tensor) -> torch.Tensor:
-        """B H W C -> B Q (w w C): each query's s x s block, with `context` pixels around it (edges
-        replicated), so that a query sees the texture and edges next to its block."""
+        """B H W C -> B Q (pixels): each query's s x s block ((s s C), as before context existed), or
+        with `context` pixels around it ((C w w), edges replicated), so that a query sees the texture
+        and edges next to its block."""
         s, m = self.stride, self.context
         if not m:
             return rearrange(pixels, "b (h s1) (w s2) c -> b (h w) (s1 s2 c)", s1=s, s2=s)
