@@ -1,28 +1,26 @@
-"""The recipe: a YAML file with sections model, data, optim, train, loaded into typed config objects.
+"""The recipe: a YAML file with sections task, model, data, optim, train, loaded into typed config objects.
 
-Each value has exactly one home: its type, default and help live here. `--set a.b=value` overrides
-are parsed as YAML scalars and validated like the file. Unknown keys name the nearest valid key.
+Each value has exactly one home: its type, default and help live here, and a task's own keys (its
+`task:` section) in its file under tasks/. `--set a.b=value` overrides are parsed as YAML scalars
+and validated like the file. Unknown keys name the nearest valid key.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .section import Section
+from .tasks import TASKS
 
 # the shipped recipes live at the project root (recipes/), beside the package
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = "digits.yaml"
-
-
-class Section(BaseModel):
-    # allow_inf_nan: a float key takes finite numbers only (lr=inf diverges at the first step, nan never compares)
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True, allow_inf_nan=False)
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam/LAMB moment decay rate
@@ -58,15 +56,9 @@ class ModelConfig(Section):
     decoder_chunk: Optional[int] = Field(None, gt=0, description="segment/masked_image: decode this many output queries at a time (the same outputs in less memory, e.g. a large mask at inference); null = all at once")
 
 
-class TaskConfig(Section):
-    name: Literal["classify", "segment", "masked_image"] = Field("classify", description="what is learned: classify = one label per sample; segment = one label per pixel (a prepared dataset with masks, e.g. prepare knee-seg); masked_image = masked image modelling without labels (MAE), to pretrain an encoder for train.init")
-    output_stride: int = Field(1, gt=0, description="segment: each output query predicts an s x s block of pixels (1 = one query per pixel, as Perceiver IO; 4 = 16x fewer queries)")
-    query_pixels: bool = Field(True, description="segment: each output query also carries the input pixels of its block (as Perceiver IO's optical-flow queries carry the input): sharp boundaries; false = positions only")
-    class_weight_power: float = Field(0.0, ge=0, le=1, description="segment: weight each class's cross-entropy by (its share of the training pixels)^-p, scaled so the mean weight per pixel is 1: 0 = unweighted, 0.5 = inverse square root (rare labels count more), 1 = inverse frequency")
-    query_context: int = Field(0, ge=0, description="segment, with query_pixels: each query also carries this many pixels around its block (a (s + 2c) x (s + 2c) window, edges replicated): the texture and edges next to it; 0 = its block only")
-    mask_ratio: float = Field(0.75, gt=0, lt=1, description="masked_image: share of the patches hidden from the encoder and reconstructed (MAE: 0.75)")
-    dice_weight: float = Field(1.0, ge=0, description="segment: weight of the soft Dice loss added to the per-pixel cross-entropy (keeps thin structures from drowning in background); 0 = cross-entropy only")
-    norm_pix_loss: bool = Field(True, description="masked_image: reconstruct each patch's pixels normalised by its own mean and std (MAE's better targets)")
+# the `task:` section: the keys of the task its `name` gives (each task's own, in tasks/)
+TaskSection = Annotated[Union[tuple(task.Config for task in TASKS.values())], Field(discriminator="name")]
+DEFAULT_TASK = "classify"
 
 
 class AugmentConfig(Section):
@@ -135,31 +127,46 @@ class TrainConfig(Section):
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights (e.g. 0.99, updated every step); validation, best.pt/last.pt and perceiver eval use the averaged weights, resume continues both")
-    best_metric: Literal["val_accuracy", "val_loss", "val_dice", "last"] = Field("val_accuracy", description="which epoch best.pt (what perceiver eval reads) keeps: highest val accuracy, lowest val loss, highest val mean Dice (segment: its default), or simply the last one (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance); masked_image defaults to val_loss")
+    best_metric: Optional[str] = Field(None, description="which epoch best.pt (what perceiver eval reads) keeps: a validation figure of the task's epoch row (classify: val_accuracy or val_loss; segment: val_dice, val_accuracy or val_loss; masked_image: val_loss), or last = simply the last epoch (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance); null = the task's own choice (the first of those)")
     init: Optional[str] = Field(None, description="start from another run's weights (runs/<name> or a .pt): every parameter of the encoder (and any other part) whose name and shape match is loaded, e.g. a masked_image run's encoder to fine-tune a classifier")
     name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
     runs_dir: str = Field("runs", description="where run directories are created")
 
 
 class Recipe(Section):
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskSection = Field(default_factory=lambda: TASKS[DEFAULT_TASK].Config())
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_section(cls, data):
+        """A task section without a name is classify's; one key of another task's is named as such."""
+        task = data.get("task") if isinstance(data, dict) else None
+        if not isinstance(task, dict):
+            return data
+        name = task.get("name", DEFAULT_TASK)
+        if name not in TASKS:
+            raise ValueError(f"task.name={name!r} is not a task; known: {', '.join(TASKS)}")
+        own = TASKS[name].Config.model_fields
+        for key in task:
+            if key not in own:
+                owners = [other for other, t in TASKS.items() if key in t.Config.model_fields]
+                raise ValueError(f"task.{key} is a key of task.name={' / '.join(owners) or '?'}, and this recipe's "
+                                 f"task.name is {name}: drop it, or set task.name")
+        return {**data, "task": {**task, "name": name}}
+
     @model_validator(mode="after")
     def _task_defaults(self):
         """best.pt keeps what the task measures best, unless the recipe says otherwise."""
-        if "best_metric" not in self.train.model_fields_set and self.task.name != "classify":
-            default = {"segment": "val_dice", "masked_image": "val_loss"}[self.task.name]
-            object.__setattr__(self.train, "best_metric", default)
-        if self.train.best_metric in ("val_accuracy", "val_dice") and self.task.name == "masked_image":
-            raise ValueError(f"train.best_metric={self.train.best_metric}: a masked_image run measures only its "
-                             f"reconstruction loss; use val_loss or last")
-        if self.train.best_metric == "val_dice" and self.task.name != "segment":
-            raise ValueError("train.best_metric=val_dice is measured by task.name=segment only; use val_accuracy, "
-                             "val_loss or last")
+        choices = TASKS[self.task.name].best_metrics
+        if self.train.best_metric is None:
+            object.__setattr__(self.train, "best_metric", next(iter(choices)))
+        elif self.train.best_metric != "last" and self.train.best_metric not in choices:
+            raise ValueError(f"train.best_metric={self.train.best_metric}: a task.name={self.task.name} run measures "
+                             f"{', '.join(choices)}; use one of them or last")
         return self
 
     @model_validator(mode="after")
@@ -190,7 +197,10 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, type[Base
     return keys
 
 
-KNOWN_KEYS = _known_keys(Recipe)
+KNOWN_KEYS = {key: sub for key, sub in _known_keys(Recipe).items()}
+KNOWN_KEYS["task"] = TASKS[DEFAULT_TASK].Config
+for _task in TASKS.values():
+    KNOWN_KEYS.update(_known_keys(_task.Config, "task."))
 
 
 def _unknown_key_error(key: str, source: str) -> UserError:
@@ -249,7 +259,10 @@ def validate(data: dict, source: str, overridden: frozenset[str] = frozenset()) 
         return Recipe.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        parts = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        if parts[:1] == ["task"] and len(parts) > 2 and parts[1] in TASKS:
+            del parts[1]  # the union's tag: task.segment.output_stride is task.output_stride
+        loc = ".".join(parts)
         if not loc:  # model-level check
             raise UserError(f"{source}: {err['msg'].removeprefix('Value error, ')}") from None
         value = _value_at(data, loc.split("."), err.get("input"))
@@ -339,6 +352,12 @@ def overridden_keys(overrides) -> frozenset[str]:
 
 
 def recipe_from_dict(data: dict, source: str = "checkpoint", overridden: frozenset[str] = frozenset()) -> Recipe:
+    """A recipe stored by a run (its checkpoint or config.yaml). Runs written before tasks had
+    sections of their own stored every task's keys in `task:`; those of other tasks are dropped."""
+    task = data.get("task")
+    if isinstance(task, dict) and task.get("name", DEFAULT_TASK) in TASKS:
+        own = TASKS[task.get("name", DEFAULT_TASK)].Config.model_fields
+        data = {**data, "task": {key: value for key, value in task.items() if key in own or f"task.{key}" in overridden}}
     return validate(data, source, overridden)
 
 
@@ -346,9 +365,14 @@ def reference_markdown() -> str:
     """The README's recipe reference, generated from the schema (a test keeps the README in sync)."""
     lines = []
     for section_name, section_field in Recipe.model_fields.items():
-        section = section_field.annotation
         lines += [f"`{section_name}`", "", "| key | default | meaning |", "|---|---|---|"]
-        for key, field in _flat_fields(section):
+        if section_name == "task":
+            names = "; ".join(f"{name} = {task.summary}" for name, task in TASKS.items())
+            lines.append(f"| `task.name` | `{DEFAULT_TASK}` | what is learned: {names}; each task has the keys below that name it |")
+            fields = [(key, field) for task in TASKS.values() for key, field in _flat_fields(task.Config) if key != "name"]
+        else:
+            fields = list(_flat_fields(section_field.annotation))
+        for key, field in fields:
             default = field.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
                 continue

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from .errors import UserError
 from .runs.files import all_or_nothing, save_figure, write_json, writing
+from .recipe import DEFAULT_TASK
 from .runs.metrics import saved_rows
+from .tasks import get_task
 
 FORMULAS = {
     "overfitting": "max(0, train_acc - val_acc) at the last epoch",
@@ -32,6 +34,7 @@ class RunReport:
     run_dir: Path
     rows: list[dict]
     summary: dict
+    task: type = None  # its Task class: which figure it is judged by (Task.report_figure)
 
 
 @dataclass
@@ -41,7 +44,7 @@ class ReportResult:
     json_path: Path
 
 
-def summarise(rows: list[dict], run_dir: Path) -> dict:
+def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
     nan = float("nan")  # a masked_image run measures no accuracy: its accuracy figures stay empty
     rows = [{"train_accuracy": nan, "val_accuracy": nan, **row} for row in rows]
     first, last = rows[0], rows[-1]
@@ -51,9 +54,7 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
     previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
     test_accuracy = _test_figure(run_dir / "eval_test.json", "accuracy")
     recent = val[-10:]
-    dice = [r for r in rows if r.get("val_dice") == r.get("val_dice") and r.get("val_dice") is not None]
-    best_dice = max(dice, key=lambda r: r["val_dice"]) if dice else None
-    return {
+    summary = {
         "epochs": last["epoch"],
         "wall_time_s": round(last.get("elapsed_s", 0.0), 1),
         "best_val_accuracy": best["val_accuracy"] if val else None,
@@ -67,11 +68,29 @@ def summarise(rows: list[dict], run_dir: Path) -> dict:
         "stability": round(1 - (statistics.pstdev(recent) if len(recent) > 1 else 0.0), 6) if val else None,
         "convergence": round(1 - abs(last["train_loss"] - previous_loss), 6),
         "improvement": round(last["val_accuracy"] - first["val_accuracy"], 6) if val else None,
-        # segmentation runs: pixel accuracy above is dominated by the background; Dice is what they are judged by
-        "best_val_dice": best_dice["val_dice"] if best_dice else None,
-        "best_dice_epoch": best_dice["epoch"] if best_dice else None,
-        "test_mean_dice": _test_figure(run_dir / "eval_test.json", "mean_dice") if dice else None,
     }
+    figure = getattr(task, "report_figure", None)
+    if figure:  # the task's own figure (segment: its pixel accuracy is dominated by the background; Dice counts)
+        key, _, eval_key = figure
+        measured = [r for r in rows if r.get(key) == r.get(key) and r.get(key) is not None]
+        best_row = max(measured, key=lambda r: r[key]) if measured else None
+        summary[f"best_{key}"] = best_row[key] if best_row else None
+        summary[f"best_{key}_epoch"] = best_row["epoch"] if best_row else None
+        summary[f"test_{eval_key}"] = _test_figure(run_dir / "eval_test.json", eval_key) if measured else None
+    return summary
+
+
+def run_task(run_dir: Path):
+    """The Task class of a run, from its config.yaml (classify where it has none)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = {}
+    task = config.get("task") if isinstance(config, dict) else None
+    name = task.get("name", DEFAULT_TASK) if isinstance(task, dict) else DEFAULT_TASK
+    return get_task(name)
 
 
 def _test_figure(path: Path, key: str) -> float | None:
@@ -92,7 +111,8 @@ def load_run(run_dir: Path) -> RunReport:
     rows = saved_rows(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no metrics.jsonl with a finished epoch; train it first (perceiver train ...)")
-    return RunReport(run_dir.name, run_dir, rows, summarise(rows, run_dir))
+    task = run_task(run_dir)
+    return RunReport(run_dir.name, run_dir, rows, summarise(rows, run_dir, task), task)
 
 
 def report(run_dirs: list[Path], out: Path | None = None) -> ReportResult:
@@ -151,9 +171,11 @@ def plot_dashboard(runs: list[RunReport], path: Path) -> None:
         s = run.summary
         best = f"{s['best_val_accuracy']:.2%} @ {s['best_epoch']}" if s["best_val_accuracy"] is not None else "-"
         test = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "not evaluated"
-        if s["best_val_dice"] is not None:
-            best = f"Dice {s['best_val_dice']:.3f} @ {s['best_dice_epoch']}"
-            test = f"Dice {s['test_mean_dice']:.3f}" if s["test_mean_dice"] is not None else "not evaluated"
+        figure = getattr(run.task, "report_figure", None)
+        if figure and s[f"best_{figure[0]}"] is not None:
+            key, label, eval_key = figure
+            best = f"{label} {s[f'best_{key}']:.3f} @ {s[f'best_{key}_epoch']}"
+            test = f"{label} {s[f'test_{eval_key}']:.3f}" if s[f"test_{eval_key}"] is not None else "not evaluated"
         lines.append(f"{run.name}: best val {best}, test {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
     text.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
     fig.tight_layout()

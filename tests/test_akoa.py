@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import set_args
-from perceiver_cli.data.akoa import AkoaOptions, identify, read_akoa, split_groups
+from perceiver_cli.data.akoa import AkoaOptions, identify, read_akoa
+from perceiver_cli.data.splits import split_groups
 from test_cli import assert_user_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -634,7 +634,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved_and_leaves_no_run(cli,
 def test_library_warnings_reach_the_terminal_only_with_debug(cli, digits_run, monkeypatch, debug):
     import warnings
 
-    import perceiver_cli.evaluate.classify as evaluate
+    import perceiver_cli.tasks.classify_eval as evaluate
 
     real = evaluate.plot_confusion
 

@@ -149,7 +149,8 @@ def test_compare_lucidrains_reports_speedups_and_defaults(cli, workdir):
 @pytest.mark.parametrize("args, expected", [
     (["--input-size", "big"], "--input-size 'big': images take HEIGHTxWIDTH"),
     (["--input-size", "0x5"], "--input-size '0x5': images take HEIGHTxWIDTH"),
-    (["--compare", "krasserm"], "--compare 'krasserm': only lucidrains is supported"),
+    (["--compare", "krasserm"], "--compare 'krasserm' measures task.name=segment recipes, and this recipe's task.name is "
+                                "classify: compare it with --compare lucidrains"),
 ])
 def test_bad_bench_options_are_one_clear_line(cli, workdir, args, expected):
     assert expected in assert_user_error(cli("bench", *set_args(TINY), *TINY_BENCH, "--mode", "infer", *args))

@@ -108,11 +108,14 @@ def test_compare_krasserm_reports_both_models_side_by_side(cli, workdir):
 
 
 @pytest.mark.parametrize("recipe, compare, expected", [
-    (["digits", *set_args(TINY)], "krasserm", "--compare 'krasserm': only lucidrains is supported for task.name=classify"),
-    (SEG, "lucidrains", "--compare 'lucidrains': lucidrains/perceiver-pytorch has only a classifier"),
-    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "compares classify recipes (lucidrains) and segment "
-                                                           "recipes (krasserm); this recipe's task.name is masked_image"),
-    (SEG, "hf", "--compare 'hf': only lucidrains (classify recipes) and krasserm (segment recipes) are supported"),
+    (["digits", *set_args(TINY)], "krasserm", "--compare 'krasserm' measures task.name=segment recipes, and this "
+                                              "recipe's task.name is classify: compare it with --compare lucidrains"),
+    (SEG, "lucidrains", "--compare 'lucidrains' measures task.name=classify recipes, and this recipe's task.name is "
+                        "segment: compare it with --compare krasserm"),
+    (["cifar10_mae", "--input-size", "16x16"], "krasserm", "this recipe's task.name is masked_image; a masked_image "
+                                                           "run has no peer to compare with"),
+    (SEG, "hf", "--compare 'hf': the peers are lucidrains (task.name=classify recipes), krasserm (task.name=segment "
+                "recipes)"),
 ])
 def test_a_compare_that_does_not_fit_the_recipe_is_one_line(cli, workdir, recipe, compare, expected):
     line = assert_user_error(cli("bench", *recipe, "--compare", compare, "--json", "bench.json"))

@@ -240,7 +240,7 @@ def test_eval_run_directory_writes_report_and_png(cli, digits_run):
 
 
 def test_eval_averages_with_mirror_images_when_the_run_trained_on_them_or_when_asked(cli, digits_run):
-    from perceiver_cli.evaluate.classify import metrics
+    from perceiver_cli.tasks.classify_eval import metrics
     from perceiver_cli.runs.trained import load_trained, split_samples
 
     plain = cli("eval", digits_run)  # digits train without flips: off by default

@@ -460,7 +460,7 @@ def test_eval_on_a_zip_with_a_damaged_member_evaluates_the_others(cli, workdir, 
 
 
 def test_a_scan_with_nan_voxels_is_windowed_on_its_finite_ones_and_an_all_nan_one_is_skipped(cli, workdir, tmp_path):
-    from perceiver_cli.data.akoa import _to_uint8
+    from perceiver_cli.data.nifti import to_uint8 as _to_uint8
     from perceiver_cli.data.files import Unreadable
 
     volume = np.random.default_rng(0).normal(100, 20, (4, 6, 6)).astype(np.float32)
@@ -498,7 +498,7 @@ def test_a_read_slice_model_skips_an_all_nan_scan(tmp_path):
 def test_a_nii_gz_that_unpacks_past_the_cap_is_refused_before_it_is_held(monkeypatch):
     import gzip
 
-    from perceiver_cli.data import akoa
+    from perceiver_cli.data import nifti as akoa  # the NIfTI helpers akoa and knee-seg share
     from perceiver_cli.data.files import Unreadable
 
     monkeypatch.setattr(akoa, "MAX_FILE_BYTES", 1000)  # 1000 bytes stand for the 2 GB

@@ -13,16 +13,17 @@ PACKAGE = Path(perceiver_cli.__file__).parent
 
 # The layers, bottom first: a module's first name under perceiver_cli -> what it may import besides
 # itself (a package imports its own modules freely).
-BASE = {"errors", "atomic", "console", "recipe"}  # small modules everything may use
-BELOW_COMMANDS = BASE | {"model", "data", "tasks", "runs", "engine"}
+BASE = {"errors", "atomic", "console", "section"}  # small modules everything may use
+BELOW_COMMANDS = BASE | {"recipe", "model", "data", "tasks", "runs", "engine"}
 COMMANDS = {"attention", "evaluate", "predict", "export", "report", "bench"}
 ALLOWED = {
-    "errors": set(), "console": set(), "atomic": {"errors"}, "recipe": {"errors"},
+    "errors": set(), "console": set(), "atomic": {"errors"}, "section": set(),
     "model": {"errors"},
     "data": BASE,
     "tasks": BASE | {"model", "data"},
-    "runs": BASE | {"model", "data", "tasks"},
-    "engine": BASE | {"model", "data", "tasks", "runs"},
+    "recipe": {"errors", "section", "tasks"},  # each task's own `task:` section lives in its file
+    "runs": BASE | {"recipe", "model", "data", "tasks"},
+    "engine": BASE | {"recipe", "model", "data", "tasks", "runs"},
     **{command: BELOW_COMMANDS for command in COMMANDS},
     "seeds": BELOW_COMMANDS | {"evaluate"},  # trains runs and evaluates each
     "cli": BELOW_COMMANDS | COMMANDS | {"seeds", "__init__"},  # only the CLI imports the commands' modules

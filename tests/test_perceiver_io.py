@@ -29,12 +29,8 @@ from perceiver_cli.recipe import (
 )
 from perceiver_cli.runs import checkpoint
 from perceiver_cli.runs.trained import build_trained_model
-from perceiver_cli.tasks.segment import (
-    SegmentTask,
-    confusion_counts,
-    dice_and_iou,
-    mean_foreground,
-)
+from perceiver_cli.tasks.masks import confusion_counts, dice_and_iou, mean_foreground
+from perceiver_cli.tasks.segment import SegmentTask
 
 IMAGE = {"kind": "image", "shape": [8, 8, 3]}
 ENCODER = ("adapter.", "latents", "cross_blocks.", "latent_blocks.")
@@ -414,7 +410,7 @@ def test_the_segmentation_loss_of_a_batch_is_the_mean_of_its_parts(dice_weight, 
 
 
 def test_largest_components_keeps_one_region_per_class_and_clears_only_that_class():
-    from perceiver_cli.tasks.segment import largest_components
+    from perceiver_cli.tasks.masks import largest_components
 
     mask = np.zeros((1, 8, 8), np.uint8)
     mask[0, 0:3, 0:3] = 1  # the bone: 9 pixels

@@ -206,7 +206,7 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
 
     # and one label volume on the scan's own grid and affine, each slice's mask in its place
     import nibabel as nib
-    from perceiver_cli.data.akoa import _load_nifti
+    from perceiver_cli.data.nifti import load_nifti as _load_nifti
 
     scan, labels = nib.load(volume), nib.load(whole["mask_file"])
     assert labels.shape == scan.shape and np.allclose(labels.affine, scan.affine) and labels.get_data_dtype() == np.uint8
@@ -219,7 +219,7 @@ def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
     assert abs(sum(rows[0]["shares"].values()) - 1) < 1e-6 and "mask" in result.stdout
 
     # the bones' stray islands cleaned: each mask is the plain one with only its largest label_1 region kept
-    from perceiver_cli.tasks.segment import largest_components
+    from perceiver_cli.tasks.masks import largest_components
 
     result = cli("predict", "runs/seg", volume, "--masks", "clean", "--json", "clean.json", "--largest-component", "label_1")
     assert result.exit_code == 0, result.output
@@ -284,7 +284,7 @@ def test_a_label_volume_goes_back_onto_the_scans_own_voxels(tmp_path, axcodes, a
     import gzip
 
     import nibabel as nib
-    from perceiver_cli.data.akoa import labels_nifti, nifti_image, oriented
+    from perceiver_cli.data.nifti import labels_nifti, nifti_image, oriented
 
     voxels = np.random.default_rng(0).integers(0, 10, (6, 7, 8)).astype(np.int16)
     image = nifti_image(save_nifti(voxels, tmp_path / "scan.nii.gz", axcodes).read_bytes(), True)

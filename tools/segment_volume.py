@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_cli.data.akoa import _load_nifti, _resize, _to_uint8
+from perceiver_cli.data.nifti import load_nifti, resize, to_uint8
 from perceiver_cli.engine.runtime import InputTransform, autocast, resolve_device, use_bf16
-from perceiver_cli.evaluate.segment import plot_overlays
+from perceiver_cli.runs.files import save_figure
+from perceiver_cli.tasks.segment_eval import plot_overlays
 from perceiver_cli.runs.trained import load_trained
 
 
@@ -35,15 +36,15 @@ def main() -> None:
     state = loaded.state
     height, width, _ = state["input_spec"]["shape"]
     path = Path(args.volume)
-    volume = _load_nifti(path.read_bytes(), path.name.lower().endswith(".gz"), None)  # slices, superior-first rows
+    volume = load_nifti(path.read_bytes(), path.name.lower().endswith(".gz"), None)  # slices, superior-first rows
     chosen = [int(i) for i in np.linspace(0.2 * (len(volume) - 1), 0.8 * (len(volume) - 1), args.slices).round()]
-    x = np.stack([_resize(s, (height, width)) for s in _to_uint8(volume, chosen)])[..., None]
+    x = np.stack([resize(s, (height, width)) for s in to_uint8(volume, chosen)])[..., None]
     transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
     with torch.no_grad(), autocast(device, use_bf16(recipe.train.precision, device)):
         predicted = model(transform(torch.from_numpy(x).to(device))).float().argmax(-1).to(torch.uint8).cpu().numpy()
     shares = np.bincount(predicted.reshape(-1), minlength=len(state["classes"])) / predicted.size
-    plot_overlays(x, None, predicted, state["classes"], f"{path.name}: slices {chosen}", Path(args.out),
-                  samples=list(range(len(chosen))))
+    save_figure(plot_overlays(x, None, predicted, state["classes"], f"{path.name}: slices {chosen}",
+                              samples=list(range(len(chosen)))), Path(args.out), dpi=80)
     print(f"wrote {args.out}; predicted share per label: "
           + ", ".join(f"{name} {share:.2%}" for name, share in zip(state["classes"], shares)))
 

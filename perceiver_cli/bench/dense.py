@@ -10,12 +10,15 @@ as memory.py does.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..model.perceiver_io import DensePerceiver, MaskedPerceiver
+from ..tasks import get_task
+from ..tasks.masked import FixedMask
 from . import krasserm, memory
 
 
@@ -31,37 +34,20 @@ class ClassesFirst(nn.Module):
         return self.model(x).permute(0, 3, 1, 2)
 
 
-class FixedMask(nn.Module):
-    """A MaskedPerceiver with each sample's visible and hidden patches drawn once (seeded), as the
-    task draws them per batch: forward(x) then is the training forward, B H W C -> B Q (p p C)."""
-
-    def __init__(self, model: MaskedPerceiver, input_spec: dict, mask_ratio: float, batch: int):
-        super().__init__()
-        height, width, _ = input_spec["shape"]
-        patches = (height // model.patch) * (width // model.patch)
-        visible = max(1, patches - round(patches * mask_ratio))
-        order = torch.rand(batch, patches, generator=torch.Generator().manual_seed(0)).argsort(1)
-        self.model = model
-        self.register_buffer("visible", order[:, :visible].sort(1).values, persistent=False)
-        self.register_buffer("hidden", order[:, visible:].sort(1).values, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.visible, self.hidden)
-
-
 def make_model(which: str, config, task, input_spec: dict, classes: int, checkpointing: bool = False,
                batch: int = 1) -> nn.Module:
-    """Ours or krasserm's per-pixel model (B H W C -> B H W K), or ours masked (FixedMask), seeded the same way."""
+    """Ours as its task builds it (per-pixel: B H W C -> B H W K; masked: with one fixed draw of hidden
+    patches, Task.bench_module), or krasserm's per-pixel model, seeded the same way."""
     torch.manual_seed(0)
-    if task.name == "masked_image":
-        model = MaskedPerceiver(config, input_spec)
-        model.activation_checkpointing = checkpointing
-        return FixedMask(model, input_spec, task.mask_ratio, batch)
     if which == "krasserm":
         return krasserm.build(config, task, input_spec, classes)
-    model = DensePerceiver(config, input_spec, classes, task.output_stride, task.query_pixels, task.query_context)
+    recipe = SimpleNamespace(model=config, task=task)
+    dataset = SimpleNamespace(name="bench", input_spec=input_spec, classes=[str(i) for i in range(classes)],
+                              target={"kind": "mask"})
+    built = get_task(task.name)(recipe, dataset, None)
+    model = built.build_model()
     model.activation_checkpointing = checkpointing
-    return model
+    return built.bench_module(model, batch)
 
 
 def masks(input_spec: dict, batch: int, device: torch.device) -> torch.Tensor:
@@ -111,12 +97,12 @@ def peak_memory_in_fresh_process(spec: dict) -> int | str:
 
 def _measure(spec: dict) -> int | str:
     from ..engine.optim import build_optimizer
-    from ..recipe import ModelConfig, OptimConfig, TaskConfig
+    from ..recipe import ModelConfig, OptimConfig
     from .measure import make_step, synthetic_batch
 
     torch.set_num_threads(1)  # memory does not depend on threads; leave the cores to the parent
     device = torch.device("cpu")
-    model = make_model(spec["which"], ModelConfig(**spec["model"]), TaskConfig(**spec["task"]), spec["input_spec"],
+    model = make_model(spec["which"], ModelConfig(**spec["model"]), get_task(spec["task"]["name"]).Config(**spec["task"]), spec["input_spec"],
                        spec["classes"], spec.get("checkpointing", False), spec["batch"])
     optimizer = build_optimizer(model, OptimConfig(name="adamw"), device)
     x = synthetic_batch(spec["input_spec"], spec["batch"], device)

@@ -7,11 +7,14 @@ through /proc/self/clear_refs) above what was resident before the steps.
 
 from __future__ import annotations
 
+import math
+
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..engine.runtime import autocast
@@ -199,3 +202,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> f
             a @ b
         best = min(best, timer.seconds)
     return 2 * size**3 / best
+
+
+def growth_exponent(tokens: list[float], seconds: list[float]) -> float:
+    """Slope of log(seconds) against log(tokens)."""
+    slope, _ = np.polyfit(np.log(tokens), np.log(seconds), 1)
+    return float(slope) if math.isfinite(slope) else float("nan")

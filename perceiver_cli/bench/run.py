@@ -8,7 +8,6 @@ Every figure goes into one JSON document (returned, and written with --json) wit
 
 from __future__ import annotations
 
-import math
 import platform
 import re
 import time
@@ -28,9 +27,11 @@ from ..engine.runtime import (
 )
 from ..errors import UserError
 from ..model import count_parameters
+from ..tasks import TASKS, get_task
 from . import dense, krasserm, lucidrains
 from .flops import Flops, forward_flops
 from .measure import (
+    growth_exponent,
     StepTimes,
     datasheet_peak,
     make_model,
@@ -55,8 +56,6 @@ KNOWN_INPUTS = {
 }
 # knee-seg: the OAI label maps' values 0-9 (prepare knee-seg's default --size 128 128)
 KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "modelnet40": 40, "akoa": 2, "knee-seg": 10}
-# what each --compare measures against ours: the task of the recipes it takes
-COMPARE_TASKS = {"lucidrains": "classify", "krasserm": "segment"}
 IMAGE_SWEEP = (32, 64, 128, 256)  # 1k -> 64k pixels
 POINT_SWEEP = (1024, 4096, 16384, 65536)
 
@@ -150,7 +149,7 @@ class _Subject:
         from ..recipe import OptimConfig
 
         self.which, self.config, self.spec, self.classes, self.batch, self.bf16 = which, model_config, spec, classes, batch, bf16
-        self.task = task if task is not None and task.name in ("segment", "masked_image") else None
+        self.task = task if task is not None and get_task(task.name).bench_dense else None
         ours = which == "ours" and train_config is not None  # theirs runs as its users run it
         self.checkpointing = ours and train_config.activation_checkpointing
         if self.task is None:
@@ -212,21 +211,19 @@ class _Subject:
 
 
 def check_compare(recipe, compare: str | None) -> None:
-    """Refuse a --compare that does not fit the recipe's task, before anything is measured."""
+    """Refuse a --compare that does not fit the recipe's task (Task.compare_with), before anything is measured."""
     if compare is None:
         return
-    task = recipe.task.name
-    if compare not in COMPARE_TASKS:
-        raise UserError(f"--compare {compare!r}: only lucidrains (classify recipes) and krasserm (segment recipes) are supported")
-    if task == "classify" and compare != "lucidrains":
-        raise UserError(f"--compare {compare!r}: only lucidrains is supported for task.name=classify; {compare} is "
-                        f"compared on {COMPARE_TASKS[compare]} recipes, e.g. recipes/knee_seg.yaml")
-    if task == "segment" and compare != "krasserm":
-        raise UserError(f"--compare {compare!r}: lucidrains/perceiver-pytorch has only a classifier, and this recipe's "
-                        f"task.name is segment: compare it with --compare krasserm (a per-pixel Perceiver IO decoder)")
-    if task not in COMPARE_TASKS.values():
-        raise UserError(f"--compare {compare!r}: compares classify recipes (lucidrains) and segment recipes (krasserm); "
-                        f"this recipe's task.name is {task}")
+    task = get_task(recipe.task.name)
+    peers = {t.compare_with: t.name for t in TASKS.values() if t.compare_with}
+    if compare not in peers:
+        raise UserError(f"--compare {compare!r}: the peers are " + ", ".join(f"{peer} (task.name={name} recipes)"
+                                                                           for peer, name in peers.items()))
+    if task.compare_with != compare:
+        hint = f": compare it with --compare {task.compare_with}" if task.compare_with else \
+            f"; a {task.name} run has no peer to compare with"
+        raise UserError(f"--compare {compare!r} measures task.name={peers[compare]} recipes, and this recipe's task.name "
+                        f"is {task.name}{hint}")
     if compare == "krasserm":
         krasserm.check_available()
 
@@ -237,6 +234,9 @@ def run_bench(recipe, options: BenchOptions) -> dict:
     if device.type == "cpu":
         keep_freed_memory()
     bf16 = use_bf16(options.dtype or recipe.train.precision, device)
+    if get_task(recipe.task.name).bench_bytes:  # a byte-stream model: windows, generation, the context sweep
+        from .ar import run_ar_bench
+        return run_ar_bench(recipe, options, device, bf16, environment(device, bf16))
     spec, classes = input_spec_for(recipe, options.input_size)
     batch = options.batch or recipe.train.batch_size
     modes = ["train", "infer"] if options.mode == "both" else [options.mode]
@@ -371,9 +371,3 @@ def compare(recipe, spec: dict, classes: int, batch: int, device, bf16: bool, op
         "speedup": round(times[other].median / times["ours"].median, 3),
     }
     return result
-
-
-def growth_exponent(tokens: list[float], seconds: list[float]) -> float:
-    """Slope of log(seconds) against log(tokens)."""
-    slope, _ = np.polyfit(np.log(tokens), np.log(seconds), 1)
-    return float(slope) if math.isfinite(slope) else float("nan")

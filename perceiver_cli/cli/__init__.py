@@ -1,5 +1,5 @@
 """The `perceiver` command: global options and one subcommand per module here (prepare, train, eval,
-attention, report, bench, predict, export). Each parses options, calls one library function and prints through
+attention, report, bench, predict, export, generate). Each parses options, calls one library function and prints through
 tables.py; no logic lives here. A user's mistake is one line on stderr and exit code 2 (errors.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..console import console, set_quiet
-from . import attention, bench, export, predict, prepare, report, seeds, train
+from . import attention, bench, export, generate, predict, prepare, report, seeds, train
 from .errors import OneLineUsageErrors, set_debug
 from .eval import eval_command
 
@@ -61,6 +61,7 @@ app.command("bench")(bench.bench)
 app.command("seeds")(seeds.seeds_command)
 app.command("export")(export.export_command)
 app.command("predict")(predict.predict_command)
+app.command("generate")(generate.generate_command)
 
 
 def main():

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from ..console import console
-from ..errors import UserError
 from . import tables
 from .errors import user_errors
 from .options import Device, check_writable
@@ -31,15 +30,15 @@ class Dtype(str, Enum):
 def bench(
     recipe: Optional[str] = typer.Argument(None, help="Recipe whose model is measured.  \\[default: recipes/digits.yaml]"),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set model.num_latents=256 (repeatable)."),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input size: HEIGHTxWIDTH for images, N for points/sequences.  \\[default: the recipe's data]"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input size: HEIGHTxWIDTH for images, N for points/sequences, the window in bytes for causal_lm.  \\[default: the recipe's data]"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Samples per step.  \\[default: train.batch_size]"),
     steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first."),
     mode: BenchMode = typer.Option(BenchMode.both, "--mode", help="Training steps (forward, backward, optimizer), inference forwards, or both."),
     device: Device = typer.Option(Device.auto, "--device", help="Device to measure on."),
     dtype: Optional[Dtype] = typer.Option(None, "--dtype", help="Precision.  \\[default: the recipe's train.precision, auto]"),
-    sweep_sizes: bool = typer.Option(False, "--sweep", help="Also scale the input (images 32² → 256², points 1k → 64k) and fit how time grows."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="Measure another implementation at the same architecture, in turns: lucidrains (classify recipes; pip install perceiver-pytorch) or krasserm (segment recipes: krasserm's perceiver-io with a per-pixel decoder; see README for its install)."),
+    sweep_sizes: bool = typer.Option(False, "--sweep", help="Also scale the input (images 32² → 256², points 1k → 64k, a causal_lm window 1k → 64k bytes) and fit how time grows."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Measure another implementation at the same architecture, in turns: lucidrains (classify recipes; pip install perceiver-pytorch), krasserm (segment recipes: krasserm's perceiver-io with a per-pixel decoder; see README for its install) or perceiver-ar (causal_lm recipes; pip install perceiver-ar-pytorch)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure, with the environment, to this JSON file."),
 ):
     """Throughput, step-time spread, peak memory, FLOPs and MFU of a recipe's model on synthetic inputs."""
@@ -53,7 +52,9 @@ def bench(
     document = run_bench(loaded, BenchOptions(input_size=input_size, batch=batch, steps=steps, warmup=warmup, mode=mode.value,
                                               device=device.value, dtype=dtype.value if dtype else None,
                                               sweep=sweep_sizes, compare=compare))
-    if document.get("compare", {}).get("with") == "krasserm":
+    if document["input"].get("kind") == "bytes":
+        tables.ar_bench(document)
+    elif document.get("compare", {}).get("with") == "krasserm":
         tables.bench({key: value for key, value in document.items() if key != "compare"})
         _krasserm_table(document)
     else:

@@ -212,6 +212,24 @@ def knee_seg(
     _prepare("knee-seg", None, out, seed=seed, kneeseg=options)
 
 
+@app.command("text", cls=DatasetCommand)
+@user_errors("prepare")
+def text(
+    source: Optional[Path] = typer.Option(None, "--from", help="A text file, or a folder or zip of them.  \\[default: the Python standard library's own .py files]"),
+    out: Out = None,
+    glob: str = typer.Option("*", "--glob", help="Read the files whose names match this pattern, e.g. '*.txt'.  \\[default: every file; *.py for the standard library]"),
+    split: Optional[str] = typer.Option(None, "--split", help="Shares of train,val,test by bytes, whole files at a time (a single file: cut in order).  \\[default: 0.9,0.05,0.05]"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split by file."),
+):
+    """Text as bytes for causal_lm: one byte stream per split, split by file, the files' boundaries in the manifest."""
+    from ..data.text import TextOptions
+
+    options = TextOptions(glob=glob, seed=seed)
+    if split is not None:
+        options.split = parse_split(split)
+    _prepare("text", source, out, text=options)
+
+
 @app.command(IMAGE_FOLDER, cls=DatasetCommand)
 @user_errors("prepare")
 def image_folder(

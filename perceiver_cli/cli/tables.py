@@ -9,6 +9,7 @@ import numpy as np
 from rich.table import Table
 
 from ..console import console, err_console, info, visible as v
+from ..tasks import Shown, get_task
 
 
 def prepared(result, out: Path, seconds: float) -> None:
@@ -64,65 +65,20 @@ def trained(result) -> None:
     info(f"next: perceiver eval {v(result.run_dir)}")
 
 
+def shown(result: Shown) -> None:
+    """A task's sentence and tables (tasks/base.Shown)."""
+    console.print(result.line, highlight=False)
+    for title, columns, rows in result.tables:
+        table = Table(title=title, header_style="bold")
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        info(table)
+
+
 def evaluation(result) -> None:
-    report = result.report
-    if report.get("task") == "segment":
-        return segmentation(result)
-    if report.get("task") == "masked_image":
-        return reconstruction(result)
-    loss = report["loss"]
-    shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
-    console.print(
-        f"[bold]{v(report['evaluated_on'])}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
-        f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint"
-        + (" · each image averaged with its mirror (--no-flip-average to turn off)" if report.get("flip_averaged") else ""),
-        highlight=False,
-    )
-    per_class = Table(title="per class", header_style="bold")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    for row in report["per_class"]:
-        per_class.add_row(v(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
-    info(per_class)
-    classes = [row["class"] for row in report["per_class"]]
-    if len(classes) <= 20:
-        matrix = Table(title="confusion matrix (rows: true, columns: predicted)", header_style="bold")
-        matrix.add_column("")
-        for name in classes:
-            matrix.add_column(v(name[:6]), justify="right")
-        for name, counts in zip(classes, report["confusion_matrix"]):
-            matrix.add_row(v(name), *map(str, counts))
-        info(matrix)
-    info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
-
-
-def segmentation(result) -> None:
-    report = result.report
-    console.print(
-        f"[bold]{v(report['evaluated_on'])}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
-        f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
-        f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint"
-        + (f" · only the largest region of {', '.join(report['largest_component'])} kept per slice"
-           if report.get("largest_component") else ""), highlight=False)
-    per_class = Table(title="per class", header_style="bold")
-    for column in ("class", "Dice", "IoU", "pixels", "predicted"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    figure = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731  NaN: neither present nor predicted
-    for row in report["per_class"]:
-        per_class.add_row(v(row["class"]), figure(row["dice"]), figure(row["iou"]), f"{row['pixels']:,}",
-                          f"{row['predicted_pixels']:,}")
-    info(per_class)
-    info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
-
-
-def reconstruction(result) -> None:
-    report = result.report
-    ratio = report["loss_over_baseline"]
-    console.print(
-        f"[bold]{v(report['evaluated_on'])}[/]: reconstruction loss [bold]{report['loss']:.4f}[/] on the hidden "
-        f"{report['mask_ratio']:.0%} of the patches · patch-mean baseline {report['baseline_loss']:.4f}"
-        + (f" ({ratio:.2f}× of it)" if ratio is not None else "")
-        + f" · {report['samples']:,} samples · epoch {report['epoch']} checkpoint", highlight=False)
+    shown(get_task(result.report["task"]).show_evaluation(result.report))
     info(f"wrote {v(result.json_path)} and {v(result.png_path)}")
 
 
@@ -130,7 +86,7 @@ SHOWN_ROWS = 50  # a table longer than this is cut; the --json / --csv files hol
 
 
 def predictions(result) -> None:
-    segment = result.task == "segment"
+    segment = get_task(result.task).writes_masks  # per-pixel answers: class shares and a mask file per input
     samples = [row for row in result.rows if "slices" not in row]
     volumes = [row for row in result.rows if "slices" in row]
     table = Table(title=f"{v(result.target)}: {len(samples):,} prediction(s)", header_style="bold")
@@ -199,9 +155,10 @@ def report(result, formulas: dict) -> None:
         table.add_column(run.name, justify="right")
     pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    dice = any(run.summary.get("best_val_dice") is not None for run in result.runs)
-    rows = ((("best val Dice", "best_val_dice", num), ("at epoch", "best_dice_epoch", str),
-             ("test mean Dice (eval)", "test_mean_dice", num)) if dice else ()) + (
+    figures = {run.task.report_figure for run in result.runs if getattr(run.task, "report_figure", None)}
+    rows = tuple(row for key, label, eval_key in sorted(figures)
+                 for row in ((f"best val {label}", f"best_{key}", num), ("at epoch", f"best_{key}_epoch", str),
+                             (f"test {label} (eval)", f"test_{eval_key}", num))) + (
             ("best val accuracy", "best_val_accuracy", pct), ("at epoch", "best_epoch", str),
             ("test accuracy (eval)", "test_accuracy", pct), ("min train loss", "min_train_loss", num),
             ("min val loss", "min_val_loss", num), ("overfitting", "overfitting", num),
@@ -209,7 +166,7 @@ def report(result, formulas: dict) -> None:
             ("convergence", "convergence", num), ("improvement", "improvement", num), ("epochs", "epochs", str),
             ("wall time", "wall_time_s", lambda v: f"{v:.0f} s"))
     for label, key, fmt in rows:
-        table.add_row(label, *(fmt(run.summary[key]) if run.summary[key] is not None else "-" for run in result.runs))
+        table.add_row(label, *(fmt(run.summary[key]) if run.summary.get(key) is not None else "-" for run in result.runs))
     console.print(table)
     for name, formula in formulas.items():
         info(f"  {name} = {formula}", highlight=False)
@@ -222,6 +179,50 @@ def _memory_text(value) -> str:
 
 def _percent(value) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+def ar_bench(document: dict) -> None:
+    """bench of a byte-stream model (bench/ar.py)."""
+    env, inp = document["environment"], document["input"]
+    console.print(f"{env['device']} · {env['dtype']} · {env['threads']} threads · torch {env['torch']} · window "
+                  f"{inp['context']:,} bytes, {inp['latents']} latents · batch {document['batch']} · "
+                  f"{document['parameters']:,} parameters", highlight=False, soft_wrap=True)
+    table = Table(title="step time", header_style="bold")
+    for column in ("mode", "median", "p10", "p90", "windows/s", "target bytes/s", "peak memory"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, r in document["results"].items():
+        table.add_row(mode, f"{r['median_s'] * 1000:.1f} ms", f"{r['p10_s'] * 1000:.1f} ms", f"{r['p90_s'] * 1000:.1f} ms",
+                      f"{r['samples_per_s']:,.1f}", f"{r['target_bytes_per_s']:,.0f}", _memory_text(r["peak_memory_mb"]))
+    console.print(table)
+    g = document["generation"]
+    console.print(f"generation after a full window: cached {g['cached_bytes_per_s']:,.1f} bytes/s, recomputed "
+                  f"{g['uncached_bytes_per_s']:,.1f} bytes/s ({g['speedup']:.1f}x)", highlight=False)
+    if "sweep" in document:
+        sweep = Table(title="training step as the window grows", header_style="bold")
+        for column in ("context", "median", "target bytes/s", "peak memory"):
+            sweep.add_column(column, justify="right")
+        for r in document["sweep"]["rows"]:
+            if "error" in r:
+                sweep.add_row(f"{r['context']:,}", r["error"], "-", "-")
+            else:
+                sweep.add_row(f"{r['context']:,}", f"{r['median_s'] * 1000:.1f} ms", f"{r['target_bytes_per_s']:,.0f}",
+                              _memory_text(r["peak_memory_mb"]))
+        console.print(sweep)
+        console.print(f"growth exponent (time ~ context^k): k = {document['sweep']['growth_exponent']}", highlight=False)
+    if "compare" in document:
+        c = document["compare"]
+        p = c["parameters"]
+        console.print(f"parameters: ours {p['ours']:,} · perceiver-ar {p['perceiver-ar']:,}", highlight=False)
+        versus = Table(title=f"vs lucidrains/perceiver-ar-pytorch, same architecture and window, {env['dtype']}",
+                       header_style="bold")
+        for column in ("mode", "ours", "perceiver-ar", "speedup", "ours memory", "perceiver-ar memory", "memory ratio"):
+            versus.add_column(column, justify="left" if column == "mode" else "right")
+        for mode, pair in c["same_dtype"].items():
+            ratio = c["memory_ratio"][mode]
+            versus.add_row(mode, f"{pair['ours']['median_s'] * 1000:.1f} ms", f"{pair['perceiver-ar']['median_s'] * 1000:.1f} ms",
+                           f"{c['speedup'][mode]:.2f}x", _memory_text(pair["ours"]["peak_memory_mb"]),
+                           _memory_text(pair["perceiver-ar"]["peak_memory_mb"]), "-" if ratio is None else f"{ratio:.2f}")
+        console.print(versus)
 
 
 def bench(document: dict) -> None:

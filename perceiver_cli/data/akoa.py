@@ -20,25 +20,22 @@ volume (seed 002's looser split), filling the splits greedily towards their shar
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..console import track
 from ..errors import UserError
-from .files import MAX_FILE_BYTES, Unreadable, is_hidden, open_source, skipped_example
+from .files import Unreadable, is_hidden, open_source, skipped_example
 from .imagefolder import bomb_reason, open_image
 from .memory import check_image_size
+from .nifti import NIFTI_SUFFIXES, load_nifti, resize, to_uint8
 from .prepared import PreparedDataset, Split, check_seed, split_stats
+from .splits import SPLIT_NAMES, patients_in_several_splits, split_groups
 
-SPLIT_NAMES = ("train", "val", "test")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # AKOA naming: OAI<patient>_<visit>_..._<LEFT|RIGHT>.nii.gz[_idx_<slice>.png]
 AKOA_PATIENT = re.compile(r"OAI(\d+)", re.IGNORECASE)
 AKOA_VISIT = re.compile(r"(?:^|_)(baseline|\d+_years?|\d+_months?)(?=[_.]|$)", re.IGNORECASE)
@@ -225,8 +222,8 @@ def _read_file(path: str, data: bytes, options: AkoaOptions) -> list[tuple[int |
     if _kind(path) == "png":
         with open_image(data) as img:
             img.load()
-            return [(None, _resize(np.asarray(img.convert("L")), options.size))]
-    return slice_volume(_load_nifti(data, path.lower().endswith(".gz"), options.axis), options)
+            return [(None, resize(np.asarray(img.convert("L")), options.size))]
+    return slice_volume(load_nifti(data, path.lower().endswith(".gz"), options.axis), options)
 
 
 def slice_volume(volume: np.ndarray, options: AkoaOptions) -> list[tuple[int, np.ndarray]]:
@@ -235,125 +232,5 @@ def slice_volume(volume: np.ndarray, options: AkoaOptions) -> list[tuple[int, np
     count = volume.shape[0]
     chosen = range(count) if options.slices is None or options.slices >= count else \
         np.unique(np.linspace(0, count - 1, options.slices).round().astype(int))
-    scaled = _to_uint8(volume, [int(i) for i in chosen])
-    return [(int(i), _resize(image, options.size)) for i, image in zip(chosen, scaled)]
-
-
-def _load_nifti(data: bytes, compressed: bool, axis: int | None) -> np.ndarray:
-    """The volume as (slices, rows, columns): sagittal slices shown superior up, anterior left;
-    or, with a forced axis, the stored voxels cut along it as they are."""
-    return oriented(nifti_image(data, compressed), axis)
-
-
-def nifti_image(data: bytes, compressed: bool):
-    """A NIfTI-1 or -2 image of one 3D volume from its file's bytes (its voxels read when asked)."""
-    import nibabel as nib
-
-    raw = gunzip(data) if compressed else data
-    image = nib.Nifti1Image.from_bytes(raw) if raw[344:348] in (b"n+1\x00", b"ni1\x00") else nib.Nifti2Image.from_bytes(raw)
-    if image.ndim != 3 and not (image.ndim == 4 and image.shape[3] == 1):
-        raise ValueError(f"expected a 3D volume, got shape {image.shape}")
-    return image
-
-
-def gunzip(data: bytes) -> bytes:
-    """A .gz file's bytes unpacked, refused beyond MAX_FILE_BYTES (a few MB of zeros unpack to GBs)."""
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
-        raw = fh.read(MAX_FILE_BYTES + 1)
-    if len(raw) > MAX_FILE_BYTES:
-        raise Unreadable(f"unpacks to more than {MAX_FILE_BYTES / 1e9:.1f} GB, more than one input may be; "
-                         f"not read: check that it is the scan you meant")
-    return raw
-
-
-def oriented(image, axis: int | None) -> np.ndarray:
-    """_load_nifti's (slices, rows, columns) of a NIfTI image; labels_nifti undoes it."""
-    import nibabel as nib
-
-    if axis is not None:
-        return np.moveaxis(np.asanyarray(image.dataobj).reshape(image.shape[:3]), axis, 0)
-    canonical = nib.as_closest_canonical(image)  # voxel axes become R, A, S
-    volume = np.asanyarray(canonical.dataobj).reshape(canonical.shape[:3])  # x (left->right), y (post->ant), z (inf->sup)
-    return volume.transpose(0, 2, 1)[:, ::-1, ::-1]  # slice, superior->inferior, anterior->posterior
-
-
-def labels_nifti(labels: np.ndarray, affine: np.ndarray, axis: int | None) -> bytes:
-    """A uint8 label volume on the voxel grid and affine of the image it was predicted for, from
-    labels laid out as oriented(image, axis) lays out its voxels (slices, rows, columns): a
-    .nii.gz's bytes, so that a viewer shows it over the scan."""
-    import nibabel as nib
-
-    labels = np.asarray(labels, dtype=np.uint8)
-    if axis is not None:
-        voxels = np.moveaxis(labels, 0, axis)
-    else:
-        canonical = labels[:, ::-1, ::-1].transpose(0, 2, 1)  # back to R, A, S voxel axes
-        to_stored = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
-                                                    nib.orientations.io_orientation(affine))
-        voxels = nib.orientations.apply_orientation(canonical, to_stored)
-    out = nib.Nifti1Image(np.ascontiguousarray(voxels), affine)
-    out.set_data_dtype(np.uint8)
-    return gzip.compress(out.to_bytes(), compresslevel=6)
-
-
-def _to_uint8(volume: np.ndarray, chosen: list[int]) -> list[np.ndarray]:
-    """Per-volume intensity window: clip at the 0.5/99.5 percentiles (of a strided sample of
-    voxels, which is plenty for a percentile and 10x cheaper) and scale to 0..255."""
-    sample = np.asarray(volume[:: max(1, volume.shape[0] // 16)], dtype=np.float32).ravel()
-    sample = sample[np.isfinite(sample)]  # one NaN would make every percentile NaN, and the scan black
-    if not sample.size:
-        sample = np.asarray(volume, dtype=np.float32)[np.isfinite(volume)]
-        if not sample.size:
-            raise Unreadable("holds no finite intensity (every voxel is NaN or infinite); check the scan")
-    low, high = np.percentile(sample, [0.5, 99.5])
-    if not high > low:
-        high = low + 1.0
-    # NaN voxels are black; infinities clip to the window's ends
-    return [np.round(np.nan_to_num(np.clip((np.asarray(volume[i], dtype=np.float32) - low) / (high - low), 0, 1)) * 255)
-            .astype(np.uint8) for i in chosen]
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if image.shape == tuple(size):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size[1], size[0]), Image.Resampling.BILINEAR))
-
-
-# --- the split -----------------------------------------------------------------------------------
-
-def split_groups(groups: list[str], labels: np.ndarray, num_classes: int, shares, seed: int,
-                 fix: str = "add data, change --split, or use --split-by volume") -> np.ndarray:
-    """Split index (0 train, 1 val, 2 test) per sample, whole groups at a time.
-
-    Groups go largest first (ties in a seeded random order) to the split that still needs the
-    largest share of the group's classes, so every split approaches its share of every class."""
-    keys = sorted(set(groups))
-    index_of = {key: i for i, key in enumerate(keys)}
-    group_of = np.array([index_of[g] for g in groups])
-    counts = np.zeros((len(keys), num_classes))
-    np.add.at(counts, (group_of, labels), 1)
-    shares = np.asarray(shares, dtype=np.float64)
-    target = shares[:, None] * counts.sum(0)[None, :]  # split x class
-    assigned = np.zeros_like(target)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
-    split_of_group = np.zeros(len(keys), dtype=np.int64)
-    for g in order:
-        need = ((target - assigned) * counts[g][None, :]).sum(1) / counts[g].sum()
-        need[shares == 0] = -np.inf
-        split_of_group[g] = int(np.argmax(need))
-        assigned[split_of_group[g]] += counts[g]
-    empty = [SPLIT_NAMES[s] for s in range(3) if shares[s] > 0 and not (split_of_group == s).any()]
-    if empty:
-        raise UserError(f"only {len(keys)} groups to split: the {', '.join(empty)} split would be empty; {fix}")
-    return split_of_group[group_of]
-
-
-def patients_in_several_splits(splits: dict[str, Split]) -> set[str]:
-    seen: dict[str, str] = {}
-    overlap = set()
-    for name, split in splits.items():
-        for patient in split.extra["patients"]:
-            if seen.setdefault(patient, name) != name:
-                overlap.add(patient)
-    return overlap
+    scaled = to_uint8(volume, [int(i) for i in chosen])
+    return [(int(i), resize(image, options.size)) for i, image in zip(chosen, scaled)]

@@ -142,7 +142,8 @@ class ImageReader:
 
     def _slices(self, name: str, data: bytes) -> list[Sample]:
         """As `prepare akoa` reads a file: a PNG slice, or a volume's slices (its orientation and window)."""
-        from .akoa import AkoaOptions, _read_file, nifti_image, oriented, slice_volume
+        from .akoa import AkoaOptions, _read_file, slice_volume
+        from .nifti import nifti_image, oriented
 
         options = AkoaOptions(slices=self.slices, axis=self.axis, size=self.size)
         is_volume = kind_of(name) == "volume"
@@ -169,7 +170,7 @@ class ImageReader:
 
 @dataclass
 class VolumeGeometry:
-    """Where a volume's slices came from: enough to write a label volume over the scan (akoa.labels_nifti)."""
+    """Where a volume's slices came from: enough to write a label volume over the scan (nifti.labels_nifti)."""
     affine: np.ndarray
     axis: int | None
     slices: int

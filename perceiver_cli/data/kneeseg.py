@@ -32,7 +32,9 @@ import numpy as np
 
 from ..console import track
 from ..errors import UserError
-from .akoa import NIFTI_SUFFIXES, SPLIT_NAMES, _load_nifti, _resize, _to_uint8, identify, patients_in_several_splits, split_groups
+from .akoa import identify
+from .nifti import NIFTI_SUFFIXES, load_nifti, resize, to_uint8
+from .splits import SPLIT_NAMES, patients_in_several_splits, split_groups
 from .files import Unreadable, is_hidden, open_source, skipped_example
 from .memory import check_fits, check_image_size
 from .prepared import PreparedDataset, Split, check_seed, split_stats
@@ -223,7 +225,7 @@ def _read_pair(image: str | None, label: str, patient: str, read_image, read_lab
     """The chosen slices of a label map, its image's and its synthetic images'; None for a map of background only."""
     where = Path(options.labels) / label
     try:
-        labels = _load_nifti(read_label(label), label.lower().endswith(".gz"), None)
+        labels = load_nifti(read_label(label), label.lower().endswith(".gz"), None)
     except Exception as exc:  # nibabel/gzip raise many types on corrupt files
         raise UserError(f"{where}: cannot read the label map ({_reason(exc)})") from None
     values, foreground = _scan(labels, where, options.names)
@@ -280,7 +282,7 @@ def _scan(labels: np.ndarray, where: Path, names: list[str] | None) -> tuple[np.
 def _image_slices(image: str, read_image, label_shape: tuple, label: str, chosen: list[int], options) -> np.ndarray:
     where = Path(options.images) / image
     try:
-        volume = _load_nifti(read_image(image), image.lower().endswith(".gz"), None)
+        volume = load_nifti(read_image(image), image.lower().endswith(".gz"), None)
     except Exception as exc:  # a damaged zip member (Unreadable), nibabel/gzip's many types
         raise UserError(f"{where}: cannot read the image ({_reason(exc)})") from None
     if volume.shape != label_shape:
@@ -288,10 +290,10 @@ def _image_slices(image: str, read_image, label_shape: tuple, label: str, chosen
         raise UserError(f"{Path(options.labels) / label}: label map of shape {shown(label_shape)} and its image {where} of "
                         f"shape {shown(volume.shape)} (slices x rows x columns, oriented); a map must have its image's voxel grid")
     try:
-        scaled = _to_uint8(volume, chosen)
+        scaled = to_uint8(volume, chosen)
     except Unreadable as exc:  # a scan of NaNs
         raise UserError(f"{where}: {exc}") from None
-    return np.stack([_resize(s, options.size) for s in scaled])
+    return np.stack([resize(s, options.size) for s in scaled])
 
 
 def resize_nearest(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -316,7 +318,7 @@ def _classes(volumes: list[Volume], names: list[str] | None) -> tuple[list[str],
 
 
 def _split(volumes: list[Volume], values: np.ndarray, options: KneeSegOptions) -> dict[str, Split]:
-    """Whole patients to train/val/test (akoa.split_groups over slices, all of one class)."""
+    """Whole patients to train/val/test (splits.split_groups over slices, all of one class)."""
     rows = [(volume, tag, images) for volume in volumes for tag, images in volume.images]
     groups = [volume.patient for volume, _, images in rows for _ in range(len(images))]
     assignment = split_groups(groups, np.zeros(len(groups), np.int64), 1, options.split, options.seed,

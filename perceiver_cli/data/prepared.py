@@ -3,7 +3,8 @@
 A prepared dataset is a directory:
 
     manifest.json          what is in it (documented below)
-    <split>_x.npy          inputs of one split: uint8 images (N, H, W, C), or float32 points/sequences
+    <split>_x.npy          inputs of one split: uint8 images (N, H, W, C), float32 points/sequences, or a
+                           byte stream as uint8 rows (N, ROW) end to end (text.py)
     <split>_y.npy          int64 labels (N,), or with a mask target uint8 label maps (N, H, W)
 
 manifest.json:
@@ -88,14 +89,14 @@ class SplitInfo(_Open):
     sha256: Digests
 
 
-SAMPLE_RANK = {"image": 3, "points": 2, "sequence": 2}  # H W C; points x (coords + features); length x channels
+SAMPLE_RANK = {"image": 3, "points": 2, "sequence": 2, "bytes": 1}  # H W C; points x (coords + features); length x channels; a row of a byte stream
 
 
 Size = Annotated[int, Field(ge=1, strict=True)]  # strict: "8" or 8.0 is no size
 
 
 class InputSpec(_Open):
-    kind: Literal["image", "points", "sequence"]
+    kind: Literal["image", "points", "sequence", "bytes"]
     shape: list[Size]
 
     @model_validator(mode="after")
@@ -582,7 +583,7 @@ def _check_split(root: Path, info: SplitInfo, manifest: Manifest, x: np.ndarray,
     if x.ndim < 1 or len(x) != info.count or len(y) != info.count:
         raise UserError(f"{x_path} holds {len(x) if x.ndim else 0} samples and {y_path.name} {len(y)} "
                         f"{'masks' if mask else 'labels'}, where manifest.json says {info.count}; {again}")
-    wanted = "uint8" if manifest.input.kind == "image" else "floating"
+    wanted = "uint8" if manifest.input.kind in ("image", "bytes") else "floating"
     if not np.issubdtype(x.dtype, np.uint8 if wanted == "uint8" else np.floating):
         raise UserError(f"{x_path}: {manifest.input.kind} samples must be {wanted}, found {x.dtype}; {again}")
     if list(x.shape[1:]) != manifest.input.shape:

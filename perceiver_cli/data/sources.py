@@ -2,23 +2,99 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UserError
 from . import prepared
 from .files import special_kind
 
-# What `perceiver prepare NAME` reads, and the files a user fetches when there is no network.
-SOURCES = {
-    "digits": "embedded in scikit-learn; nothing to fetch",
-    "mnist": "a folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
-    "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/), or an image folder / zip laid out <split>/<class>/*.jpg",
-    "modelnet40": "ModelNet40.zip or its extracted ModelNet40/ (<class>/{train,test}/*.off)",
-    "akoa": "a folder or zip of knee MRI volumes (.nii, .nii.gz) or AKOA PNG slices",
-    "knee-seg": "a folder of NIfTI label maps (--labels) and their MR images (--images), or --synthesize K images per map",
-}
-# any other name is read as a labelled image folder or zip
+# any name that is not a known dataset is read as a labelled image folder or zip
 IMAGE_FOLDER = "a labelled image folder or zip: <root>/<class>/*.png|jpg or <root>/<split>/<class>/*"
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A dataset `perceiver prepare NAME` knows: what it reads (for errors and help), how to prepare it
+    (for "no prepared dataset" errors), and its read function, which takes the --from path and only the
+    options of its own."""
+
+    source: str  # what --from takes, or what the reader reads without it
+    read: Callable[..., prepared.PreparedDataset]
+    needs_source: bool = True
+    how: str | None = None  # the prepare command, where `perceiver prepare NAME --from <source>` is not it
+    default_source: bool = False  # without --from it reads what every machine has: train prepares it when missing
+
+
+READERS: dict[str, Reader] = {}
+
+
+def reader(name: str, source: str, needs_source: bool = True, how: str | None = None, default_source: bool = False):
+    """Register the decorated function as the reader of dataset `name`."""
+    def register(read):
+        READERS[name] = Reader(source, read, needs_source, how, default_source)
+        return read
+    return register
+
+
+@reader("digits", "embedded in scikit-learn; nothing to fetch", needs_source=False)
+def _digits(source):
+    from .digits import read_digits
+    return read_digits()
+
+
+@reader("mnist", "a folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                 "t10k-labels-idx1-ubyte.gz")
+def _mnist(source):
+    from .mnist import read_mnist
+    return read_mnist(source)
+
+
+@reader("cifar10", "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/), or an image folder / zip laid out "
+                   "<split>/<class>/*.jpg")
+def _cifar10(source, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0, size=None):
+    if source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source)):
+        return _image_folder(source, "cifar10", val_fraction, test_fraction, seed, size)
+    if test_fraction:
+        raise UserError(f"{source}: CIFAR-10's own archive has its test split: drop --test-fraction")
+    from .cifar10 import read_cifar10
+    return read_cifar10(source)
+
+
+@reader("modelnet40", "ModelNet40.zip or its extracted ModelNet40/ (<class>/{train,test}/*.off)")
+def _modelnet40(source, points: int = 2048, workers: int | None = None, seed: int = 0):
+    from .modelnet40 import read_modelnet40
+    return read_modelnet40(source, points=points, workers=workers, seed=seed)
+
+
+@reader("akoa", "a folder or zip of knee MRI volumes (.nii, .nii.gz) or AKOA PNG slices")
+def _akoa(source, akoa=None, seed: int = 0):
+    from .akoa import AkoaOptions, read_akoa
+    return read_akoa(source, akoa or AkoaOptions(seed=seed))
+
+
+@reader("knee-seg", "a folder of NIfTI label maps (--labels) and their MR images (--images), or --synthesize K images "
+                    "per map", needs_source=False,
+        how="perceiver prepare knee-seg --labels <label maps> --images <images> (or --synthesize 2)")
+def _kneeseg(source, kneeseg=None, seed: int = 0):
+    from .kneeseg import KneeSegOptions, read_kneeseg
+    return read_kneeseg(kneeseg or KneeSegOptions(seed=seed))
+
+
+@reader("text", "a text file, or a folder or zip of them (--glob); without --from the Python standard library's own .py "
+                "files", needs_source=False, how="perceiver prepare text (or --from <file, folder or zip of text>)",
+        default_source=True)
+def _text(source, text=None):
+    from .text import TextOptions, read_text
+    return read_text(source, text or TextOptions())
+
+
+def _image_folder(source, name: str, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0, size=None):
+    from .imagefolder import read_image_folder
+    return read_image_folder(source, name, val_fraction=val_fraction, seed=seed, size=size, stream=True,
+                             test_fraction=test_fraction)
+
 
 DOWNLOADS = {
     "mnist": [
@@ -38,44 +114,24 @@ def prepared_root(data_config) -> Path:
     return Path(data_config.root) if data_config.root else default_root(data_config.dataset)
 
 
-def read_source(dataset: str, source: Path, val_fraction: float = 0.1, seed: int = 0,
-                size: tuple[int, int] | None = None, points: int = 2048, workers: int | None = None,
-                akoa=None, kneeseg=None, test_fraction: float = 0.0) -> prepared.PreparedDataset:
-    """Read `source` into a PreparedDataset (not yet written; an image folder's images are decoded
-    while prepared.write writes them). `akoa`: an AkoaOptions; `kneeseg`: a KneeSegOptions (its
-    folders are in the options, not `source`)."""
-    if dataset == "digits":
-        from .digits import read_digits
-        return read_digits()
-    if dataset == "knee-seg":
-        from .kneeseg import KneeSegOptions, read_kneeseg
-        return read_kneeseg(kneeseg or KneeSegOptions(seed=seed))
+def read_source(dataset: str, source: Path | None, **options) -> prepared.PreparedDataset:
+    """Read `source` with the reader of `dataset` (any other name: an image folder of that name) into a
+    PreparedDataset, not yet written (an image folder's images are decoded while prepared.write writes
+    them). `options` are that reader's own (see READERS)."""
+    known = READERS.get(dataset)
+    if known is not None and not known.needs_source:
+        return known.read(source, **options)
     if source is None:
-        raise UserError(f"prepare {dataset}: --from is required ({SOURCES.get(dataset, IMAGE_FOLDER)})")
+        raise UserError(f"prepare {dataset}: --from is required ({known.source if known else IMAGE_FOLDER})")
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
     if not source.is_file() and not source.is_dir():  # reading a FIFO would wait forever, a device never end
         raise UserError(f"{source}: is {special_kind(source)}, not a regular file or a folder; give --from a folder, "
                         f"a zip or an archive")
-    if dataset == "mnist":
-        from .mnist import read_mnist
-        return read_mnist(source)
-    if dataset == "modelnet40":
-        from .modelnet40 import read_modelnet40
-        return read_modelnet40(source, points=points, workers=workers, seed=seed)
-    if dataset == "akoa":
-        from .akoa import AkoaOptions, read_akoa
-        return read_akoa(source, akoa or AkoaOptions(seed=seed))
-    is_image_folder = source.suffix.lower() == ".zip" or (source.is_dir() and not _looks_like_cifar_batches(source))
-    if dataset == "cifar10" and not is_image_folder:
-        if test_fraction:
-            raise UserError(f"{source}: CIFAR-10's own archive has its test split: drop --test-fraction")
-        from .cifar10 import read_cifar10
-        return read_cifar10(source)
-    from .imagefolder import read_image_folder
-    return read_image_folder(source, dataset, val_fraction=val_fraction, seed=seed, size=size, stream=True,
-                             test_fraction=test_fraction)
+    if known is None:
+        return _image_folder(source, dataset, **options)
+    return known.read(source, **options)
 
 
 def _looks_like_cifar_batches(path: Path) -> bool:
@@ -110,8 +166,13 @@ def load_for_recipe(data_config, mmap: bool = False) -> prepared.PreparedDataset
     if data_config.dataset == "digits":
         from .digits import read_digits
         return read_digits()
-    what = SOURCES.get(data_config.dataset, "your image folder or zip").split(" (")[0].split(", or")[0]
-    how = f"perceiver prepare {data_config.dataset} --from <{what}>"
-    if data_config.dataset == "knee-seg":
-        how = "perceiver prepare knee-seg --labels <label maps> --images <images> (or --synthesize 2)"
+    known = READERS.get(data_config.dataset)
+    if known is not None and known.default_source and not data_config.root:  # e.g. text: the standard library
+        from ..console import err_console
+        err_console.print(f"note: no prepared dataset at {root}/: preparing it now, as `{known.how.split(' (')[0]}` "
+                          f"does", highlight=False, soft_wrap=True)
+        prepared.write(known.read(None), root)
+        return prepared.load(root, mmap=mmap)
+    what = (known.source if known else "your image folder or zip").split(" (")[0].split(", or")[0]
+    how = (known.how if known else None) or f"perceiver prepare {data_config.dataset} --from <{what}>"
     raise UserError(f"no prepared dataset at {root}/ (data.dataset={data_config.dataset}): run `{how}` first, or set data.root")

@@ -35,7 +35,7 @@ def synthesize(labels: np.ndarray, num_labels: int, rng: np.random.Generator) ->
     image = gaussian_blur(image, rng.uniform(*BLUR))
     image *= bias_field(labels.shape, rng.uniform(0, MAX_BIAS), rng)
     image += rng.uniform(0, MAX_NOISE) * rng.standard_normal(labels.shape, dtype=np.float32)
-    low, high = np.percentile(image, [0.5, 99.5])  # the same window as real volumes get (akoa._to_uint8)
+    low, high = np.percentile(image, [0.5, 99.5])  # the same window as real volumes get (nifti.to_uint8)
     image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     image **= np.float32(np.exp(rng.normal(0, LOG_GAMMA_STD)))
     return np.round(image * 255).astype(np.uint8)

@@ -74,7 +74,7 @@ class TrainLog(Callback):
             self.write(line)
 
     def epoch_end(self, trainer, epoch, row, improved):
-        self.write(epoch_line(row, trainer.recipe.train.epochs))
+        self.write(epoch_line(row, trainer.recipe.train.epochs, trainer.task.columns))
 
 
 class Checkpoints(Callback):
@@ -166,8 +166,8 @@ class AttentionCapture(Callback):
 class Display(Callback):
     """The progress bar and the growing epoch table (plain lines off a terminal, nothing when quiet)."""
 
-    def __init__(self, epochs: int, quiet: bool):
-        self.display = TrainingDisplay(epochs, quiet=quiet)
+    def __init__(self, epochs: int, quiet: bool, task_columns=()):
+        self.display = TrainingDisplay(epochs, quiet=quiet, task_columns=task_columns)
         self.open = False
 
     def fit_start(self, trainer):
@@ -202,15 +202,15 @@ def default_callbacks(trainer, probe: tuple | None) -> list[Callback]:
         callbacks.append(AttentionCapture(run_dir, probe, t.save_attention_maps, board))
     if board is not None:
         callbacks.append(board)
-    callbacks += [ConfigFile(), TrainLog(run_dir), Checkpoints(run_dir), MetricsFiles(), Display(t.epochs, trainer.quiet)]
+    callbacks += [ConfigFile(), TrainLog(run_dir), Checkpoints(run_dir), MetricsFiles(),
+                  Display(t.epochs, trainer.quiet, trainer.task.columns)]
     return callbacks
 
 
-LOG_FIGURES = (("train_loss", "train_loss"), ("train_accuracy", "train_acc"), ("val_loss", "val_loss"),
-               ("val_accuracy", "val_acc"), ("val_dice", "val_dice"), ("val_baseline", "val_baseline"))
-
-
-def epoch_line(row: dict, epochs: int) -> str:
-    figures = " ".join(f"{name} {row[key]:.4f}" for key, name in LOG_FIGURES if key in row)
+def epoch_line(row: dict, epochs: int, task_columns=()) -> str:
+    """train.log's line of an epoch: the losses, train accuracy where the task has one, and the task's
+    validation figures (val_accuracy written val_acc)."""
+    keys = ["train_loss", "train_accuracy", "val_loss", *(key for key, _, _ in task_columns)]
+    figures = " ".join(f"{key.replace('accuracy', 'acc')} {row[key]:.4f}" for key in keys if key in row)
     return (f"epoch {row['epoch']}/{epochs} {figures} lr {row['lr']:.3e} "
             f"{format_rate(row['samples_per_s'])} samples/s {row['epoch_time_s']:.1f}s")

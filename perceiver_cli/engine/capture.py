@@ -26,7 +26,7 @@ import torch
 from ..atomic import atomic_writer
 from ..errors import UserError
 from ..runs.files import writing
-from .runtime import autocast
+from .runtime import array_batches, run_model
 
 FILE_PATTERN = "epoch_{:04d}.npz"
 
@@ -93,15 +93,25 @@ def attention(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return output.logits, output.cross_attention
 
 
+class AttentionReader(torch.nn.Module):
+    """A model whose forward gives (logits or None, cross-attention weights): see attention()."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        return attention(self.model, inputs)
+
+
 def capture(model, stored: np.ndarray, labels: np.ndarray, transform, device: torch.device, epoch: int,
             bf16: bool = False, batch_size: int = 32) -> Capture:
     """Run the stored probe samples through the model and collect everything a picture needs."""
     weights, logits = [], []
-    for start in range(0, len(stored), batch_size):
-        batch = transform(torch.from_numpy(np.ascontiguousarray(stored[start : start + batch_size])).to(device))
-        with autocast(device, bf16):
-            batch_logits, maps = attention(model, batch)
-        logits.append(torch.zeros(len(batch), 0) if batch_logits is None else batch_logits.float().cpu())
+    readers = AttentionReader(model).train(model.training)  # run_model restores this mode
+    for (batch_logits, maps), count in run_model(readers, array_batches(stored, batch_size, device),
+                                                 lambda batch: ((transform(batch[1]),), len(batch[1])), bf16, device):
+        logits.append(torch.zeros(count, 0) if batch_logits is None else batch_logits.float().cpu())
         weights.append(torch.stack([m.float() for m in maps]).cpu())  # stages B H N M
     logits = torch.cat(logits)
     labels = np.asarray(labels, dtype=np.int64)

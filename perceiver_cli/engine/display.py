@@ -10,18 +10,19 @@ from rich.table import Table
 
 from ..console import console
 
-COLUMNS = [
+# the epoch row's columns every task has, around the validation figures the task names (Task.columns)
+LEADING = [
     ("epoch", "epoch", "{}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("train_accuracy", "train acc", "{:.2%}"),
     ("val_loss", "val loss", "{:.4f}"),
-    ("val_accuracy", "val acc", "{:.2%}"),
-    ("val_dice", "val dice", "{:.4f}"),  # segment: mean Dice over the foreground classes
-    ("val_baseline", "baseline", "{:.4f}"),  # masked_image: the loss of predicting each patch's mean
+]
+TRAILING = [
     ("lr", "lr", "{:.2e}"),
     ("samples_per_s", "samples/s", "rate"),
     ("epoch_time_s", "time", "{:.1f}s"),
 ]
+ALWAYS = ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time_s")
 
 
 def format_rate(value: float) -> str:
@@ -35,15 +36,15 @@ def format_value(fmt: str, value) -> str:
     return format_rate(value) if fmt == "rate" else fmt.format(value)
 
 
-def shown_columns(rows: list[dict]) -> list[tuple]:
-    """The columns a task's rows have (every classification row has the same eight)."""
-    return [column for column in COLUMNS if column[0] in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s",
-                                                            "epoch_time_s") or any(column[0] in row for row in rows)]
+def shown_columns(rows: list[dict], task_columns=()) -> list[tuple]:
+    """The columns the rows have: the common ones, and the task's validation figures between."""
+    columns = LEADING + list(task_columns) + TRAILING
+    return [column for column in columns if column[0] in ALWAYS or any(column[0] in row for row in rows)]
 
 
-def epoch_table(rows: list[dict], title: str | None = None) -> Table:
+def epoch_table(rows: list[dict], title: str | None = None, task_columns=()) -> Table:
     table = Table(title=title, header_style="bold")
-    columns = shown_columns(rows)
+    columns = shown_columns(rows, task_columns)
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     for row in rows:
@@ -52,8 +53,8 @@ def epoch_table(rows: list[dict], title: str | None = None) -> Table:
 
 
 class TrainingDisplay:
-    def __init__(self, total_epochs: int, quiet: bool = False):
-        self.total_epochs = total_epochs
+    def __init__(self, total_epochs: int, quiet: bool = False, task_columns=()):
+        self.total_epochs, self.task_columns = total_epochs, tuple(task_columns)
         self.quiet = quiet
         self.live_mode = console.is_terminal and not quiet
         self.rows: list[dict] = []
@@ -76,12 +77,12 @@ class TrainingDisplay:
 
     def __exit__(self, *exc):
         if self.live is not None:
-            self.live.update(epoch_table(self.rows))  # leave the table, drop the finished bar
+            self.live.update(epoch_table(self.rows, task_columns=self.task_columns))  # leave the table, drop the finished bar
             self.live.__exit__(*exc)
         return False
 
     def _render(self):
-        return Group(epoch_table(self.rows), self.progress)
+        return Group(epoch_table(self.rows, task_columns=self.task_columns), self.progress)
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         if not self.live_mode:
@@ -105,5 +106,5 @@ class TrainingDisplay:
         if self.live_mode:
             self.live.update(self._render())
         elif not self.quiet:
-            parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in shown_columns([row])[1:]]
+            parts = [f"{header} {format_value(fmt, row.get(key))}" for key, header, fmt in shown_columns([row], self.task_columns)[1:]]
             console.print(f"epoch {row['epoch']}/{self.total_epochs}  " + "  ".join(parts), highlight=False, soft_wrap=True)

@@ -130,13 +130,6 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def agree(self, flag: bool) -> bool:
-        """True on every rank if it is true on any: one rank's reason to stop stops them all, no hang."""
-        if self.world == 1:
-            return flag
-        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
-        return bool(self.sum(torch.tensor(float(flag), device=device)).item() > 0)
-
     def share(self, value):
         """Rank 0's `value` (any picklable object of ours: a run directory's name), on every rank."""
         if self.world == 1:

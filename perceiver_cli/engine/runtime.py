@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 
@@ -97,25 +96,35 @@ def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
-@torch.no_grad()
+def array_batches(x, batch_size: int, device, *others):
+    """(start, stored batch on `device`, the same rows of each of `others`) over the rows of x (a numpy
+    array, memory-mapped or not, or a tensor)."""
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, start + batch_size)
+        parts = [p[rows] if isinstance(p, torch.Tensor) else as_tensor(p[rows], device) for p in (x, *others)]
+        yield (start, *(p.to(device, non_blocking=True) for p in parts))
+
+
+def run_model(model, batches, inputs_of, bf16: bool, device):
+    """The one way a model runs over batches outside its training steps (validation, eval, attention
+    capture, predict): eval mode, no gradients, autocast; `inputs_of(batch)` gives (the model's
+    inputs, anything to pass along); yields (the output in fp32, that). The model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            inputs, carry = inputs_of(batch)
+            with torch.no_grad(), autocast(device, bf16):
+                output = model(*inputs)
+            yield (output.float() if isinstance(output, torch.Tensor) else output), carry
+    finally:
+        model.train(was_training)
+
+
 def predict(model, x: torch.Tensor, transform: InputTransform, batch_size: int, bf16: bool, device,
             *model_args) -> torch.Tensor:
     """Logits (N, classes) in fp32 for stored inputs x, in batches, model in eval mode; `model_args`
     follow each batch into the model (a segmentation model's output size)."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        batch = transform(x[start : start + batch_size].to(device, non_blocking=True))
-        with autocast(device, bf16):
-            outputs.append(model(batch, *model_args).float())
-    model.train(was_training)
+    outputs = [output for output, _ in run_model(model, array_batches(x, batch_size, device),
+                                                  lambda batch: ((transform(batch[1]), *model_args), None), bf16, device)]
     return torch.cat(outputs) if outputs else torch.empty(0)
-
-
-def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(1) == y).float().mean().item()
-    return loss, accuracy

@@ -25,23 +25,19 @@ import torch
 
 from ..console import err_console, visible
 from ..data import prepared
-from ..data.loaders import choose_residency, make_loader, rank_batch_size, rank_part
-from ..data.splits import split_train_val_rows
+from ..data.loaders import rank_part
 from ..errors import UserError
-from ..model import count_parameters
 from ..recipe import Recipe, apply_override, load_recipe, overridden_keys, recipe_from_dict
 from ..runs import checkpoint
 from ..runs.directory import RunLock, create_run_dir, empty_run_dir, has_checkpoint, lock_run, remove_unsaved
 from ..runs.files import remove_stale_temporaries
 from ..runs.metrics import restored_rows, sync_metrics
-from ..tasks import build_task, take
+from ..tasks import take
+from .build import build_run
 from .callbacks import Callback, default_callbacks
 from .dist import (DistContext, forget_restart_run, is_rank_zero, launched_by_torchrun, launcher_holds, note_restart_run,
                    remove_dead_markers, restarted_run)
-from .graphs import training_forward
-from .optim import build_optimizer, build_scheduler
-from .runtime import InputTransform, autocast, keep_freed_memory, resolve_device, use_bf16
-from .step import TrainStep
+from .runtime import resolve_device, run_model
 
 
 @dataclass
@@ -60,80 +56,29 @@ class Trainer:
                  dist: DistContext | None = None, callbacks: list[Callback] = ()):
         self.recipe, self.dataset, self.run_dir = recipe, dataset, run_dir
         self.run_lock: RunLock | None = None  # rank 0's hold on run_dir (start_run / resume_run), freed when fit ends
-        t = recipe.train
         self.dist = dist or DistContext()
         self.quiet = quiet or not self.dist.is_main  # only rank 0 shows progress
-        self.device = self.dist.device if dist is not None else resolve_device(device or t.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.bf16 = use_bf16(t.precision, self.device)
-        torch.manual_seed(t.seed)  # the same initial weights on every rank
-        self.rank_batch = rank_batch_size(t.batch_size, self.dist.world)
-        if t.grad_accum > self.rank_batch:
-            raise UserError(f"train.grad_accum={t.grad_accum} splits each rank's {self.rank_batch} samples into more "
-                            f"passes than samples; lower train.grad_accum or raise train.batch_size")
-
-        (train_x, train_y, train_rows), (val_x, val_y, val_rows) = split_train_val_rows(
-            dataset, recipe.data.val_fraction, t.seed)
-        self.train_count = len(train_y) if train_rows is None else len(train_rows)
-        self.val_count = len(val_y) if val_rows is None else len(val_rows)
-        if self.train_count == 0:
-            raise UserError(f"dataset '{dataset.name}' has an empty train split")
-        nbytes = _bytes(train_x, train_rows) + _bytes(val_x, val_rows)
-        self.residency, self.residency_reason = choose_residency(recipe.data.residency, nbytes, self.device)
-        # training batches are global (every rank augments the whole batch the same way, then takes
-        # its part), so the inputs never depend on the world size; validation is sharded
-        self.train_data = make_loader(self.residency, train_x, train_y, t.batch_size, t.seed, self.device,
-                                      rows=train_rows)
-        self.val_data = make_loader(self.residency, val_x, val_y, t.eval_batch_size, t.seed, self.device,
-                                    self.dist.rank, self.dist.world, rows=val_rows)
-        self.transform = InputTransform(dataset.input_spec, dataset.normalization, self.device, recipe.data)
-        self.task = build_task(recipe, dataset, self.transform)
-
-        self.model = self.task.build_model()
-        self.init_note = None
-        if t.init and resume_state is None:  # start from another run's weights (matched by name)
-            from ..runs.trained import init_weights
-            count, fresh = init_weights(self.model, t.init)
-            self.init_note = (f"init: {count} tensors from {t.init}; {len(fresh)} left as initialised"
-                              + (f" ({', '.join(sorted({n.split('.')[0] for n in fresh}))})" if fresh else ""))
-        self.model = self.model.to(self.device)
-        self.model.activation_checkpointing = t.activation_checkpointing
-        self.parameters = count_parameters(self.model)
-        self.steps_per_epoch = math.ceil(self.train_count / t.batch_size)
-        self.optimizer = build_optimizer(self.model, recipe.optim, self.device)
-        self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.epochs, self.steps_per_epoch)
-        # compile (or graph) first, then wrap for DDP, as nanoGPT does; a captured backward would skip
-        # DDP's gradient all-reduce, so several ranks train without CUDA graphs
-        self.graphs_note = None
-        if self.dist.world > 1 and t.cuda_graphs and self.device.type == "cuda":
-            t = t.model_copy(update={"cuda_graphs": False})
-            self.graphs_note = "CUDA graphs off: a captured backward would skip DDP's gradient all-reduce"
-        self.local_forward = training_forward(self.model, t, self.device, self.bf16)
-        self.forward = self.dist.wrap(self.local_forward, self.device)
-        self.ema = None  # the averaged weights (torch's AveragedModel: a copy of the model)
-        if t.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
-        self.step = TrainStep(self.forward, self.model.parameters(), self.optimizer, self.scheduler, self.ema,
-                              loss=self.task.loss, optim_config=recipe.optim, device=self.device, bf16=self.bf16, grad_accum=t.grad_accum,
-                              world=self.dist.world, ema_source=self.model)
+        device = self.dist.device if dist is not None else resolve_device(device or recipe.train.device)
+        parts = build_run(recipe, dataset, device, self.dist, fresh=resume_state is None)
+        self.parts = parts  # the run's pieces (build.py); the names below are the loop's
+        self.device, self.bf16, self.task, self.transform = parts.device, parts.bf16, parts.task, parts.transform
+        self.train_data, self.val_data = parts.train_data, parts.val_data
+        self.train_count, self.val_count = parts.train_count, parts.val_count
+        self.residency, self.residency_reason = parts.residency, parts.residency_reason
+        self.model, self.local_forward, self.forward, self.ema = parts.model, parts.local_forward, parts.forward, parts.ema
+        self.optimizer, self.scheduler, self.step = parts.optimizer, parts.scheduler, parts.step
+        self.parameters, self.steps_per_epoch = parts.parameters, parts.steps_per_epoch
+        self.init_note, self.graphs_note = parts.init_note, parts.graphs_note
 
         self.start_epoch, self.best, self.rows, self.position = 1, None, [], None
-        self.checkpoint_every = t.checkpoint_every_steps or (100 if launched_by_torchrun() else None)
+        self.checkpoint_every = recipe.train.checkpoint_every_steps or (100 if launched_by_torchrun() else None)
         self.resumed = resume_state is not None
         if self.resumed:
             self._restore(resume_state)
         # every file the run writes, and what it shows, is a callback's job, on rank 0 only
         self.callbacks: list[Callback] = []
         if self.dist.is_main:
-            probe = None  # the fixed samples whose attention is captured
-            if t.save_attention_maps or t.tensorboard:
-                from .capture import probe_samples
-                x, y, rows = (val_x, val_y, val_rows) if self.val_count else (train_x, train_y, train_rows)
-                x, y = (x, y) if rows is None else (x[rows], y[rows])
-                probe = probe_samples(x, y, t.attention_samples, t.seed)
-            self.callbacks = default_callbacks(self, probe) + list(callbacks)
+            self.callbacks = default_callbacks(self, parts.probe()) + list(callbacks)
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -290,22 +235,16 @@ class Trainer:
             f"or optim.grad_clip{kept}"
         )
 
-    @torch.no_grad()
     def _validate(self) -> dict:
         """The task's validation figures (val_loss, ...): each rank its shard, the sums added over ranks."""
         if self.val_count == 0:
             return self.task.empty_row()
         model = self.ema.module if self.ema is not None else self.local_forward  # compiled when asked
-        was_training = model.training
-        model.eval()
         sums = torch.zeros(self.task.eval_size(), device=self.device, dtype=torch.float64)
         with self.val_data.in_order(self.recipe.train.eval_batch_size) as batches:
-            for stored, y, index in batches:
-                inputs, target = self.task.eval_batch(stored, y, index)
-                with autocast(self.device, self.bf16):
-                    output = model(*inputs)
+            for output, target in run_model(model, batches, lambda batch: self.task.eval_batch(*batch), self.bf16,
+                                            self.device):
                 sums += self.task.eval_sums(output, target)
-        model.train(was_training)
         return self.task.eval_row(self.dist.sum(sums).cpu(), self.val_count)
 
     def _improved(self, row: dict) -> bool:
@@ -317,7 +256,7 @@ class Trainer:
             return True
         if self.best is None:
             return True
-        return value < self.best["value"] if key == "val_loss" else value > self.best["value"]
+        return value < self.best["value"] if self.task.best_metrics[key] == "min" else value > self.best["value"]
 
     def fit(self) -> TrainResult:
         try:
@@ -358,11 +297,6 @@ class Trainer:
         callbacks, self.callbacks = self.callbacks, []  # closed once, even when closing fails
         for callback in callbacks:
             callback.close()
-
-
-def _bytes(array, rows) -> int:
-    """The bytes of `array`'s samples at `rows` (all when None), without reading them."""
-    return array.nbytes if rows is None else array.nbytes // max(len(array), 1) * len(rows)
 
 
 def earlier_attempt(recipe: Recipe) -> Path | None:

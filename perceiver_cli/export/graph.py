@@ -74,15 +74,6 @@ def input_description(input_spec: dict, num_points: int | None) -> dict:
             "note": "pixels 0..255 as prepare stores them (resized, channels matched); normalisation is inside"}
 
 
-def output_description(task: str, classes: list[str]) -> dict:
-    if task == "segment":
-        return {"name": "logits", "dtype": "float32", "layout": "B H W K",
-                "meaning": f"per-pixel logits over the {len(classes)} classes in config.json checkpoint.classes "
-                           f"(argmax over the last axis: the label map)"}
-    return {"name": "logits", "dtype": "float32", "layout": "B K",
-            "meaning": f"logits over the {len(classes)} classes in config.json checkpoint.classes (softmax: probabilities)"}
-
-
 def generated_samples(input_spec: dict, count: int, seed: int = 0) -> np.ndarray:
     """Stand-in stored samples of the input spec, for a run whose prepared data is not here: uint8
     images of random pixels; point clouds on the unit sphere (as prepare scales them)."""

@@ -27,9 +27,10 @@ from ..errors import UserError
 from ..runs.exported import CONFIG, WEIGHTS, is_export_folder, load_folder, load_model_from, write_folder
 from ..runs.exported import FORMAT as EXPORT_FORMAT
 from ..runs.files import writing
-from ..runs.trained import run_dir_of, split_samples
+from ..runs.trained import described_dataset, run_dir_of, split_samples
+from ..tasks import build_task
 from . import onnx_file, program
-from .graph import Deployable, generated_samples, input_description, output_description
+from .graph import Deployable, generated_samples, input_description
 
 FORMATS = ("onnx", "safetensors", "torchscript")
 CHECK_BATCHES = (1, 8)
@@ -71,9 +72,8 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
     device = torch.device("cpu")  # graphs are traced and checked on the CPU, where onnxruntime runs them
     model, recipe, state, loaded = load_model_from(target, device)
     task = recipe.task.name
-    if task == "masked_image":
-        raise UserError(f"{target}: a masked_image run is an encoder to fine-tune (train.init), not a model to deploy; "
-                        f"export the classifier or segmentation run trained from it")
+    built = build_task(recipe, described_dataset(state), transform=None)
+    built.check_exportable(target, format)
     out = _folder_of(Path(out) if out is not None else _default_out(target, loaded))
     with writing(out, "or give --out elsewhere"):
         swap.recover(out)  # a killed export's leftovers: its old folder back in place, dead temporaries gone
@@ -95,7 +95,7 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
             if format != "safetensors":
                 _graph_files(Deployable(model, transform).eval(), staging, format, opset, samples, eager, result)
                 result.input = input_description(state["input_spec"], getattr(recipe.data, "num_points", None))
-                result.output = output_description(task, classes)
+                result.output = built.output_description(classes)
                 write_text_atomic(staging / EXPORT_INFO, json_text(_export_info(result), indent=2) + "\n")
             write_folder(model, recipe, state, staging)
             _check_round_trip(staging, transform, samples, eager, result)

@@ -53,6 +53,11 @@ class LoadedModel(nn.Module):
     def forward(self, *inputs):
         return self.module(*inputs)
 
+    def generate(self, prompt: str | bytes = "", **options):
+        """The text that follows `prompt`, piece by piece as it is sampled (a causal_lm run:
+        max_bytes, temperature, top_k, top_p, seed; see tasks/causal_lm.py)."""
+        return self.task.generate(self.module, prompt, **options)
+
     def read(self, inputs, progress: str | None = None) -> Read:
         """Every input file under `inputs` (files, folders, zips) as prepared samples; unreadable ones skipped."""
         read = Read()
@@ -76,19 +81,10 @@ class LoadedModel(nn.Module):
     def logits(self, stored: np.ndarray, batch_size: int = 64, mask_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU. A
         segmentation model answers at any `mask_size` (its queries are positions: Perceiver IO)."""
-        if mask_size is not None:
-            self._check_mask_size(mask_size)
+        self.task.check_output_size(mask_size)
         size = () if mask_size is None else (tuple(mask_size),)
         return predict(self.module, as_tensor(stored, self.device), self.transform, batch_size, self.bf16, self.device,
                        *size).cpu()
-
-    def _check_mask_size(self, mask_size: tuple[int, int]) -> None:
-        if self.task.name != "segment":
-            raise UserError(f"--mask-size is for segmentation runs; this is a task.name={self.task.name} run")
-        stride = self.recipe.task.output_stride
-        if mask_size[0] % stride or mask_size[1] % stride:
-            raise UserError(f"--mask-size {mask_size[0]}x{mask_size[1]}: the model answers in {stride}x{stride} blocks "
-                            f"(task.output_stride={stride}); give a multiple of {stride}")
 
     def predict(self, inputs, top_k: int = 3, batch_size: int = 64, skipped: list[dict] | None = None,
                 progress: str | None = None, mask_size: tuple[int, int] | None = None) -> list[dict]:
@@ -102,8 +98,7 @@ class LoadedModel(nn.Module):
              progress: str | None = None, mask_size: tuple[int, int] | None = None) -> Iterator[dict]:
         """predict's per-sample rows as each batch is run (a caller can write them and let them go)."""
         self.task.check_predicts()
-        if mask_size is not None:
-            self._check_mask_size(mask_size)  # before any file is read
+        self.task.check_output_size(mask_size)  # before any file is read
         skipped = [] if skipped is None else skipped
         batch = []
         for sample in self.samples(inputs, skipped, progress):

@@ -20,7 +20,7 @@ from ..atomic import StagedFiles, json_text
 from ..data.inputs import kind_of
 from ..errors import UserError
 from ..runs.files import remove_stale_temporaries, writing
-from ..tasks.segment import class_indices
+from ..tasks import check_options
 from .model import load
 
 
@@ -54,10 +54,9 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
         raise UserError("--top-k and --batch-size must be at least 1")
     check_outputs(inputs, {"--json": options.json, "--csv": options.csv})
     model = load(target, options.device)
-    if options.largest_component:
-        if not hasattr(model.task, "keep_largest"):
-            raise UserError(f"--largest-component applies to segmentation runs; {target} is a {model.task.name} run: drop it")
-        model.task.keep_largest = class_indices(options.largest_component, list(model.classes), "--largest-component")
+    chosen = {"largest_component": options.largest_component}
+    check_options(type(model.task), chosen, "predict_options")
+    model.task.configure_predictions(**chosen)
     staged = StagedFiles()
     try:
         result = _predict(target, inputs, options, model, staged)
@@ -71,7 +70,7 @@ def predict_files(target: Path, inputs: list[Path], options: PredictOptions) -> 
 
 def _predict(target: Path, inputs: list[Path], options: PredictOptions, model, staged: StagedFiles) -> PredictResult:
     skipped: list[dict] = []
-    masks = MaskWriter(Path(options.masks), model, options.top_k, staged) if model.task.name == "segment" else None
+    masks = MaskWriter(Path(options.masks), model, options.top_k, staged) if model.task.writes_masks else None
     rows = []
     for row in model.rows(inputs, options.top_k, options.batch_size, skipped, "predicting", options.mask_size):
         rows.append(masks.write(row) if masks else row)  # a mask is written as it comes, then let go
@@ -92,7 +91,7 @@ def _predict(target: Path, inputs: list[Path], options: PredictOptions, model, s
         result.files.append(Path(options.json))
     if options.csv is not None:
         with writing(Path(options.csv)):
-            staged.write(Path(options.csv), csv_text(rows, options.top_k, result.task).encode())
+            staged.write(Path(options.csv), csv_text(rows, options.top_k, model.task).encode())
         result.files.append(Path(options.csv))
     return result
 
@@ -171,8 +170,8 @@ class MaskWriter:
     def _write_volume(self, volume: str, geometry) -> None:
         from PIL import Image
 
-        from ..data.akoa import labels_nifti
-        from ..tasks.segment import class_shares
+        from ..data.nifti import labels_nifti
+        from ..tasks.masks import class_shares
 
         size = (geometry.columns, geometry.rows)
         slices = self.pending.pop(volume)
@@ -204,12 +203,12 @@ def mask_name(sample: str, suffix: str, used: set[str]) -> str:
     return name
 
 
-def csv_text(rows: list[dict], top_k: int, task: str) -> str:
+def csv_text(rows: list[dict], top_k: int, task) -> str:
     """One line per row: the input, then the top-k classes with their probabilities (or pixel shares)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    key = "share" if task == "segment" else "probability"
-    extra = ["mask_file"] if task == "segment" else ["slices"]
+    key = task.prediction_score
+    extra = ["mask_file"] if task.writes_masks else ["slices"]
     writer.writerow(["input"] + [f"{name}{i + 1}" for i in range(top_k) for name in ("class", key)] + extra)
     for row in rows:
         ranked = [value for entry in row["top_k"] for value in (entry["class"], round(entry[key], 6))]

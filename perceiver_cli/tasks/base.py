@@ -13,7 +13,40 @@ part or a micro-batch of them with `take` (anything else in them passes through 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
+
+from ..errors import UserError
+from ..section import Section
+
+
+@dataclass
+class Evaluation:
+    """What a task's `evaluate` gives `perceiver eval`: its report (the JSON), and a matplotlib figure
+    with the prefix of its PNG's name (confusion, segment, reconstruct) and the file tag (the split,
+    or data-<name> for --data)."""
+
+    report: dict
+    figure: object
+    figure_name: str
+    tag: str
+    dpi: int = 100
+
+
+@dataclass
+class Shown:
+    """What a command prints of a task's result, in no toolkit's terms: a sentence (Rich markup; a
+    user's text in it escaped with console.visible), then tables (title, columns, rows of text; the
+    first column left-aligned, the others right-aligned)."""
+
+    line: str
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+
+
+def _target_kind(dataset) -> str:
+    return (getattr(dataset, "target", None) or {"kind": "class"}).get("kind", "class")
 
 
 def take(parts: tuple, index: slice) -> tuple:
@@ -21,15 +54,38 @@ def take(parts: tuple, index: slice) -> tuple:
     return tuple(p[index] if isinstance(p, torch.Tensor) else p for p in parts)
 
 
+class TaskConfig(Section):
+    """A task's own recipe keys (its `task:` section); each task subclasses it with `name` as a Literal
+    of its name, and the recipe's `task:` is the one whose name the recipe gives."""
+
+    name: Literal[""] = ""
+
+
 class Task:
     name = ""
+    summary = ""  # what is learned, in a few words (the recipe reference's task.name row)
+    Config = TaskConfig  # its `task:` section
     metric = "accuracy"  # the epoch row's train_<metric> / val_<metric>; None when the task has none
+    # the epoch row's validation figures beyond val_loss: (key, header, format) for the display, train.log
+    # and TensorBoard
+    columns: tuple[tuple[str, str, str], ...] = (("val_accuracy", "val acc", "{:.2%}"),)
+    # which of them best.pt may keep, higher or lower being better; the first one is the default
+    best_metrics: dict[str, str] = {"val_accuracy": "max", "val_loss": "min"}
+    # (epoch-row key, label, eval key) of a figure `perceiver report` shows beside accuracy and loss
+    report_figure: tuple[str, str, str] | None = None
     headline = "accuracy"  # the key of its `perceiver eval` report that sums a run up (perceiver seeds)
     headline_percent = True  # shown as a percentage (else as a number)
     predicts = False  # whether `predictions` says something of a new input (perceiver predict)
+    eval_options: dict[str, str] = {}  # options of `perceiver eval` it takes -> their flag
 
     def __init__(self, recipe, dataset, transform):
         self.recipe, self.dataset, self.transform = recipe, dataset, transform
+
+    @classmethod
+    def check_dataset(cls, dataset) -> None:
+        """Raise when `dataset` holds the wrong kind of targets for this task."""
+        if _target_kind(dataset) == "mask":
+            raise UserError(f"'{dataset.name}' holds per-pixel labels (masks): train it with --set task.name=segment")
 
     def build_model(self):
         raise NotImplementedError
@@ -58,13 +114,18 @@ class Task:
         loss, correct = sums.tolist()[:2]
         return {"val_loss": loss / count, "val_accuracy": correct / count}
 
+    def evaluate(self, context) -> Evaluation:
+        """`perceiver eval`: the model measured on the samples `context` (evaluate.EvalContext) gives."""
+        raise NotImplementedError
+
+    @classmethod
+    def show_evaluation(cls, report: dict) -> Shown:
+        """What `perceiver eval` prints of its report."""
+        raise NotImplementedError
+
     def empty_row(self) -> dict:
         """The row's validation figures when there is no validation data."""
         return {key: float("nan") for key in self.eval_row(torch.ones(self.eval_size(), dtype=torch.float64), 1)}
-
-    def checkpoint_extra(self) -> dict:
-        """What a checkpoint carries for this task beyond weights and config."""
-        return {}
 
     # --- predicting on a user's own files (perceiver predict, perceiver_cli.load) ------------------
 
@@ -77,17 +138,54 @@ class Task:
 
     def check_predicts(self) -> None:
         """Raise when this task has nothing to say of a new input (before any file is read)."""
-        from ..errors import UserError
-
         if self.predicts:
             return
         raise UserError(f"a task.name={self.name} run makes no predictions on new inputs; see perceiver eval for "
                         f"what it does, or fine-tune a classifier from it (train.init)")
 
+    # what predict writes of each input: a mask file (a per-pixel task) or not; the score of its top-k classes
+    writes_masks = False
+    prediction_score = "probability"
+    predict_options: dict[str, str] = {}  # options of `perceiver predict` it takes -> their flag
+
+    def configure_predictions(self, **options) -> None:
+        """Take the predict options it takes (tasks.check_options has refused the others)."""
+
+    def check_output_size(self, size: tuple[int, int] | None) -> None:
+        """predict --mask-size: the size the model's answer is asked at (only per-pixel tasks have one)."""
+        if size is not None:
+            raise UserError(f"--mask-size is for segmentation runs; this is a task.name={self.name} run")
+
+    # --- measuring (perceiver bench) ------------------------------------------------------------------
+
+    compare_with: str | None = None  # the peer implementation `bench --compare` measures its model against
+    bench_dense = False  # its model answers per pixel or patch: bench steps it as bench/dense.py does
+    bench_bytes = False  # its model reads windows of a byte stream: bench measures it as bench/ar.py does
+
+    def bench_module(self, model, batch: int):
+        """The module bench steps: forward(stored-like x) -> output (a task that draws inputs per
+        batch, such as masks, fixes one draw here)."""
+        return model
+
+    # --- exporting (perceiver export) -----------------------------------------------------------------
+
+    def check_exportable(self, target, format: str) -> None:
+        """Raise when a run of this task is not a model to deploy."""
+
+    def output_description(self, classes: list[str]) -> dict:
+        """The exported graph's output, as its export_info.json describes it."""
+        return {"name": "logits", "dtype": "float32", "layout": "B K",
+                "meaning": f"logits over the {len(classes)} classes in config.json checkpoint.classes (softmax: probabilities)"}
+
     def predictions(self, output: torch.Tensor, top_k: int) -> list[dict]:
         """Per sample, what the model says of it (JSON-able, apart from arrays a caller writes to files)."""
         self.check_predicts()
         return []
+
+    def generate(self, model, prompt, **options):
+        """What follows `prompt` (perceiver generate): only language models have something to say."""
+        raise UserError(f"a task.name={self.name} run does not generate text; train a task.name=causal_lm run "
+                        f"(e.g. perceiver train bytes_ar)")
 
     def volume_summary(self, predictions: list[dict], top_k: int) -> dict | None:
         """One prediction for a whole volume from its slices' (None: the task has none)."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..data.augment import augment_images, augment_points, mix, subsample_points
 from ..model import build_model
-from .base import Task
+from .base import Task, TaskConfig
+
+
+class ClassifyConfig(TaskConfig):
+    name: Literal["classify"] = Field("classify", description="one label per sample")
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, y_mixed: torch.Tensor | None, weight: float,
@@ -21,7 +28,11 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, y_mixed: torch.Te
 
 class ClassifyTask(Task):
     name = "classify"
+    summary = "one label per sample"
+    Config = ClassifyConfig
+    compare_with = "lucidrains"  # lucidrains/perceiver-pytorch: the classifier of the paper
     predicts = True
+    eval_options = {"flip": "--flip-average"}
 
     def build_model(self):
         return build_model(self.recipe.model, self.dataset.input_spec, len(self.dataset.classes))
@@ -51,9 +62,6 @@ class ClassifyTask(Task):
         logits = logits.float()
         return torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), (logits.argmax(1) == y).sum().double()])
 
-    def checkpoint_extra(self):
-        return {"classes": list(self.dataset.classes)}
-
     def predictions(self, logits, top_k):
         probabilities = logits.float().softmax(-1).cpu()
         return [self._ranked(p, top_k) for p in probabilities]
@@ -68,3 +76,14 @@ class ClassifyTask(Task):
         return {"class": classes[int(best.indices[0])], "probability": float(best.values[0]),
                 "top_k": [{"class": classes[int(i)], "probability": float(v)} for v, i in zip(best.values, best.indices)],
                 "probabilities": probabilities.tolist()}
+
+    def evaluate(self, context):
+        from .classify_eval import evaluate_classifier
+
+        return evaluate_classifier(self, context)
+
+    @classmethod
+    def show_evaluation(cls, report):
+        from .classify_eval import show_evaluation
+
+        return show_evaluation(report)

@@ -10,19 +10,63 @@ MAE's better targets). The baseline a model has to beat predicts each hidden pat
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from einops import rearrange
+from pydantic import Field
+from torch import nn
 
 from ..data.augment import augment_images
 from ..errors import UserError
 from ..model.perceiver_io import MaskedPerceiver
-from .base import Task
+from .base import Task, TaskConfig
+
+
+class MaskedImageConfig(TaskConfig):
+    name: Literal["masked_image"] = Field("masked_image", description="masked image modelling")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="masked_image: share of the patches hidden from the encoder and reconstructed (MAE: 0.75)")
+    norm_pix_loss: bool = Field(True, description="masked_image: reconstruct each patch's pixels normalised by its own mean and std (MAE's better targets)")
+
+
+class FixedMask(nn.Module):
+    """A MaskedPerceiver with each sample's visible and hidden patches drawn once (seeded), as the
+    task draws them per batch: forward(x) then is the training forward, B H W C -> B Q (p p C)."""
+
+    def __init__(self, model: MaskedPerceiver, input_spec: dict, mask_ratio: float, batch: int):
+        super().__init__()
+        height, width, _ = input_spec["shape"]
+        patches = (height // model.patch) * (width // model.patch)
+        visible = max(1, patches - round(patches * mask_ratio))
+        order = torch.rand(batch, patches, generator=torch.Generator().manual_seed(0)).argsort(1)
+        self.model = model
+        self.register_buffer("visible", order[:, :visible].sort(1).values, persistent=False)
+        self.register_buffer("hidden", order[:, visible:].sort(1).values, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.visible, self.hidden)
 
 
 class MaskedImageTask(Task):
     name = "masked_image"
+    summary = "masked image modelling without labels (MAE), to pretrain an encoder for train.init"
+    Config = MaskedImageConfig
+    bench_dense = True
+    columns = (("val_baseline", "baseline", "{:.4f}"),)  # the loss of predicting each patch's own mean
+    best_metrics = {"val_loss": "min"}
     headline, headline_percent = "loss", False  # the hidden patches' reconstruction loss
     metric = None
+
+    def bench_module(self, model, batch):
+        return FixedMask(model, self.dataset.input_spec, self.recipe.task.mask_ratio, batch)
+
+    def check_exportable(self, target, format):
+        raise UserError(f"{target}: a masked_image run is an encoder to fine-tune (train.init), not a model to deploy; "
+                        f"export the classifier or segmentation run trained from it")
+
+    @classmethod
+    def check_dataset(cls, dataset):
+        """Any images will do: the labels, of whatever kind, are not read."""
 
     def __init__(self, recipe, dataset, transform):
         super().__init__(recipe, dataset, transform)
@@ -89,3 +133,14 @@ class MaskedImageTask(Task):
     def eval_row(self, sums, count):
         loss, baseline = sums.tolist()
         return {"val_loss": loss / count, "val_baseline": baseline / count}
+
+    def evaluate(self, context):
+        from .masked_eval import evaluate_reconstruction
+
+        return evaluate_reconstruction(self, context)
+
+    @classmethod
+    def show_evaluation(cls, report):
+        from .masked_eval import show_evaluation
+
+        return show_evaluation(report)

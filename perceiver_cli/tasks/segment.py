@@ -8,14 +8,27 @@ and IoU |P∩T| / |P∪T|, mean Dice over the foreground classes, pixel accuracy
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..data.augment import augment_images
 from ..errors import UserError
 from ..model.perceiver_io import DensePerceiver
-from .base import Task
+from .base import Task, TaskConfig, _target_kind
+from .masks import class_indices, class_shares, confusion_counts, dice_and_iou, largest_components, mean_foreground
+
+
+class SegmentConfig(TaskConfig):
+    name: Literal["segment"] = Field("segment", description="one label per pixel")
+    output_stride: int = Field(1, gt=0, description="segment: each output query predicts an s x s block of pixels (1 = one query per pixel, as Perceiver IO; 4 = 16x fewer queries)")
+    query_pixels: bool = Field(True, description="segment: each output query also carries the input pixels of its block (as Perceiver IO's optical-flow queries carry the input): sharp boundaries; false = positions only")
+    class_weight_power: float = Field(0.0, ge=0, le=1, description="segment: weight each class's cross-entropy by (its share of the training pixels)^-p, scaled so the mean weight per pixel is 1: 0 = unweighted, 0.5 = inverse square root (rare labels count more), 1 = inverse frequency")
+    query_context: int = Field(0, ge=0, description="segment, with query_pixels: each query also carries this many pixels around its block (a (s + 2c) x (s + 2c) window, edges replicated): the texture and edges next to it; 0 = its block only")
+    dice_weight: float = Field(1.0, ge=0, description="segment: weight of the soft Dice loss added to the per-pixel cross-entropy (keeps thin structures from drowning in background); 0 = cross-entropy only")
 
 
 def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -33,72 +46,35 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (present * (1 - dice)).sum(1).div(present.sum(1).clamp_min(1)).mean()
 
 
-def confusion_counts(predicted: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-    """(3, K) float64: per class |P∩T|, |P|, |T| in pixels."""
-    predicted, y = predicted.reshape(-1), y.reshape(-1)
-    both = torch.bincount(y[predicted == y], minlength=classes)
-    return torch.stack([both, torch.bincount(predicted, minlength=classes),
-                        torch.bincount(y, minlength=classes)]).double()
-
-
-def dice_and_iou(counts: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-class Dice and IoU from confusion_counts (summed over batches); NaN for a class that is
-    neither predicted nor present."""
-    both, predicted, truth = counts
-    union = predicted + truth - both
-    dice = torch.where(predicted + truth > 0, 2 * both / (predicted + truth), float("nan"))
-    iou = torch.where(union > 0, both / union, float("nan"))
-    return dice.tolist(), iou.tolist()
-
-
-def largest_components(masks: np.ndarray, keep: list[int]) -> np.ndarray:
-    """masks (N H W class indices) with only the largest connected region of each class in `keep` per
-    mask (8-connected); the rest of that class becomes background. For structures that are one piece
-    in every slice (a bone): stray islands of it elsewhere are errors."""
-    from scipy import ndimage
-
-    cleaned = np.array(masks, copy=True)
-    for mask in cleaned:
-        for value in keep:
-            regions, count = ndimage.label(mask == value, structure=np.ones((3, 3)))
-            if count > 1:
-                sizes = np.bincount(regions.reshape(-1))[1:]
-                mask[(regions > 0) & (regions != 1 + int(sizes.argmax()))] = 0
-    return cleaned
-
-
-def class_indices(names: list[str], classes: list[str], option: str) -> list[int]:
-    """Class names (or their indices, as text) -> indices into `classes`; a name it lacks is one line."""
-    indices = []
-    for name in names:
-        if name in classes:
-            indices.append(classes.index(name))
-        elif name.isdigit() and 0 < int(name) < len(classes):
-            indices.append(int(name))
-        else:
-            raise UserError(f"{option} {name}: not a foreground class of this run ({', '.join(classes[1:])})")
-    return indices
-
-
-def class_shares(labels: np.ndarray, classes: list[str], top_k: int) -> dict:
-    """The share of a mask's (or a label volume's) pixels per class, and the top_k classes by share."""
-    shares = np.bincount(np.asarray(labels).reshape(-1), minlength=len(classes)) / np.asarray(labels).size
-    ranked = np.argsort(-shares, kind="stable")[:top_k]
-    return {"shares": {name: round(float(v), 6) for name, v in zip(classes, shares)},
-            "top_k": [{"class": classes[i], "share": float(shares[i])} for i in ranked]}
-
-
-def mean_foreground(values: list[float]) -> float:
-    present = [v for v in values[1:] if v == v]
-    return sum(present) / len(present) if present else float("nan")
-
-
 class SegmentTask(Task):
     name = "segment"
+    summary = "one label per pixel (a prepared dataset with masks, e.g. prepare knee-seg)"
+    Config = SegmentConfig
+    compare_with, bench_dense = "krasserm", True  # krasserm/perceiver-io: a per-pixel Perceiver IO decoder
+    columns = (("val_accuracy", "val acc", "{:.2%}"), ("val_dice", "val dice", "{:.4f}"))  # mean Dice, foreground
+    best_metrics = {"val_dice": "max", "val_accuracy": "max", "val_loss": "min"}
+    report_figure = ("val_dice", "Dice", "mean_dice")
     headline, headline_percent = "mean_dice", False
     predicts = True
+    eval_options = {"largest_component": "--largest-component"}
 
+    writes_masks, prediction_score = True, "share"
+    predict_options = {"largest_component": "--largest-component"}
     keep_largest: list[int] = []  # classes of which predictions keep only the largest region (predict --largest-component)
+
+    def configure_predictions(self, largest_component=None, **others):
+        self.keep_largest = class_indices(list(largest_component or []), list(self.dataset.classes), "--largest-component")
+
+    def check_output_size(self, size):
+        stride = self.recipe.task.output_stride
+        if size is not None and (size[0] % stride or size[1] % stride):
+            raise UserError(f"--mask-size {size[0]}x{size[1]}: the model answers in {stride}x{stride} blocks "
+                            f"(task.output_stride={stride}); give a multiple of {stride}")
+
+    def output_description(self, classes):
+        return {"name": "logits", "dtype": "float32", "layout": "B H W K",
+                "meaning": f"per-pixel logits over the {len(classes)} classes in config.json checkpoint.classes "
+                           f"(argmax over the last axis: the label map)"}
 
     def predictions(self, logits, top_k):
         """Per sample its mask (uint8 H W class indices, for a PNG) and the share of pixels per class."""
@@ -106,6 +82,12 @@ class SegmentTask(Task):
         if self.keep_largest:
             masks = largest_components(masks, self.keep_largest)
         return [{"mask": mask, **class_shares(mask, list(self.dataset.classes), top_k)} for mask in masks]
+
+    @classmethod
+    def check_dataset(cls, dataset):
+        if _target_kind(dataset) != "mask":
+            raise UserError(f"task.name=segment needs a dataset with per-pixel labels (masks); '{dataset.name}' has one "
+                            f"label per sample: prepare one with `perceiver prepare knee-seg`, or use task.name=classify")
 
     def __init__(self, recipe, dataset, transform):
         super().__init__(recipe, dataset, transform)
@@ -154,11 +136,12 @@ class SegmentTask(Task):
             loss = loss + self.recipe.task.dice_weight * soft_dice_loss(logits, y)
         return loss, (logits.argmax(-1) == y).float().mean((1, 2)).sum()
 
-    def eval_sums(self, logits, target):
+    def eval_sums(self, logits, target, predicted=None):
+        """`predicted`: the label maps to count instead of the logits' argmax (eval's cleaned masks)."""
         (y,) = target
         logits = logits.float()
         loss = F.cross_entropy(logits.permute(0, 3, 1, 2), y, reduction="none").mean((1, 2)).sum()
-        predicted = logits.argmax(-1)
+        predicted = logits.argmax(-1) if predicted is None else predicted
         accuracy = (predicted == y).float().mean((1, 2)).sum()
         return torch.cat([torch.stack([loss.double(), accuracy.double()]),
                           confusion_counts(predicted, y, self.classes).reshape(-1)])
@@ -171,5 +154,13 @@ class SegmentTask(Task):
         return {"val_loss": float(sums[0]) / count, "val_accuracy": float(sums[1]) / count,
                 "val_dice": mean_foreground(dice)}
 
-    def checkpoint_extra(self):
-        return {"classes": list(self.dataset.classes)}
+    def evaluate(self, context):
+        from .segment_eval import evaluate_segmentation
+
+        return evaluate_segmentation(self, context)
+
+    @classmethod
+    def show_evaluation(cls, report):
+        from .segment_eval import show_evaluation
+
+        return show_evaluation(report)

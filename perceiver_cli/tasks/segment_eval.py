@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..console import visible as v
 from ..data import prepared
-from ..engine.runtime import InputTransform, autocast, use_bf16
 from ..errors import UserError
-from ..runs.files import save_figure, write_json
-from ..runs.trained import run_dir_of
-from ..tasks.segment import class_indices, confusion_counts, dice_and_iou, largest_components, mean_foreground
-from .classify import EvalResult, samples_to_evaluate
+from .base import Evaluation, Shown
+from .masks import class_indices, dice_and_iou, largest_components, mean_foreground
 
 FIGURE_SAMPLES = 6
 
@@ -39,44 +36,32 @@ def other_dataset(data: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-@torch.no_grad()
-def predict_masks(model, x: np.ndarray, y: np.ndarray, transform, batch_size: int, bf16: bool, device,
-                  keep_largest: list[int] = ()):
-    """(summed loss, per-class confusion counts, predicted masks uint8 N H W) over all samples; of the
-    classes in `keep_largest`, only each mask's largest region is kept."""
-    classes = model.num_classes
-    counts = torch.zeros(3, classes, dtype=torch.float64, device=device)
-    loss, correct, predicted = 0.0, 0.0, []
-    for start in range(0, len(x), batch_size):
-        stored = torch.from_numpy(np.ascontiguousarray(x[start: start + batch_size])).to(device)
-        truth = torch.from_numpy(np.ascontiguousarray(y[start: start + batch_size])).to(device).long()
-        with autocast(device, bf16):
-            logits = model(transform(stored)).float()
-        loss += F.cross_entropy(logits.permute(0, 3, 1, 2), truth, reduction="none").mean((1, 2)).sum().item()
+def predict_masks(task, context, x: np.ndarray, y: np.ndarray, keep_largest: list[int] = ()):
+    """(the task's validation sums over all samples: loss, pixel accuracy, per-class confusion counts;
+    the predicted masks, uint8 N H W); of the classes in `keep_largest`, only each mask's largest
+    region is kept, and counted."""
+    sums = torch.zeros(task.eval_size(), dtype=torch.float64)
+    predicted = []
+    for logits, truth in context.run(x, lambda batch: ((context.transform(batch[1]),), batch[2]), y):
+        truth = truth.long()
         guess = logits.argmax(-1)
         if keep_largest:
-            guess = torch.from_numpy(largest_components(guess.cpu().numpy(), list(keep_largest))).to(device)
-        correct += (guess == truth).float().mean((1, 2)).sum().item()
-        counts += confusion_counts(guess, truth, classes)
+            guess = torch.from_numpy(largest_components(guess.cpu().numpy(), list(keep_largest))).to(truth.device)
+        sums += task.eval_sums(logits, (truth,), guess).cpu()
         predicted.append(guess.to(torch.uint8).cpu().numpy())
-    return loss, correct, counts.cpu(), np.concatenate(predicted)
+    return sums, np.concatenate(predicted)
 
 
-def evaluate_segmentation(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
-                          device: torch.device, largest_component: list[str] = ()) -> EvalResult:
-    state, classes = loaded.state, loaded.state["classes"]
-    keep = class_indices(list(largest_component), list(classes), "--largest-component")
-    run_dir = run_dir_of(loaded.path)
-    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: other_dataset(Path(data), classes),
-                                              loaded.path)
-    transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
-    bf16 = use_bf16(recipe.train.precision, device)
-    loss, correct, counts, predicted = predict_masks(model.eval(), x, y, transform, batch_size, bf16, device, keep)
+def evaluate_segmentation(task, context) -> Evaluation:
+    state, classes = context.state, context.state["classes"]
+    keep = class_indices(list(context.options.get("largest_component") or []), list(classes), "--largest-component")
+    x, y, tag, described = context.samples(lambda data: other_dataset(data, classes))
+    sums, predicted = predict_masks(task, context, x, y, keep)
+    loss, correct, counts = float(sums[0]), float(sums[1]), sums[2:].reshape(3, len(classes))
     dice, iou = dice_and_iou(counts)
     both, guessed, truth = counts.tolist()
     report = {
-        "task": "segment",
-        "checkpoint": str(loaded.path),
+        "checkpoint": str(context.checkpoint),
         "epoch": state["epoch"],
         "evaluated_on": described,
         "samples": int(len(y)),
@@ -88,10 +73,8 @@ def evaluate_segmentation(model, recipe, loaded, split: str | None, data: Path |
         "per_class": [{"class": name, "dice": d, "iou": i, "pixels": int(t), "predicted_pixels": int(g)}
                       for name, d, i, t, g in zip(classes, dice, iou, truth, guessed)],
     }
-    json_path, png_path = run_dir / f"eval_{tag}.json", run_dir / f"segment_{tag}.png"
-    write_json(json_path, report)
-    plot_overlays(x, y, predicted, classes, f"{described}: mean Dice {report['mean_dice']:.3f}", png_path)
-    return EvalResult(report, json_path, png_path)
+    figure = plot_overlays(x, y, predicted, classes, f"{described}: mean Dice {report['mean_dice']:.3f}")
+    return Evaluation(report, figure, "segment", tag, dpi=80)
 
 
 def figure_samples(y: np.ndarray, count: int = FIGURE_SAMPLES) -> list[int]:
@@ -114,8 +97,9 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, classes: int) -> np.ndar
     return tinted
 
 
-def plot_overlays(x, y, predicted, classes: list[str], title: str, path: Path, samples: list[int] | None = None) -> None:
-    """Rows of image | truth | prediction (y None: image | prediction, for images without labels)."""
+def plot_overlays(x, y, predicted, classes: list[str], title: str, samples: list[int] | None = None):
+    """Rows of image | truth | prediction (y None: image | prediction, for images without labels): a
+    matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,4 +118,16 @@ def plot_overlays(x, y, predicted, classes: list[str], title: str, path: Path, s
                 ax.set_title(name)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, path, dpi=80)
+    return fig
+
+
+def show_evaluation(report: dict) -> Shown:
+    line = (f"[bold]{v(report['evaluated_on'])}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
+            f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
+            f"{report['samples']:,} slices · epoch {report['epoch']} checkpoint"
+            + (f" · only the largest region of {', '.join(v(name) for name in report['largest_component'])} kept per slice"
+               if report.get("largest_component") else ""))
+    figure = lambda value: "-" if value != value else f"{value:.4f}"  # noqa: E731  NaN: neither present nor predicted
+    rows = [[v(row["class"]), figure(row["dice"]), figure(row["iou"]), f"{row['pixels']:,}", f"{row['predicted_pixels']:,}"]
+            for row in report["per_class"]]
+    return Shown(line, [("per class", ["class", "Dice", "IoU", "pixels", "predicted"], rows)])

@@ -4,57 +4,38 @@ for a sample as in training's validation; a PNG of original | masked | reconstru
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from einops import rearrange
 
-from ..engine.runtime import InputTransform, autocast, use_bf16
-from ..errors import UserError
-from ..runs.files import save_figure, write_json
-from ..runs.trained import described_dataset, run_dir_of, split_samples
-from ..tasks.masked import MaskedImageTask
-from .classify import EvalResult, split_described
+from ..console import visible as v
+from .base import Evaluation, Shown
 
 FIGURE_SAMPLES = 6
 
 
-def evaluate_reconstruction(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
-                            device: torch.device) -> EvalResult:
-    if data is not None:
-        raise UserError("--data: a masked_image run is evaluated on a split of its own dataset; leave --data out")
-    state = loaded.state
-    x, _, split = split_samples(recipe, state, split)
-    if len(x) == 0:
-        raise UserError(f"{state['dataset']} {split} split: no samples to evaluate")
-    transform = InputTransform(state["input_spec"], state["normalization"], device, recipe.data)
-    task = MaskedImageTask(recipe, described_dataset(state), transform)
-    bf16 = use_bf16(recipe.train.precision, device)
+def evaluate_reconstruction(task, context) -> Evaluation:
+    x, _, tag, described = context.samples()
     sums, shown = torch.zeros(2, dtype=torch.float64), None
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            stored = torch.from_numpy(np.ascontiguousarray(x[start: start + batch_size])).to(device)
-            index = torch.arange(start, start + len(stored))
-            inputs, target = task.eval_batch(stored, None, index)
-            with autocast(device, bf16):
-                output = model(*inputs).float()
-            sums += task.eval_sums(output, target).cpu()
-            if shown is None:
-                shown = reconstructions(task, inputs, output, transform, FIGURE_SAMPLES)
+
+    def inputs_of(batch):  # the same hidden patches of a sample as in training's validation
+        start, stored = batch
+        inputs, target = task.eval_batch(stored, None, torch.arange(start, start + len(stored)))
+        return inputs, (inputs, target)
+
+    for output, (inputs, target) in context.run(x, inputs_of):
+        sums += task.eval_sums(output, target).cpu()
+        if shown is None:
+            shown = reconstructions(task, inputs, output, context.transform, FIGURE_SAMPLES)
     loss, baseline = (sums / len(x)).tolist()
-    described = split_described(recipe, state, split, loaded.path)
-    report = {"task": "masked_image", "checkpoint": str(loaded.path), "epoch": state["epoch"],
-              "evaluated_on": described, "samples": int(len(x)), "mask_ratio": recipe.task.mask_ratio,
+    report = {"checkpoint": str(context.checkpoint), "epoch": context.state["epoch"],
+              "evaluated_on": described, "samples": int(len(x)), "mask_ratio": context.recipe.task.mask_ratio,
               "loss": loss, "baseline_loss": baseline, "loss_over_baseline": loss / baseline if baseline else None}
-    run_dir = run_dir_of(loaded.path)
-    json_path, png_path = run_dir / f"eval_{split}.json", run_dir / f"reconstruct_{split}.png"
-    write_json(json_path, report)
-    plot_reconstructions(shown, f"{described}: loss {loss:.4f} vs patch-mean baseline {baseline:.4f}", png_path)
-    return EvalResult(report, json_path, png_path)
+    figure = plot_reconstructions(shown, f"{described}: loss {loss:.4f} vs patch-mean baseline {baseline:.4f}")
+    return Evaluation(report, figure, "reconstruct", tag, dpi=80)
 
 
-def reconstructions(task: MaskedImageTask, inputs, predicted: torch.Tensor, transform, count: int):
+def reconstructions(task, inputs, predicted: torch.Tensor, transform, count: int):
     """(original, masked, reconstructed) images in [0, 1] (N H W C) of the first `count` samples:
     hidden patches greyed out / filled in by the model (normalised predictions are given back each
     true patch's mean and std, as MAE shows them), visible patches as they were."""
@@ -68,7 +49,7 @@ def reconstructions(task: MaskedImageTask, inputs, predicted: torch.Tensor, tran
     rows = torch.arange(len(x))[:, None]
     masked[rows, hidden] = float("nan")
     filled[rows, hidden] = predicted.to(filled.dtype)
-    p, (height, width, _) = task.recipe.model.patch_size, task.dataset.input_spec["shape"]
+    p, (height, _, _) = task.recipe.model.patch_size, task.dataset.input_spec["shape"]
     to_image = lambda t: rearrange(t, "b (h w) (p1 p2 c) -> b (h p1) (w p2) c", h=height // p, p1=p, p2=p)  # noqa: E731
     return [to_pixels(to_image(t), transform) for t in (patches, masked, filled)]
 
@@ -80,7 +61,7 @@ def to_pixels(x: torch.Tensor, transform) -> np.ndarray:
     return x.clamp(0, 1).cpu().numpy()
 
 
-def plot_reconstructions(images, title: str, path: Path) -> None:
+def plot_reconstructions(images, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,4 +78,13 @@ def plot_reconstructions(images, title: str, path: Path) -> None:
                 axes[row][column].set_title(name)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, path, dpi=80)
+    return fig
+
+
+def show_evaluation(report: dict) -> Shown:
+    ratio = report["loss_over_baseline"]
+    return Shown(
+        f"[bold]{v(report['evaluated_on'])}[/]: reconstruction loss [bold]{report['loss']:.4f}[/] on the hidden "
+        f"{report['mask_ratio']:.0%} of the patches · patch-mean baseline {report['baseline_loss']:.4f}"
+        + (f" ({ratio:.2f}× of it)" if ratio is not None else "")
+        + f" · {report['samples']:,} samples · epoch {report['epoch']} checkpoint")

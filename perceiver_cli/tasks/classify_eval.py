@@ -3,25 +3,17 @@ matrix of a trained checkpoint, on a split of its prepared dataset or on any lab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from ..engine.runtime import InputTransform, as_tensor, loss_and_accuracy, predict, use_bf16
-from ..errors import UserError
-from ..runs.files import save_figure, write_json
+from ..console import visible as v
 from ..data.inputs import match_channels
-from ..runs.trained import run_dir_of, split_samples
-
-
-@dataclass
-class EvalResult:
-    report: dict
-    json_path: Path
-    png_path: Path
+from ..errors import UserError
+from .base import Evaluation, Shown
 
 
 def folder_samples(data: Path, state: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +34,12 @@ def folder_samples(data: Path, state: dict) -> tuple[np.ndarray, np.ndarray]:
     return match_channels(x, channels), y
 
 
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
 def metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
     loss, accuracy = loss_and_accuracy(logits, y)
     pred = logits.argmax(1).cpu().numpy()
@@ -60,7 +58,8 @@ def metrics(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
     }
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], classes: list[str], title: str):
+    """The confusion matrix as a matplotlib figure (rows: true, columns: predicted)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,29 +78,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path
         for (i, j), value in np.ndenumerate(m):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > m.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-
-
-def split_described(recipe, state: dict, split: str, checkpoint: Path) -> str:
-    """'cifar10 val split', saying so when that split also chose the checkpoint (best.pt by a val
-    metric): its figure is then a little optimistic, and a test split is the honest one."""
-    described = f"{state['dataset']} {split} split"
-    if split == "val" and Path(checkpoint).name == "best.pt" and recipe.train.best_metric != "last":
-        described += f" (which also chose this checkpoint by {recipe.train.best_metric}; a test split is unbiased)"
-    return described
-
-
-def samples_to_evaluate(recipe, state: dict, split: str | None, data: Path | None, read_data, checkpoint: Path):
-    """(x, y, file tag, description) of a split of the run's dataset, or of --data (read_data() reads it)."""
-    if data is not None:
-        x, y = read_data()
-        tag, described = f"data-{Path(data).stem}", str(data)
-    else:
-        x, y, split = split_samples(recipe, state, split)
-        tag, described = split, split_described(recipe, state, split, checkpoint)
-    if len(y) == 0:
-        raise UserError(f"{described}: no samples to evaluate")
-    return x, y, tag, described
+    return fig
 
 
 def flip_averaging(recipe, state: dict, asked: bool | None) -> bool:
@@ -113,30 +90,38 @@ def flip_averaging(recipe, state: dict, asked: bool | None) -> bool:
     return is_image and (asked if asked is not None else bool(recipe.data.augment.horizontal_flip))
 
 
-def evaluate_classifier(model, recipe, loaded, split: str | None, data: Path | None, batch_size: int,
-                        torch_device: torch.device, flip: bool | None = None) -> EvalResult:
-    checkpoint_path, state = loaded.path, loaded.state
-    flip = flip_averaging(recipe, state, flip)
-    run_dir = run_dir_of(checkpoint_path)
-    x, y, tag, described = samples_to_evaluate(recipe, state, split, data, lambda: folder_samples(Path(data), state),
-                                              checkpoint_path)
-    transform = InputTransform(state["input_spec"], state["normalization"], torch_device, recipe.data)
-    bf16 = use_bf16(recipe.train.precision, torch_device)
-    stored = as_tensor(x, torch_device)
-    logits = predict(model, stored, transform, batch_size, bf16, torch_device)
+def evaluate_classifier(task, context) -> Evaluation:
+    state = context.state
+    flip = flip_averaging(context.recipe, state, context.options.get("flip"))
+    x, y, tag, described = context.samples(lambda data: folder_samples(data, state))
+    transform = context.transform
+    logits = torch.cat([out for out, _ in context.run(x, lambda batch: ((transform(batch[1]),), None))])
     if flip:  # stored images are (N, H, W, C): the mirror reverses W
-        logits = (logits + predict(model, stored.flip(2), transform, batch_size, bf16, torch_device)) / 2
+        mirrored = torch.cat([out for out, _ in context.run(x, lambda batch: ((transform(batch[1].flip(2)),), None))])
+        logits = (logits + mirrored) / 2
     report = {
-        "task": "classify",
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": str(context.checkpoint),
         "epoch": state["epoch"],
         "evaluated_on": described,
         "flip_averaged": flip,
-        **metrics(logits, as_tensor(y, torch_device), state["classes"]),
+        **metrics(logits, torch.as_tensor(np.asarray(y), device=logits.device).long(), state["classes"]),
     }
-    json_path = run_dir / f"eval_{tag}.json"
-    png_path = run_dir / f"confusion_{tag}.png"
-    write_json(json_path, report)
-    plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}", png_path)
-    return EvalResult(report, json_path, png_path)
+    figure = plot_confusion(report["confusion_matrix"], state["classes"], f"{described}: accuracy {report['accuracy']:.2%}")
+    return Evaluation(report, figure, "confusion", tag)
 
+
+def show_evaluation(report: dict) -> Shown:
+    loss = report["loss"]
+    shown_loss = f"{loss:.4f}" if loss is not None and loss == loss else "-"  # NaN: no finite logits
+    line = (f"[bold]{v(report['evaluated_on'])}[/]: accuracy [bold]{report['accuracy']:.2%}[/] · loss {shown_loss} · "
+            f"{report['samples']:,} samples · epoch {report['epoch']} checkpoint"
+            + (" · each image averaged with its mirror (--no-flip-average to turn off)" if report.get("flip_averaged") else ""))
+    per_class = ("per class", ["class", "precision", "recall", "F1", "support"],
+                 [[v(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])]
+                  for row in report["per_class"]])
+    classes = [row["class"] for row in report["per_class"]]
+    tables = [per_class]
+    if len(classes) <= 20:
+        tables.append(("confusion matrix (rows: true, columns: predicted)", [""] + [v(name[:6]) for name in classes],
+                       [[v(name), *map(str, counts)] for name, counts in zip(classes, report["confusion_matrix"])]))
+    return Shown(line, tables)
