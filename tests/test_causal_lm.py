@@ -212,3 +212,16 @@ def test_bench_compares_with_lucidrains_perceiver_ar_in_turns(cli, workdir, monk
     assert compare["with"] == "perceiver-ar" and compare["speedup"]["train"] > 0
     assert compare["parameters"]["ours"] > 0 and compare["parameters"]["perceiver-ar"] > 0
     assert compare["memory_ratio"]["train"] > 0 and "vs lucidrains/perceiver-ar-pytorch" in result.stdout
+
+
+def test_export_writes_a_causal_lm_run_as_safetensors_and_refuses_graphs(cli, ar_run, monkeypatch):
+    root, run, _ = ar_run
+    monkeypatch.chdir(root)
+    result = cli("export", run, "--format", "safetensors", "--out", "ar_export")
+    assert result.exit_code == 0, result.output
+    import perceiver_cli
+
+    text = "".join(perceiver_cli.load(root / "ar_export").generate("alpha ", max_bytes=20, temperature=0))
+    assert text == "".join(perceiver_cli.load(run).generate("alpha ", max_bytes=20, temperature=0))
+    refused = cli("export", run, "--format", "onnx", "--out", "ar_onnx")
+    assert refused.exit_code == 2 and "--format safetensors writes" in refused.output

@@ -84,7 +84,8 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
     samples, result.inputs_used = _check_samples(recipe, state)
     transform = InputTransform(state["input_spec"], state.get("normalization"), device, recipe.data)
     with torch.no_grad():
-        eager = {batch: model(transform(torch.from_numpy(samples[:batch]))) for batch in CHECK_BATCHES}
+        built.transform = transform
+        eager = {batch: model(*built.model_inputs(torch.from_numpy(samples[:batch]))) for batch in CHECK_BATCHES}
 
     # the whole folder is built and checked beside its place (same disk: the swap is a rename), then swapped in
     staging = temporary_sibling(out)
@@ -98,7 +99,7 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
                 result.output = built.output_description(classes)
                 write_text_atomic(staging / EXPORT_INFO, json_text(_export_info(result), indent=2) + "\n")
             write_folder(model, recipe, state, staging)
-            _check_round_trip(staging, transform, samples, eager, result)
+            _check_round_trip(staging, built, samples, eager, result)
             result.files = sorted(path.name for path in staging.iterdir())
             swap.replace_directory(staging, out)
     finally:
@@ -196,12 +197,12 @@ def _export_info(result: ExportResult) -> dict:
             "check": {"inputs": result.inputs_used, "runs": result.checks}, "notes": result.notes}
 
 
-def _check_round_trip(folder: Path, transform, samples, eager, result: ExportResult) -> None:
+def _check_round_trip(folder: Path, task, samples, eager, result: ExportResult) -> None:
     """The folder as perceiver_cli.load reads it gives the very same logits (same bits)."""
     model, _, _ = load_folder(folder, torch.device("cpu"))
     batch = max(CHECK_BATCHES)
     with torch.no_grad():
-        same = torch.equal(model(transform(torch.from_numpy(samples[:batch]))), eager[batch])
+        same = torch.equal(model(*task.model_inputs(torch.from_numpy(samples[:batch]))), eager[batch])
     result.checks.append({"what": "safetensors folder reloaded vs PyTorch", "batch": batch, "identical": same})
     if not same:
         raise UserError(f"{result.out}: the reloaded weights do not give the run's logits; nothing was written. Please report it")

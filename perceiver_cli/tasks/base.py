@@ -169,6 +169,10 @@ class Task:
 
     # --- exporting (perceiver export) -----------------------------------------------------------------
 
+    def model_inputs(self, stored: torch.Tensor) -> tuple:
+        """The model's inputs for stored samples (export checks its files on them)."""
+        return (self.transform(stored),)
+
     def check_exportable(self, target, format: str) -> None:
         """Raise when a run of this task is not a model to deploy."""
 

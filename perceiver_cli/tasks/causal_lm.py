@@ -32,6 +32,7 @@ class CausalLMConfig(TaskConfig):
     name: Literal["causal_lm"] = Field("causal_lm", description="next byte")
     context: int = Field(1024, gt=1, description="causal_lm: bytes in a window (the latents' context); the last model.num_latents of them are the latents")
     prefix_dropout: float = Field(0.5, ge=0, lt=1, description="causal_lm: in training, drop this share of each window's prefix positions (Perceiver AR's trick: a longer context for less compute); off in eval")
+    short_windows: float = Field(0.125, ge=0, le=1, description="causal_lm: share of training windows cut to a random length (1 to context bytes, the rest padding), so that a short prompt is as familiar as a full window; 0 = every window full")
     rotary_fraction: float = Field(0.5, gt=0, le=1, description="causal_lm: share of each head's channels rotated by position (Perceiver AR and krasserm: 0.5)")
 
 
@@ -57,21 +58,30 @@ class CausalLMTask(ByteStreamTask):
                            widening=m.widening_factor, rotary_fraction=t.rotary_fraction, dropout=m.dropout,
                            attention_dropout=m.attention_dropout, prefix_dropout=t.prefix_dropout)
 
-    def windows(self, stream: np.ndarray, ends: np.ndarray, device) -> tuple[tuple, tuple]:
+    def windows(self, stream: np.ndarray, ends: np.ndarray, device, lengths: np.ndarray | None = None) -> tuple[tuple, tuple]:
         """The windows of `context` bytes whose last target is stream[end]: inputs (tokens, valid) B C
-        and targets (next bytes, counted) B N; positions before the stream are padding."""
+        and targets (next bytes, counted) B N; positions before the stream, or before a window's
+        `lengths` last bytes, are padding."""
         offsets = ends[:, None] - self.context + np.arange(self.context)[None, :]  # B C: the input positions
         valid = offsets >= 0
+        if lengths is not None:
+            valid &= np.arange(self.context)[None, :] >= self.context - lengths[:, None]
         tokens = stream[np.clip(offsets, 0, None)]
         nexts = stream[np.clip(offsets[:, -self.latents:] + 1, 0, None)]
         to = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)  # noqa: E731
         counted = to(valid[:, -self.latents:], torch.bool)
         return (to(tokens, torch.long), to(valid, torch.bool)), (to(nexts, torch.long), counted)
 
+    def model_inputs(self, stored):
+        return (stored[:, -self.context:].long(),)  # a stored row's last window
+
     def train_batch(self, stored, labels, generator):
         stream = self.stream("train")
-        ends = torch.randint(1, len(stream), (len(stored),), generator=generator).numpy()
-        return self.windows(stream, ends, stored.device)
+        count = len(stored)
+        ends = torch.randint(1, len(stream), (count,), generator=generator).numpy()
+        short = torch.rand(count, generator=generator) < self.recipe.task.short_windows
+        lengths = torch.where(short, torch.randint(1, self.context + 1, (count,), generator=generator), self.context)
+        return self.windows(stream, ends, stored.device, lengths.numpy())
 
     def eval_batch(self, stored, labels, index):
         stream = self.stream(self.validation_split())

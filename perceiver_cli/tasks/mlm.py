@@ -73,6 +73,11 @@ class MLMTask(ByteStreamTask):
         tokens = windows.scatter(1, chosen, shown)
         return (tokens.to(device), chosen.to(device)), (target.to(device),), treatment.to(device)
 
+    def model_inputs(self, stored):
+        """A stored row's first window, its bytes to predict every 7th (unmasked: a check of the weights)."""
+        tokens = stored[:, : self.context].long()
+        return tokens, torch.arange(0, tokens.shape[1], 7, device=tokens.device).expand(len(tokens), -1)
+
     def train_batch(self, stored, labels, generator):
         stream = self.stream("train")
         starts = torch.randint(0, len(stream) - self.context + 1, (len(stored),), generator=generator).numpy()
