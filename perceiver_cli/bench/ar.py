@@ -167,6 +167,8 @@ def sweep(recipe, batch: int, device, bf16: bool, options) -> dict:
         try:
             step, _ = ours_step(recipe, context, batch, "train", device, bf16)
             times = time_steps(step, device, max(3, options.steps // 2), 1)
+            if device.type == "cpu":  # an in-process peak says nothing of one model (memory.py); CUDA's is its own
+                times.peak_memory_bytes = None
         except (torch.OutOfMemoryError, MemoryError):
             rows.append({"context": context, "error": "out of memory"})
             continue
