@@ -73,7 +73,8 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
     if figure:  # the task's own figure (segment: its pixel accuracy is dominated by the background; Dice counts)
         key, _, eval_key = figure
         measured = [r for r in rows if r.get(key) == r.get(key) and r.get(key) is not None]
-        best_row = max(measured, key=lambda r: r[key]) if measured else None
+        pick = min if getattr(task, "best_metrics", {}).get(key) == "min" else max  # bits per byte: lower is better
+        best_row = pick(measured, key=lambda r: r[key]) if measured else None
         summary[f"best_{key}"] = best_row[key] if best_row else None
         summary[f"best_{key}_epoch"] = best_row["epoch"] if best_row else None
         summary[f"test_{eval_key}"] = _test_figure(run_dir / "eval_test.json", eval_key) if measured else None

@@ -104,6 +104,11 @@ def test_a_tiny_run_learns_more_than_the_bigram_and_eval_shows_the_baselines(cli
     assert report["bits_per_byte"] < report["baselines"]["bigram"], report
     assert report["baselines"]["xz -9e"] > 0 and "xz -9e" in result.stdout and "bigram" in result.stdout
     assert (run / "bits_test.png").is_file()
+    reported = cli("report", run)
+    summary = json.loads((run / "report.json").read_text())["runs"][str(run)]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["best_val_bpb"] == min(r["val_bpb"] for r in rows)  # lower is better
+    assert summary["test_bits_per_byte"] == report["bits_per_byte"] and "best val bits/byte" in reported.stdout
 
 
 def test_generate_streams_seeded_text_and_top_k_one_is_greedy(cli, ar_run, monkeypatch):

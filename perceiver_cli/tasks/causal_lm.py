@@ -43,7 +43,7 @@ class CausalLMTask(ByteStreamTask):
     compare_with, bench_bytes = "perceiver-ar", True  # lucidrains' perceiver-ar-pytorch
     columns = (("val_accuracy", "val acc", "{:.2%}"), ("val_bpb", "val bits/byte", "{:.4f}"))
     best_metrics = {"val_bpb": "min", "val_loss": "min"}
-    report_figure = None
+    report_figure = ("val_bpb", "bits/byte", "bits_per_byte")
     headline, headline_percent = "bits_per_byte", False
 
     def __init__(self, recipe, dataset, transform):

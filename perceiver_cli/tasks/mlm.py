@@ -49,6 +49,7 @@ class MLMTask(ByteStreamTask):
     Config = MLMConfig
     columns = (("val_accuracy", "val acc", "{:.2%}"), ("val_bpb", "val bits/byte", "{:.4f}"))
     best_metrics = {"val_bpb": "min", "val_loss": "min", "val_accuracy": "max"}
+    report_figure = ("val_bpb", "bits/byte", "bits_per_byte")
     headline, headline_percent = "accuracy", True
 
     @property
