@@ -104,6 +104,9 @@ def test_a_tiny_run_learns_more_than_the_bigram_and_eval_shows_the_baselines(cli
     assert report["bits_per_byte"] < report["baselines"]["bigram"], report
     assert report["baselines"]["xz -9e"] > 0 and "xz -9e" in result.stdout and "bigram" in result.stdout
     assert (run / "bits_test.png").is_file()
+    other = cli("eval", run, "--data", root / "corpus")  # no other dataset: one line, nothing written
+    assert other.exit_code == 2 and "evaluated on a split of its own dataset" in other.output
+    assert not list(run.glob("eval_data-*"))
     reported = cli("report", run)
     summary = json.loads((run / "report.json").read_text())["runs"][str(run)]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.sources import load_for_recipe
 from ..engine.runtime import InputTransform, array_batches, resolve_device, run_model, use_bf16
 from ..errors import UserError
 from ..runs.files import all_or_nothing, save_figure, write_json
-from ..runs.trained import described_dataset, load_trained, run_dir_of, split_samples
+from ..runs.trained import described_dataset, evaluated_split, load_trained, run_dataset, run_dir_of, split_samples
 from ..tasks import TASKS, build_task, check_options
 
 
@@ -61,8 +60,7 @@ class EvalContext:
         read_data() reads (None: this task takes no --data)."""
         if self.data is not None:
             if read_data is None:
-                raise UserError(f"--data: a task.name={self.recipe.task.name} run is evaluated on a split of its own "
-                                f"dataset; leave --data out")
+                self._refuse_data()
             x, y = read_data(Path(self.data))
             tag, described = f"data-{Path(self.data).stem}", str(self.data)
         else:
@@ -72,12 +70,17 @@ class EvalContext:
             raise UserError(f"{described}: no samples to evaluate")
         return x, y, tag, described
 
-    def dataset(self):
-        """The run's prepared dataset (memory-mapped), which must have the checkpoint's classes."""
-        dataset = load_for_recipe(self.recipe.data, mmap=True)
-        if list(dataset.classes) != list(self.state["classes"]):
-            raise UserError(f"the checkpoint's classes do not match dataset '{dataset.name}' at its prepared location")
-        return dataset
+    def own_split(self):
+        """(the run's prepared dataset, memory-mapped, and the split to evaluate) for a task evaluated on
+        a split of its own dataset only (--data is refused)."""
+        self._refuse_data()
+        dataset = run_dataset(self.recipe, self.state, mmap=True)
+        return dataset, evaluated_split(dataset, self.split)
+
+    def _refuse_data(self) -> None:
+        if self.data is not None:
+            raise UserError(f"--data: a task.name={self.recipe.task.name} run is evaluated on a split of its own "
+                            f"dataset; leave --data out")
 
     def task(self):
         """The run's task, built for its dataset as the checkpoint describes it (with this transform)."""

@@ -53,13 +53,24 @@ def load_trained(target: Path, device: torch.device, prefer: str = "best"):
     return model.to(device).eval(), recipe, loaded
 
 
+def run_dataset(recipe, state: dict, mmap: bool = False):
+    """The run's prepared dataset, which must have the checkpoint's classes."""
+    dataset = load_for_recipe(recipe.data, mmap=mmap)
+    if list(dataset.classes) != list(state["classes"]):
+        raise UserError(f"the checkpoint's classes do not match dataset '{dataset.name}' at its prepared location")
+    return dataset
+
+
+def evaluated_split(dataset, split: str | None) -> str:
+    """The split to evaluate: the one asked for, else test where there is one, else val."""
+    return split or ("test" if "test" in dataset.splits else "val")
+
+
 def split_samples(recipe, state: dict, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(x, y, split name) of the run's prepared dataset, which must have the checkpoint's classes;
     split None: test where there is one, else val."""
-    dataset = load_for_recipe(recipe.data)
-    if list(dataset.classes) != list(state["classes"]):
-        raise UserError(f"the checkpoint's classes do not match dataset '{dataset.name}' at its prepared location")
-    split = split or ("test" if "test" in dataset.splits else "val")
+    dataset = run_dataset(recipe, state)
+    split = evaluated_split(dataset, split)
     if split == "val" and "val" not in dataset.splits:  # the same held-out share training validated on
         _, (x, y) = split_train_val(dataset, recipe.data.val_fraction, recipe.train.seed)
         return x, y, split

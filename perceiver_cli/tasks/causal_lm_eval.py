@@ -72,9 +72,8 @@ def compressor_bits(data: bytes) -> dict:
 
 
 def evaluate_bytes(task, context) -> Evaluation:
-    dataset = context.dataset()
+    dataset, split = context.own_split()
     task.dataset = dataset  # the streams, not only the checkpoint's description of them
-    split = context.split or ("test" if "test" in dataset.splits else "val")
     held_out = stream_of(dataset.split(split))
     nll, counted = model_bits(task, context, held_out)
     bpb = nll / max(counted, 1) / math.log(2)

@@ -26,9 +26,8 @@ def unigram_bits(train: np.ndarray, held_out: np.ndarray) -> float:
 
 
 def evaluate_masked_bytes(task, context) -> Evaluation:
-    dataset = context.dataset()
+    dataset, split = context.own_split()
     task.dataset = dataset
-    split = context.split or ("test" if "test" in dataset.splits else "val")
     held_out = task.stream(split)
     starts = np.arange(0, len(held_out) - task.context + 1, task.context, dtype=np.int64)
     nll, correct = np.zeros(3), np.zeros(3)
