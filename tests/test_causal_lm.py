@@ -194,7 +194,7 @@ def test_bench_of_a_causal_lm_recipe_times_training_generation_and_the_window_sw
     from perceiver_cli.bench import ar
 
     monkeypatch.setattr(ar, "SWEEP", (32, 64, 128))
-    monkeypatch.setattr(ar, "GENERATED", 8)
+    monkeypatch.setattr(ar, "GENERATED", {True: 8, False: 8})
     result = cli("bench", "bytes_ar", *set_args(TINY_AR), "--mode", "train", "--steps", "2", "--warmup", "1",
                  "--batch", "4", "--sweep", "--json", "bench.json")
     assert result.exit_code == 0, result.output
@@ -211,7 +211,7 @@ def test_bench_compares_with_lucidrains_perceiver_ar_in_turns(cli, workdir, monk
     pytest.importorskip("perceiver_ar_pytorch")
     from perceiver_cli.bench import ar
 
-    monkeypatch.setattr(ar, "GENERATED", 4)
+    monkeypatch.setattr(ar, "GENERATED", {True: 4, False: 4})
     wide_heads = TINY_AR + ["model.latent_dim=64", "model.latent_heads=2"]  # theirs rotates 32 channels of a head
     result = cli("bench", "bytes_ar", *set_args(wide_heads), "--mode", "train", "--steps", "2", "--warmup", "1",
                  "--batch", "4", "--compare", "perceiver-ar", "--json", "bench.json")

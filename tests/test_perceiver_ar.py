@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from perceiver_cli.model.perceiver_ar import Generator, PerceiverAR, positions_of, sample
@@ -57,16 +58,18 @@ def test_a_later_byte_never_changes_earlier_logits(training):
 def test_a_later_byte_gets_no_gradient_from_earlier_logits():
     model = small(prefix_dropout=0.0)
     kept = {}
+    keys_of = model.cross.attention.keys_of
 
-    def keep(module, args, out):
-        out.retain_grad()
-        kept["x"] = out
-    model.embedding.register_forward_hook(keep)
+    def keep(kv, positions, valid):  # the window's keys and values, one row per position
+        kv.retain_grad()
+        kept["kv"] = kv
+        return keys_of(kv, positions, valid)
+    model.cross.attention.keys_of = keep
     x = tokens(1, 20)
     logits = model(x)
     t = 20 - model.num_latents + 3  # the 4th latent's position
     logits[:, :4].sum().backward()
-    grad = kept["x"].grad[0].abs().sum(-1)
+    grad = kept["kv"].grad[0].abs().sum(-1)
     assert (grad[: t + 1] > 0).all() and (grad[t + 1:] == 0).all()
 
 
@@ -129,3 +132,11 @@ def test_top_k_one_is_greedy_and_seeded_sampling_repeats():
     top = logits.softmax(-1).sort(-1, descending=True)
     allowed = [set(top.indices[i, : int((top.values[i].cumsum(0) < 0.05).sum()) + 1].tolist()) for i in range(4)]
     assert all(int(b) in allowed[i % 4] for i, b in enumerate(nucleus))
+
+
+def test_the_cross_attends_table_of_byte_keys_is_the_per_position_projection():
+    model = small()
+    x = tokens(2, 30)
+    attention = model.cross.attention
+    per_position = attention.kv(attention.kv_norm(model.embedding(x)))
+    assert torch.allclose(F.embedding(x, model.cross_kv_table()), per_position, atol=1e-6)

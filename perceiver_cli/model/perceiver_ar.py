@@ -6,6 +6,7 @@ the next byte. The cost grows with N x context, not context^2.
 
     bytes (B L) -> embedding (B L D) -> latents = the last N (B N D)
     latents <- causal cross-attention to all L, then MLP          # cost N x L
+               (its keys and values, per byte: a 256-row table looked up, not L projections)
     latents -> latent_blocks x causal self-attention + MLP         # cost N x N
     -> LayerNorm -> Linear -> next-byte logits (B N 256)
 
@@ -40,9 +41,24 @@ from .attention import MLP
 VOCAB = 256  # bytes
 
 
+@dataclass
+class Positions:
+    """Positions in the stream (B L long) and the cos and sin of their rotary angles (B 1 L r/2, fp32):
+    computed once per forward or step and read by every layer (they all rotate alike)."""
+
+    index: torch.Tensor
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
+
+    def __getitem__(self, columns: slice) -> "Positions":
+        if self.cos is None:
+            return Positions(self.index[:, columns], None, None)
+        return Positions(self.index[:, columns], self.cos[:, :, columns], self.sin[:, :, columns])
+
+
 class Rotary(nn.Module):
-    """Rotates the first `rotated` channels of each head by its position (RoFormer's rotation, in
-    the half-split layout: channel i pairs with channel i + rotated/2); the others pass through."""
+    """RoFormer's rotation of the first `rotated` channels of each head by position (in the half-split
+    layout: channel i pairs with channel i + rotated/2); the other channels pass through."""
 
     def __init__(self, head_dim: int, fraction: float = 0.5, base: float = 10_000.0):
         super().__init__()
@@ -50,30 +66,77 @@ class Rotary(nn.Module):
         inv_freq = base ** (-torch.arange(0, self.rotated, 2, dtype=torch.float32) / max(self.rotated, 1))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: B H L Dh; positions: B L (long)."""
+    def at(self, index: torch.Tensor) -> Positions:
+        """The Positions of `index` (B L long)."""
         if not self.rotated:
-            return x
-        angles = positions.to(torch.float32)[:, None, :, None] * self.inv_freq  # B 1 L r/2
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        half = self.rotated // 2
-        x1, x2, rest = x[..., :half], x[..., half: self.rotated], x[..., self.rotated:]
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+            return Positions(index, None, None)
+        angles = index.to(torch.float32)[:, None, :, None] * self.inv_freq  # B 1 L r/2
+        return Positions(index, angles.cos(), angles.sin())
+
+
+def rotate(x: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """x (B H L Dh) rotated by its positions."""
+    if positions.cos is None:
+        return x
+    cos, sin = positions.cos.to(x.dtype), positions.sin.to(x.dtype)
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half: 2 * half], x[..., 2 * half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
 
 @dataclass
 class KeysValues:
     """One attention layer's keys and values of the positions it has read (B H L Dh, rotated keys),
-    their positions (B L) and which are real bytes (B L): what a cached step appends to."""
+    their positions (B L) and which are real bytes (B L; None: all of them, a batch without padding):
+    what a cached step appends to.
+
+    `storage`, when set, is a larger preallocated KeysValues whose first len(self) positions these
+    are: extending then writes the new positions into it in place (no copy of the whole cache per
+    byte). A cache is extended once, as generation does; a second extension of the same one would
+    write over the positions the first one added."""
 
     k: torch.Tensor
     v: torch.Tensor
     positions: torch.Tensor
-    valid: torch.Tensor
+    valid: torch.Tensor | None
+    storage: "KeysValues | None" = None
+
+    def reserved(self, capacity: int) -> "KeysValues":
+        """The same keys and values, with room for `capacity` positions in all."""
+        if capacity <= len(self):
+            return self
+
+        def room(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+            if t is None:
+                return None
+            buffer = t.new_empty(t.shape[:dim] + (capacity,) + t.shape[dim + 1:])
+            buffer.narrow(dim, 0, t.shape[dim]).copy_(t)
+            return buffer
+
+        storage = KeysValues(room(self.k, 2), room(self.v, 2), room(self.positions, 1), room(self.valid, 1))
+        return storage.first(len(self))
+
+    def first(self, length: int) -> "KeysValues":
+        return KeysValues(self.k[:, :, :length], self.v[:, :, :length], self.positions[:, :length],
+                          None if self.valid is None else self.valid[:, :length], storage=self)
 
     def extended(self, other: "KeysValues") -> "KeysValues":
+        start, end = len(self), len(self) + len(other)
+        if self.storage is not None and end <= len(self.storage) and (self.valid is None) == (other.valid is None):
+            storage = self.storage
+            storage.k[:, :, start:end], storage.v[:, :, start:end] = other.k, other.v
+            storage.positions[:, start:end] = other.positions
+            if other.valid is not None:
+                storage.valid[:, start:end] = other.valid
+            return storage.first(end)
         return KeysValues(torch.cat([self.k, other.k], 2), torch.cat([self.v, other.v], 2),
-                          torch.cat([self.positions, other.positions], 1), torch.cat([self.valid, other.valid], 1))
+                          torch.cat([self.positions, other.positions], 1),
+                          None if self.valid is None and other.valid is None else
+                          torch.cat([self.real(), other.real()], 1))
+
+    def real(self) -> torch.Tensor:
+        """Which positions are real bytes (B L bool)."""
+        return torch.ones_like(self.positions, dtype=torch.bool) if self.valid is None else self.valid
 
     def __len__(self) -> int:
         return self.k.shape[2]
@@ -94,19 +157,30 @@ class CausalAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
-        self.rotary = Rotary(self.head_dim, rotary_fraction)
         self.dropout, self.attention_dropout = nn.Dropout(dropout), attention_dropout
 
-    def keys_values(self, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> KeysValues:
-        k, v = self.kv(self.kv_norm(x)).unflatten(-1, (2, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-        return KeysValues(self.rotary(k, positions), v, positions, valid)
+    def project_keys(self, normed: torch.Tensor, positions: Positions, valid: torch.Tensor | None) -> KeysValues:
+        return self.keys_of(self.kv(normed), positions, valid)
 
-    def forward(self, x_q: torch.Tensor, q_positions: torch.Tensor, keys: KeysValues) -> torch.Tensor:
-        q = self.q(self.q_norm(x_q)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # B H Nq Dh
-        q = self.rotary(q, q_positions)
-        # a query reads the real keys at positions <= its own: lower-right causal, for any lengths
-        allowed = (keys.positions[:, None, :] <= q_positions[:, :, None]) & keys.valid[:, None, :]  # B Nq Lk
-        out = F.scaled_dot_product_attention(q, keys.k, keys.v, attn_mask=allowed[:, None],
+    def keys_of(self, kv: torch.Tensor, positions: Positions, valid: torch.Tensor | None) -> KeysValues:
+        """KeysValues from projected keys and values (B L 2D), the keys rotated by their positions."""
+        k, v = kv.unflatten(-1, (2, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        return KeysValues(rotate(k, positions), v, positions.index, valid)
+
+    def forward(self, x_q: torch.Tensor, q_positions: Positions, keys: KeysValues) -> torch.Tensor:
+        return self.attend(self.q_norm(x_q), q_positions, keys)
+
+    def attend(self, normed_q: torch.Tensor, q_positions: Positions, keys: KeysValues) -> torch.Tensor:
+        q = self.q(normed_q).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # B H Nq Dh
+        q = rotate(q, q_positions)
+        # a query reads the real keys at positions <= its own: lower-right causal, for any lengths. One
+        # query is always the newest position (a cached step, or a view with one latent): without padding
+        # it reads every key, and needs no mask.
+        allowed = None
+        if q_positions.index.shape[1] > 1 or keys.valid is not None:
+            allowed = keys.positions[:, None, :] <= q_positions.index[:, :, None]  # B Nq Lk
+            allowed = (allowed if keys.valid is None else allowed & keys.valid[:, None, :])[:, None]
+        out = F.scaled_dot_product_attention(q, keys.k, keys.v, attn_mask=allowed,
                                              dropout_p=self.attention_dropout if self.training else 0.0)
         return self.dropout(self.out(out.transpose(1, 2).flatten(2)))
 
@@ -120,9 +194,19 @@ class ARLayer(nn.Module):
         self.attention = CausalAttention(dim, heads, rotary_fraction, dropout, attention_dropout, cross)
         self.mlp = MLP(dim, widening, "gelu", dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, keys: KeysValues) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: Positions, keys: KeysValues) -> torch.Tensor:
         x = x + self.attention(x, positions, keys)
         return x + self.mlp(x)
+
+    def self_attend(self, x: torch.Tensor, positions: Positions, valid: torch.Tensor | None,
+                    past: KeysValues | None = None) -> tuple[torch.Tensor, KeysValues]:
+        """A latent block: x attends to itself (after the `past` keys of a cache); also returns its keys.
+        Queries and keys share the block's norm, so x is normed once."""
+        normed = self.attention.q_norm(x)
+        keys = self.attention.project_keys(normed, positions, valid)
+        keys = keys if past is None else past.extended(keys)
+        x = x + self.attention.attend(normed, positions, keys)
+        return x + self.mlp(x), keys
 
 
 @dataclass
@@ -133,6 +217,7 @@ class ARCache:
     cross: KeysValues
     latent: list[KeysValues]
     next_position: torch.Tensor  # B: the position the next byte of each row takes
+    kv_table: torch.Tensor  # 256 2D: the cross-attend's keys and values of each byte, before rotation
 
     @property
     def latents(self) -> int:
@@ -140,6 +225,11 @@ class ARCache:
 
     def __len__(self) -> int:
         return len(self.cross)
+
+    def reserved(self, cross: int, latent: int) -> "ARCache":
+        """Room for `cross` positions in the cross-attend's cache and `latent` in each latent block's."""
+        return ARCache(self.cross.reserved(cross), [keys.reserved(latent) for keys in self.latent], self.next_position,
+                       self.kv_table)
 
 
 def positions_of(valid: torch.Tensor) -> torch.Tensor:
@@ -154,6 +244,7 @@ class PerceiverAR(nn.Module):
         super().__init__()
         self.num_latents, self.prefix_dropout = num_latents, prefix_dropout
         self.embedding = nn.Embedding(VOCAB, dim)
+        self.rotary = Rotary(dim // heads, rotary_fraction)  # every layer's heads rotate alike
         self.cross = ARLayer(dim, heads, widening, rotary_fraction, dropout, attention_dropout, cross=True)
         self.blocks = nn.ModuleList(ARLayer(dim, heads, widening, rotary_fraction, dropout, attention_dropout,
                                             cross=False) for _ in range(latent_blocks))
@@ -169,35 +260,41 @@ class PerceiverAR(nn.Module):
         bytes of a left-padded batch. cache=True also returns the ARCache for `step`."""
         tokens = tokens.long()
         batch, length = tokens.shape
-        valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid
         latents = min(num_latents or self.num_latents, length)
-        positions = positions_of(valid)
-        x = self.embedding(tokens)  # B L D
-        x_latent, latent_positions = x[:, length - latents:], positions[:, length - latents:]
-        keys_x, keys_positions, keys_valid = x, positions, valid
+        positions = torch.arange(length, device=tokens.device).expand(batch, -1) if valid is None else positions_of(valid)
+        keys_tokens, keys_index, keys_valid = tokens, positions, valid
         prefix = length - latents
         if self.training and prefix and self.prefix_dropout:
-            keys_x, keys_positions, keys_valid = self._drop_prefix(x, positions, valid, prefix)
-        cross_keys = self.cross.attention.keys_values(keys_x, keys_positions, keys_valid)
-        h = self.cross(x_latent, latent_positions, cross_keys)
-        latent_valid = valid[:, length - latents:]
+            keys_tokens, keys_index, keys_valid = self._drop_prefix(tokens, positions, valid, prefix)
+        keys_positions = self.rotary.at(keys_index)
+        latent_positions = keys_positions[-latents:]  # the keys end with every latent, dropout or not
+        kv_table = self.cross_kv_table()
+        cross_keys = self.cross.attention.keys_of(F.embedding(keys_tokens, kv_table), keys_positions, keys_valid)
+        h = self.cross(self.embedding(tokens[:, length - latents:]), latent_positions, cross_keys)
+        latent_valid = None if valid is None else valid[:, length - latents:]
         latent_keys = []
         for block in self.blocks:
-            keys = block.attention.keys_values(h, latent_positions, latent_valid)
+            h, keys = block.self_attend(h, latent_positions, latent_valid)
             latent_keys.append(keys)
-            h = block(h, latent_positions, keys)
         logits = self.head(self.norm(h)).float()
         if not cache:
             return logits
-        return logits, ARCache(cross_keys, latent_keys, positions[:, -1] + 1)
+        return logits, ARCache(cross_keys, latent_keys, positions[:, -1] + 1, kv_table)
 
-    def _drop_prefix(self, x, positions, valid, prefix: int):
+    def cross_kv_table(self) -> torch.Tensor:
+        """The cross-attend's keys and values (before rotation) of each of the 256 bytes (256 2D). They
+        depend on the byte alone (embedding, then LayerNorm, then a linear map, all per position), so the
+        window's are looked up in this table: one projection of 256 rows, not of every position."""
+        attention = self.cross.attention
+        return attention.kv(attention.kv_norm(self.embedding.weight))
+
+    def _drop_prefix(self, tokens, positions, valid, prefix: int):
         """Keep a random (1 - prefix_dropout) of each sample's prefix positions, in order, and every latent."""
+        batch, length = tokens.shape
         keep = max(1, prefix - int(prefix * self.prefix_dropout))
-        chosen = torch.rand(x.shape[0], prefix, device=x.device).topk(keep, dim=1).indices.sort(1).values  # B K
-        index = torch.cat([chosen, torch.arange(prefix, x.shape[1], device=x.device).expand(x.shape[0], -1)], 1)
-        return (x.gather(1, index[..., None].expand(-1, -1, x.shape[2])), positions.gather(1, index),
-                valid.gather(1, index))
+        chosen = torch.rand(batch, prefix, device=tokens.device).topk(keep, dim=1).indices.sort(1).values  # B K
+        index = torch.cat([chosen, torch.arange(prefix, length, device=tokens.device).expand(batch, -1)], 1)
+        return tokens.gather(1, index), positions.gather(1, index), None if valid is None else valid.gather(1, index)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, cache: ARCache) -> tuple[torch.Tensor, ARCache]:
@@ -205,17 +302,17 @@ class PerceiverAR(nn.Module):
         latents, and the cache with them: what forward() of the whole view (same first latent) gives."""
         tokens = tokens.long()
         batch, count = tokens.shape
-        positions = cache.next_position[:, None] + torch.arange(count, device=tokens.device)  # B T
-        valid = torch.ones_like(tokens, dtype=torch.bool)
-        x = self.embedding(tokens)
-        cross_keys = cache.cross.extended(self.cross.attention.keys_values(x, positions, valid))
-        h = self.cross(x, positions, cross_keys)
+        positions = self.rotary.at(cache.next_position[:, None] + torch.arange(count, device=tokens.device))  # B T
+        valid = None if cache.cross.valid is None else torch.ones_like(tokens, dtype=torch.bool)  # padded before
+        new_keys = self.cross.attention.keys_of(F.embedding(tokens, cache.kv_table), positions, valid)
+        cross_keys = cache.cross.extended(new_keys)
+        h = self.cross(self.embedding(tokens), positions, cross_keys)
         latent_keys = []
         for block, past in zip(self.blocks, cache.latent):
-            keys = past.extended(block.attention.keys_values(h, positions, valid))
+            h, keys = block.self_attend(h, positions, valid, past)
             latent_keys.append(keys)
-            h = block(h, positions, keys)
-        return self.head(self.norm(h)).float(), ARCache(cross_keys, latent_keys, positions[:, -1] + 1)
+        return self.head(self.norm(h)).float(), ARCache(cross_keys, latent_keys, positions.index[:, -1] + 1,
+                                                        cache.kv_table)
 
 
 class Generator:
@@ -233,6 +330,7 @@ class Generator:
         self.latents = min(model.num_latents, context)
         self.gap = max(1, min(gap or self.latents, context - self.latents)) if context > self.latents else 1
         self.tokens = self.valid = self.cache = None
+        self.padded = False
         self.start = self.first_latent = 0
 
     @torch.no_grad()
@@ -240,6 +338,7 @@ class Generator:
         """Read the prompt (B T, T >= 1); the logits (B 256) of the byte after it."""
         self.tokens = tokens.long()
         self.valid = torch.ones_like(self.tokens, dtype=torch.bool) if valid is None else valid
+        self.padded = valid is not None
         length = self.tokens.shape[1]
         view = min(length, self.context)
         self.start, self.first_latent = length - view, length - min(self.latents, view)
@@ -267,8 +366,11 @@ class Generator:
 
     def _recompute(self) -> torch.Tensor:
         tokens, valid, latents = self.view()
+        valid = valid if self.padded else None  # None: no row is padded (the model then needs no mask)
         if self.use_cache:
-            logits, self.cache = self.model(tokens, valid, num_latents=latents, cache=True)
+            logits, cache = self.model(tokens, valid, num_latents=latents, cache=True)
+            # the view grows to `context` bytes and `latents + gap` latents before it next moves
+            self.cache = cache.reserved(self.context, self.latents + self.gap)
         else:
             logits = self.model(tokens, valid, num_latents=latents)
         return logits[:, -1]
