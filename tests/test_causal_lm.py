@@ -154,6 +154,35 @@ def test_training_on_text_prepares_the_standard_library_when_nothing_is_prepared
     assert (workdir / "data" / "text" / "manifest.json").is_file() and set(dataset.splits) == {"train", "val", "test"}
 
 
+def test_ranks_that_start_together_prepare_the_default_text_once(workdir, monkeypatch):
+    import threading
+    import time
+
+    from perceiver_cli.data import text
+    from perceiver_cli.data.sources import load_for_recipe
+    from perceiver_cli.recipe import DataConfig
+
+    write_corpus(workdir / "lib", files=8, words=100)
+    for path in (workdir / "lib").iterdir():
+        path.rename(path.with_suffix(".py"))
+    reads = []
+
+    def slow_root():  # each read of the corpus asks for its root once; slow, so the ranks overlap
+        reads.append(1)
+        time.sleep(0.3)
+        return workdir / "lib"
+    monkeypatch.setattr(text, "stdlib_root", slow_root)
+    loaded = []
+    ranks = [threading.Thread(target=lambda: loaded.append(load_for_recipe(DataConfig(dataset="text"))))
+             for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join()
+    assert len(reads) == 1 and len(loaded) == 2
+    assert all(set(dataset.splits) == {"train", "val", "test"} for dataset in loaded)
+
+
 def test_mlm_hides_exactly_what_it_says():
     import torch
 
@@ -233,3 +262,16 @@ def test_export_writes_a_causal_lm_run_as_safetensors_and_refuses_graphs(cli, ar
     assert text == "".join(perceiver_cli.load(run).generate("alpha ", max_bytes=20, temperature=0))
     refused = cli("export", run, "--format", "onnx", "--out", "ar_onnx")
     assert refused.exit_code == 2 and "--format safetensors writes" in refused.output
+
+
+def test_seeds_of_a_causal_lm_recipe_sum_up_bits_per_byte(cli, workdir):
+    prepare(cli, "--from", write_corpus(workdir / "corpus", files=16, words=400))
+    tiny = [*TINY_AR, "train.epochs=1"]
+    result = cli("seeds", "bytes_ar", "--seeds", "2", *[a for s in tiny for a in ("--set", s)], "--json", "seeds.json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "seeds.json").read_text())
+    assert summary["metric"] == "bits_per_byte" and not summary["percent"] and len(summary["seeds"]) == 2
+    for seed in summary["seeds"]:
+        evaluated = json.loads((workdir / seed["run"] / "eval_test.json").read_text())
+        assert seed["value"] == evaluated["bits_per_byte"] and 0 < seed["value"] < 8
+    assert "bits per byte" in result.stdout and "± " in result.stdout

@@ -168,11 +168,24 @@ def load_for_recipe(data_config, mmap: bool = False) -> prepared.PreparedDataset
         return read_digits()
     known = READERS.get(data_config.dataset)
     if known is not None and known.default_source and not data_config.root:  # e.g. text: the standard library
-        from ..console import err_console
-        err_console.print(f"note: no prepared dataset at {root}/: preparing it now, as `{known.how.split(' (')[0]}` "
-                          f"does", highlight=False, soft_wrap=True)
-        prepared.write(known.read(None), root)
-        return prepared.load(root, mmap=mmap)
+        return _prepare_default(known, root, mmap)
     what = (known.source if known else "your image folder or zip").split(" (")[0].split(", or")[0]
     how = (known.how if known else None) or f"perceiver prepare {data_config.dataset} --from <{what}>"
     raise UserError(f"no prepared dataset at {root}/ (data.dataset={data_config.dataset}): run `{how}` first, or set data.root")
+
+
+def _prepare_default(known: Reader, root: Path, mmap: bool) -> prepared.PreparedDataset:
+    """Prepare a reader's default source into `root` once: the ranks of a torchrun job (or two runs
+    started together) take an flock beside it in turn; the first prepares, the others find its manifest."""
+    import fcntl
+
+    from ..console import err_console
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.prepare.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # dropped when the file closes
+        if not (root / "manifest.json").is_file():
+            err_console.print(f"note: no prepared dataset at {root}/: preparing it now, as `{known.how.split(' (')[0]}` "
+                              f"does", highlight=False, soft_wrap=True)
+            prepared.write(known.read(None), root)
+    return prepared.load(root, mmap=mmap)
