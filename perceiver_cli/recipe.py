@@ -18,8 +18,19 @@ from .errors import UserError
 from .section import Section
 from .tasks import TASKS
 
-# the shipped recipes live at the project root (recipes/), beside the package
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def _shipped_recipes_dir() -> Path:
+    """Where the shipped recipes are: inside the installed package (a wheel carries them as
+    perceiver_cli/recipes/, see setup.py), else recipes/ at the root of a checkout (an editable install)."""
+    from importlib.resources import files
+
+    packaged = files("perceiver_cli") / "recipes"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+RECIPES_DIR = _shipped_recipes_dir()
 DEFAULT_RECIPE = "digits.yaml"
 
 
