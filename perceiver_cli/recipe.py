@@ -344,17 +344,52 @@ def resolve_path(recipe: str | Path | None) -> Path:
     for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
             return candidate
-    shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise UserError(f"recipe '{recipe}' not found: give a YAML file path or one of the shipped recipes ({shipped})")
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    near = difflib.get_close_matches(path.stem, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    raise UserError(f"recipe '{recipe}' not found: {hint}give a YAML file path or one of the shipped recipes "
+                    f"({', '.join(names)}; `perceiver recipes` describes them)")
 
 
 def load_recipe(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, Path]:
     path = resolve_path(recipe)
-    data = _read_recipe_file(path)
+    data = read_with_bases(path)
     _check_keys(data, str(path))
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data, str(path), overridden_keys(overrides)), path
+
+
+def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's keys over those of its `base:` (a shipped recipe's name, or a path relative to
+    the file), and so on down: a recipe says only what differs from the one it starts from."""
+    data = _read_recipe_file(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{path}: 'base' names the recipe this one starts from, e.g. 'base: cifar10_cpu'; got {base!r}")
+    nearby = path.parent / base
+    try:
+        base_path = nearby if nearby.is_file() else resolve_path(base)
+    except UserError as exc:
+        raise UserError(f"{path}: base: {exc}") from None
+    if base_path.resolve() in [p.resolve() for p in (*chain, path)]:
+        loop = " -> ".join(str(p) for p in (*chain, path, base_path))
+        raise UserError(f"{path}: 'base: {base}' leads back to itself ({loop}); remove one of the bases")
+    return _merged(read_with_bases(base_path, (*chain, path)), data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def resolved_yaml(recipe: Recipe) -> str:
+    """The recipe with every key's value (the file's, its bases', --set's and the defaults) as YAML."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=False)
 
 
 def overridden_keys(overrides) -> frozenset[str]:

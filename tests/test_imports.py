@@ -26,7 +26,8 @@ ALLOWED = {
     "engine": BASE | {"recipe", "model", "data", "tasks", "runs"},
     **{command: BELOW_COMMANDS for command in COMMANDS},
     "seeds": BELOW_COMMANDS | {"evaluate"},  # trains runs and evaluates each
-    "cli": BELOW_COMMANDS | COMMANDS | {"seeds", "__init__"},  # only the CLI imports the commands' modules
+    "catalogue": BELOW_COMMANDS,  # the shipped recipes, and a recipe's model built without training
+    "cli": BELOW_COMMANDS | COMMANDS | {"seeds", "catalogue", "__init__"},  # only the CLI imports the commands' modules
     "__main__": {"cli"},
     "__init__": {"predict"},  # perceiver_cli.load
 }

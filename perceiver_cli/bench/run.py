@@ -46,16 +46,6 @@ from .measure import (
 from .memory import OUT_OF_MEMORY, peak_memory_in_fresh_process
 
 # input shapes of the datasets we know, for recipes whose data is not prepared here
-KNOWN_INPUTS = {
-    "digits": {"kind": "image", "shape": [8, 8, 1]},
-    "mnist": {"kind": "image", "shape": [28, 28, 1]},
-    "cifar10": {"kind": "image", "shape": [32, 32, 3]},
-    "modelnet40": {"kind": "points", "shape": [2048, 3], "coords": 3, "features": 0},
-    "akoa": {"kind": "image", "shape": [228, 260, 1]},
-    "knee-seg": {"kind": "image", "shape": [128, 128, 1]},
-}
-# knee-seg: the OAI label maps' values 0-9 (prepare knee-seg's default --size 128 128)
-KNOWN_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "modelnet40": 40, "akoa": 2, "knee-seg": 10}
 IMAGE_SWEEP = (32, 64, 128, 256)  # 1k -> 64k pixels
 POINT_SWEEP = (1024, 4096, 16384, 65536)
 
@@ -75,17 +65,9 @@ class BenchOptions:
 
 def input_spec_for(recipe, size: str | None) -> tuple[dict, int]:
     """(input spec, classes) of the recipe's data, resized by --input-size (HxW for images, N for points)."""
-    from ..data.prepared import read_manifest
-    from ..data.sources import prepared_root
+    from ..data.shapes import input_of
 
-    root = prepared_root(recipe.data)
-    if (root / "manifest.json").is_file():
-        manifest = read_manifest(root)
-        spec, classes = dict(manifest["input"]), len(manifest["classes"])
-    elif recipe.data.dataset in KNOWN_INPUTS:
-        spec, classes = dict(KNOWN_INPUTS[recipe.data.dataset]), KNOWN_CLASSES[recipe.data.dataset]
-    else:
-        spec, classes = None, 10
+    spec, classes = input_of(recipe.data) or (None, 10)
     if size is not None:
         spec = resize_spec(spec or {"kind": "image", "shape": [32, 32, 3]}, size)
     if spec is None:

@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..console import console, set_quiet
-from . import attention, bench, export, generate, predict, prepare, report, seeds, train
+from . import attention, bench, export, generate, predict, prepare, recipes, report, seeds, train
 from .errors import OneLineUsageErrors, set_debug
 from .eval import eval_command
 
@@ -53,6 +53,7 @@ def main_options(
 
 
 app.add_typer(prepare.app, name="prepare")
+app.add_typer(recipes.app, name="recipes")
 app.command("train")(train.train)
 app.command("eval")(eval_command)
 app.command("attention")(attention.attention)

@@ -310,3 +310,49 @@ def seeds(summary: dict) -> None:
     console.print(f"[bold]{v(summary['name'])}[/]: {metric} [bold]{shown(summary['mean'])} ± {shown(summary['std'])}[/] "
                   f"over {len(summary['seeds'])} seeds (min {shown(summary['min'])}, max {shown(summary['max'])}) · "
                   f"{v(summary['machine'])}", highlight=False, soft_wrap=True)
+
+
+def recipes(rows: list[dict]) -> None:
+    table = Table(title="shipped recipes (perceiver train NAME; perceiver recipes show NAME)", header_style="bold")
+    for column in ("recipe", "dataset", "task", "parameters", "what it is", "reaches"):
+        table.add_column(column, justify="right" if column == "parameters" else "left",
+                         overflow="fold", ratio=3 if column in ("what it is", "reaches") else None)
+    for row in rows:
+        parameters = f"{row['parameters'] / 1e6:.2f} M" if row["parameters"] is not None else "-"
+        table.add_row(v(row["name"]), v(row["dataset"]), row["task"], parameters, v(row["summary"]),
+                      v(row["reaches"]) or "[dim]not measured[/]")
+    console.print(table)
+
+
+def resolved_recipe(text: str) -> None:
+    console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+
+def _bytes_text(count: float) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count:,.0f} B"
+
+
+def dry_run(result: dict, recipe_path) -> None:
+    memory = result["memory"]
+    table = Table(title=f"dry run of {v(recipe_path)}: nothing trained, nothing written", header_style="bold")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [
+        ("data", f"{v(result['dataset'])}: {result['train']:,} train / {result['val']:,} val ({result['residency']})"),
+        ("task", result["task"]),
+        ("parameters", f"{result['parameters']:,}"),
+        ("FLOPs per sample", f"{result['forward_flops_per_sample'] / 1e9:,.3f} G forward, "
+                             f"~{3 * result['forward_flops_per_sample'] / 1e9:,.3f} G a training step"),
+        ("steps per epoch", f"{result['steps_per_epoch']:,}"),
+        ("device", f"{result['device']} {result['precision']}"),
+        ("weights + gradients", _bytes_text(memory["weights"] + memory["gradients"])),
+        ("optimiser state", _bytes_text(memory["optimizer_state"])),
+        (f"activations (batch {memory['batch']})", _bytes_text(memory["activations"])),
+        ("memory estimate", _bytes_text(memory["total"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -21,6 +21,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue runs/<name> from its last finished epoch (the recipe stored in it is used; --set still applies)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name.  \\[default: the recipe's file name]"),
     device: Optional[Device] = typer.Option(None, "--device", help="Force the device.  \\[default: train.device of the recipe, auto]"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the fully resolved recipe (its bases, --set and every default applied) as YAML, and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read the data and build the model, optimiser and loaders as training would, price one step (parameters, FLOPs per sample, memory), and exit without training."),
     devices: int = typer.Option(1, "--devices", min=1, help="Train on this many GPUs of this machine (or CPU processes with --device cpu), as ranks started through torch.distributed.run; train.batch_size stays the global batch. Under torchrun, leave it out: the process is already one rank."),
 ):
     """Train a Perceiver from a recipe into runs/<name>/ (config, metrics, checkpoints, log)."""
@@ -35,6 +37,9 @@ def train(
         return load_for_recipe(data_config, mmap=True)
 
     device_name = device.value if device else None
+    if print_config or dry_run:
+        _look_without_training(recipe, overrides, resume, device_name, print_config, dry_run)
+        return
     if devices > 1:
         _start_ranks(devices, recipe, overrides, resume, name, device_name)
     if resume is not None:
@@ -56,6 +61,23 @@ def train(
     on_interrupt(lambda: _how_to_continue(trainer.run_dir))
     info(describe(trainer), soft_wrap=True)
     tables.trained(trainer.fit())
+
+
+def _look_without_training(recipe, overrides, resume, device_name, print_config: bool, dry_run: bool) -> None:
+    """--print-config / --dry-run: the recipe as training would see it, and (dry run) its parts built."""
+    from ..recipe import load_recipe, resolved_yaml
+
+    if resume is not None:
+        flag = "--print-config" if print_config else "--dry-run"
+        raise UserError(f"{flag} looks at a recipe, not a run to resume: a run's recipe is {resume}/config.yaml "
+                        f"(give the RECIPE instead of --resume to check it)")
+    loaded, path = load_recipe(recipe, overrides)
+    if print_config:
+        tables.resolved_recipe(resolved_yaml(loaded))
+    if dry_run:
+        from ..catalogue import dry_run as price
+        from ..data.sources import load_for_recipe
+        tables.dry_run(price(loaded, load_for_recipe(loaded.data, mmap=True), device_name), path)
 
 
 def _start_ranks(devices: int, recipe, overrides, resume, name, device_name) -> None:
