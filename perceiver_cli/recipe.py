@@ -136,12 +136,23 @@ class TrainConfig(Section):
     save_attention_maps: bool = Field(False, description="capture the cross-attention of a fixed probe batch (a few validation samples per class) into attention/epoch_NNNN.npz")
     attention_interval: int = Field(10, gt=0, description="capture every this many epochs (and after the last one)")
     attention_samples: int = Field(2, gt=0, description="probe samples per class for the attention captures")
-    tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars (and attention images) into the run directory: tensorboard --logdir runs/ (the same as tensorboard in train.loggers)")
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description="experiment trackers that also get the run: the training loss and learning rate every 10 steps, every epoch's metrics and the best checkpoint; tensorboard (events in the run directory, attention images too), mlflow (a file store in runs/<name>/mlruns unless MLFLOW_TRACKING_URI is set; pip install 'perceiver-cli[mlflow]'), wandb (offline into runs/<name>/wandb unless WANDB_MODE is set; pip install 'perceiver-cli[wandb]'), e.g. [tensorboard, mlflow]")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights (e.g. 0.99, updated every step); validation, best.pt/last.pt and perceiver eval use the averaged weights, resume continues both")
     best_metric: Optional[str] = Field(None, description="which epoch best.pt (what perceiver eval reads) keeps: a validation figure of the task's epoch row (classify: val_accuracy or val_loss; segment: val_dice, val_accuracy or val_loss; masked_image: val_loss), or last = simply the last epoch (for a small val split under a schedule that decays to zero, where the best val score often falls on an early epoch by chance); null = the task's own choice (the first of those)")
     init: Optional[str] = Field(None, description="start from another run's weights (runs/<name> or a .pt): every parameter of the encoder (and any other part) whose name and shape match is loaded, e.g. a masked_image run's encoder to fine-tune a classifier")
     name: Optional[str] = Field(None, description="run name (default: the recipe's file name); runs/<name>, suffixed -2, -3 ... if taken")
     runs_dir: str = Field("runs", description="where run directories are created")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _one_logger(cls, value):
+        """--set train.loggers=mlflow (or mlflow,wandb) means the list of those."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    def trackers(self) -> list[str]:
+        """The loggers the run writes to, each once: train.loggers, and tensorboard when train.tensorboard asks."""
+        return list(dict.fromkeys((["tensorboard"] if self.tensorboard else []) + list(self.loggers)))
 
 
 class Recipe(Section):

@@ -108,7 +108,7 @@ def build_run(recipe: Recipe, dataset: prepared.PreparedDataset, device: torch.d
 
     def probe():
         """The fixed samples whose attention is captured (a few validation samples per class), or None."""
-        if not (t.save_attention_maps or t.tensorboard):
+        if not (t.save_attention_maps or "tensorboard" in t.trackers()):
             return None
         from .capture import probe_samples
         x, y, rows = (val_x, val_y, val_rows) if val_count else (train_x, train_y, train_rows)

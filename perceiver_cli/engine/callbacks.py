@@ -3,8 +3,10 @@
 The Trainer calls its callbacks at a run's moments, on rank 0 only (other ranks get none): the
 run starts (or resumes), training starts, an epoch starts, a step ends, a mid-epoch checkpoint is
 due, an epoch ends, the run closes. At an epoch's end they run in the order that makes a kill
-harmless: the attention capture, TensorBoard, the train.log line, best.pt, last.pt (the commit
-point: it carries the metrics rows), the metrics files, and last the display.
+harmless: the attention capture, TensorBoard and the other trackers of train.loggers (before the
+commit: a kill then makes resume redo the epoch, so a tracker may see an epoch twice but never misses
+one), the train.log line, best.pt, last.pt (the commit point: it carries the metrics rows), the metrics
+files, and last the display.
 
 A user's own callback (from Python: `Trainer(..., callbacks=[...])`) subclasses Callback and
 overrides the moments it cares about; it runs after the default ones.
@@ -12,10 +14,13 @@ overrides the moments it cares about; it runs after the default ones.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import yaml
 
+from ..console import err_console
 from ..errors import UserError
 from ..runs import checkpoint
 from ..runs.files import append_line, write_text, writing
@@ -101,9 +106,56 @@ class MetricsFiles(Callback):
         write_metrics(trainer.run_dir, trainer.rows, resume_hint(trainer.run_dir))
 
 
-class TensorBoard(Callback):
-    """train.tensorboard: scalars every epoch (and the attention preview, handed over by
-    AttentionCapture), in the run directory."""
+class Tracker(Callback):
+    """What every experiment tracker of train.loggers gets besides the epoch rows: a point of the
+    training curve every 10th step, where the Trainer has summed the epoch's loss over the ranks anyway
+    (no extra sync): train/loss, the mean loss of the samples since the previous point, and train/lr,
+    the learning rate of the step, at the run's global step. log_step is the tracker's own."""
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def fit_start(self, trainer):
+        self._lr = trainer.optimizer.param_groups[0]["lr"]
+
+    def epoch_start(self, trainer, epoch, steps):
+        self._before = (epoch - 1) * trainer.steps_per_epoch  # the run's steps before this epoch
+        # (summed loss, samples) of the epoch at the previous point; resumed inside an epoch, it is unknown
+        self._last = (0.0, 0) if steps == trainer.steps_per_epoch else None
+
+    def step_end(self, trainer, stats):
+        lr, self._lr = self._lr, trainer.optimizer.param_groups[0]["lr"]  # stepped already: the next step's
+        if stats is None:
+            return
+        step = trainer.scheduler.last_epoch  # optimizer steps of the run so far (restored on resume)
+        # stats[0] is the epoch's mean so far: its batches are full global batches, the last one shorter
+        seen = min((step - self._before) * trainer.recipe.train.batch_size, trainer.train_count)
+        total = stats[0] * seen
+        if self._last is not None and seen > self._last[1]:
+            self.log_step(step, {"train/loss": (total - self._last[0]) / (seen - self._last[1]), "train/lr": float(lr)})
+        self._last = (total, seen)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 2}} -> {"train.epochs": 2}: the recipe as a tracker's params."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _figures(row: dict) -> dict:
+    """An epoch row's figures, NaN (no validation data) left out."""
+    return {key: value for key, value in row.items() if key != "epoch" and value == value}
+
+
+class TensorBoard(Tracker):
+    """train.tensorboard (or tensorboard in train.loggers): scalars every epoch and train/loss, train/lr
+    every 10 steps (Tracker), and the attention preview, handed over by AttentionCapture, in the run
+    directory."""
 
     TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_accuracy": "accuracy/train",
             "val_accuracy": "accuracy/val", "lr": "lr", "samples_per_s": "throughput/samples_per_s"}
@@ -124,11 +176,15 @@ class TensorBoard(Callback):
         with self._writing():
             self.writer.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch, dataformats="HWC")
 
+    def log_step(self, step, scalars):
+        with self._writing():
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+
     def epoch_end(self, trainer, epoch, row, improved):
         with self._writing():
-            for key, value in row.items():
-                if key != "epoch" and value == value:  # NaN (no validation data) is left out
-                    self.writer.add_scalar(self.TAGS.get(key, key), value, epoch)
+            for key, value in _figures(row).items():
+                self.writer.add_scalar(self.TAGS.get(key, key), value, epoch)
             self.writer.flush()
 
     def _writing(self):
@@ -141,6 +197,139 @@ class TensorBoard(Callback):
             self.writer.close()
         except OSError:  # the failure was reported where it happened (or the run is ending on another error)
             pass
+
+
+class MLflow(Tracker):
+    """mlflow in train.loggers: a run in the file store runs/<name>/mlruns (`mlflow ui --backend-store-uri
+    runs/<name>/mlruns`), or in MLFLOW_TRACKING_URI's when set, experiment MLFLOW_EXPERIMENT_NAME
+    (default perceiver). Params: the recipe, flattened; metrics: train/loss and train/lr by step, each
+    epoch's row by epoch; tags: the run directory (a resumed run continues its MLflow run) and the best
+    checkpoint."""
+
+    def __init__(self, run_dir: Path):
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            # MLflow 3 refuses a file store unless asked: this one is the run's own, local and small
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client, self.run_id, self.finished = MlflowClient(uri), None, False
+        self.pending = []  # the queued writes, waited for at each epoch's end
+
+    def run_start(self, trainer, notes):
+        from mlflow.entities import Param
+
+        c, name = self.client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "perceiver")
+        experiment = c.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else c.create_experiment(name)
+        where = str(trainer.run_dir.resolve())
+        earlier = (c.search_runs([experiment_id], f"tags.`perceiver.run_dir` = '{where}'", max_results=1)
+                   if trainer.resumed and "'" not in where else [])
+        if earlier:  # its params stay: MLflow refuses to change one, and config.yaml has the resumed recipe
+            self.run_id = earlier[0].info.run_id
+            c.update_run(self.run_id, "RUNNING")
+            return
+        self.run_id = c.create_run(experiment_id, run_name=trainer.run_dir.name,
+                                   tags={"perceiver.run_dir": where}).info.run_id
+        params = [Param(key, str(value)[:6000]) for key, value in _flat(trainer.recipe.to_dict()).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
+            c.log_batch(self.run_id, params=params[start:start + 100])
+
+    def log_step(self, step, scalars):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        # queued and written by MLflow's own thread: a remote tracking server does not hold up the step
+        self.pending.append(self.client.log_batch(
+            self.run_id, metrics=[Metric(key, value, now, step) for key, value in scalars.items()], synchronous=False))
+
+    def epoch_end(self, trainer, epoch, row, improved):
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        tags = [RunTag("best_checkpoint", str((trainer.run_dir / "checkpoints" / "best.pt").resolve())),
+                RunTag("best_epoch", str(epoch))] if improved else []
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in _figures(row).items()],
+                              tags=tags)
+        self._wait()  # a store that fails is named at the epoch it failed in
+        self.finished = epoch == trainer.recipe.train.epochs
+
+    def _wait(self):
+        pending, self.pending = self.pending, []
+        for operations in pending:
+            operations.wait()
+
+    def close(self):
+        run_id, self.run_id = self.run_id, None
+        if run_id is None:
+            return
+        try:  # the epochs are written (each end waited for them): a store failing now must not hide the run's end
+            self._wait()
+            self.client.set_terminated(run_id, "FINISHED" if self.finished else "FAILED")
+        except Exception as exc:
+            err_console.print(f"note: mlflow run {run_id} not marked ended: {str(exc).splitlines()[0][:200]}",
+                              highlight=False, soft_wrap=True)
+
+
+class WandB(Tracker):
+    """wandb in train.loggers: a W&B run in runs/<name>/wandb, offline unless WANDB_MODE says otherwise
+    (`wandb sync runs/<name>/wandb/offline-run-*` uploads it), project WANDB_PROJECT (default perceiver).
+    Config: the recipe; history: train/loss and train/lr by step, each epoch's row as epoch/<key>
+    (charted by epoch); summary: the best checkpoint. A resumed run continues its W&B run (its id)."""
+
+    def __init__(self, run_dir: Path):
+        import wandb
+
+        self.wandb, self.run, self.finished = wandb, None, False
+
+    def run_start(self, trainer, notes):
+        folders = sorted((trainer.run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("-")[-2])
+        earlier = folders[-1].name.rsplit("-", 1)[1] if trainer.resumed and folders else None
+        settings = {"silent": True} if trainer.quiet else {}
+        if "WANDB_CONSOLE" not in os.environ:
+            settings["console"] = "off"  # the progress display is no log; train.log is the run's
+        if "WANDB_QUIET" not in os.environ:
+            settings["quiet"] = True  # its run summary at the end would repeat the epoch table
+        self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", "perceiver"), name=trainer.run_dir.name,
+                                   dir=str(trainer.run_dir), mode=os.environ.get("WANDB_MODE", "offline"),
+                                   config=trainer.recipe.to_dict(), id=earlier, resume="allow" if earlier else None,
+                                   settings=self.wandb.Settings(**settings))
+        self.run.define_metric("epoch/*", step_metric="epoch")
+
+    def log_step(self, step, scalars):
+        self.run.log(scalars, step=step)
+
+    def epoch_end(self, trainer, epoch, row, improved):
+        figures = {f"epoch/{key}": value for key, value in _figures(row).items()}
+        self.run.log({"epoch": epoch, **figures}, step=trainer.scheduler.last_epoch)
+        if improved:
+            self.run.summary.update({"best_checkpoint": str((trainer.run_dir / "checkpoints" / "best.pt").resolve()),
+                                     "best_epoch": epoch})
+        self.finished = epoch == trainer.recipe.train.epochs
+
+    def close(self):
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.finish(exit_code=0 if self.finished else 1)
+
+
+# train.loggers name -> (the module it imports, the callback)
+TRACKERS = {"tensorboard": ("tensorboard", TensorBoard), "mlflow": ("mlflow", MLflow), "wandb": ("wandb", WandB)}
+
+
+def _require(name: str, tensorboard_flag: bool) -> None:
+    """A selected tracker's package, imported before anything is written: one line when it is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(TRACKERS[name][0])
+    except ImportError:
+        if name == "tensorboard" and tensorboard_flag:
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                            "(or set train.tensorboard=false)") from None
+        raise UserError(f"train.loggers: {name} needs its package: pip install 'perceiver-cli[{name}]' "
+                        f"(or take {name} out of train.loggers)") from None
 
 
 class AttentionCapture(Callback):
@@ -196,12 +385,16 @@ class Display(Callback):
 def default_callbacks(trainer, probe: tuple | None) -> list[Callback]:
     """Rank 0's callbacks for the recipe, in the order they must run (see the module's docstring)."""
     t, run_dir = trainer.recipe.train, trainer.run_dir
-    board = TensorBoard(run_dir) if t.tensorboard else None
+    names = t.trackers()
+    for name in names:  # every package first: a missing one is named before any tracker writes
+        _require(name, t.tensorboard)
+    board = TensorBoard(run_dir) if "tensorboard" in names else None
     callbacks: list[Callback] = []
     if probe is not None:
         callbacks.append(AttentionCapture(run_dir, probe, t.save_attention_maps, board))
     if board is not None:
         callbacks.append(board)
+    callbacks += [TRACKERS[name][1](run_dir) for name in names if name != "tensorboard"]
     callbacks += [ConfigFile(), TrainLog(run_dir), Checkpoints(run_dir), MetricsFiles(),
                   Display(t.epochs, trainer.quiet, trainer.task.columns)]
     return callbacks
