@@ -225,12 +225,29 @@ for _task in TASKS.values():
     KNOWN_KEYS.update(_known_keys(_task.Config, "task."))
 
 
-def _unknown_key_error(key: str, source: str) -> UserError:
+def _nearest_key(key: str) -> str | None:
+    """The known key a mistyped one most likely means, matched on its last part within its section
+    first ('optim.learning_rate' -> 'optim.lr' by initials, 'model.latents' -> 'model.num_latents'),
+    then on the whole key ('trian.epochs' -> 'train.epochs'), then on the last part anywhere."""
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rsplit(".", 1)[-1]: k for k in KNOWN_KEYS if k.rpartition(".")[0] == section and "." in k}
+    initials = "".join(word[0] for word in leaf.split("_") if word)
+    if len(leaf.split("_")) > 1 and initials in siblings:
+        return siblings[initials]
+    near = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if near:
+        return siblings[near[0]]
     close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
-    if not close:  # try the last part alone: 'model.latents' -> 'model.num_latents'
-        leaf = {k.rsplit(".", 1)[-1]: k for k in KNOWN_KEYS}
-        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], leaf, n=1, cutoff=0.5)
-        close = [leaf[near[0]]] if near else []
+    if close:
+        return close[0]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in KNOWN_KEYS}
+    near = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.5)
+    return leaves[near[0]] if near else None
+
+
+def _unknown_key_error(key: str, source: str) -> UserError:
+    nearest = _nearest_key(key)
+    close = [nearest] if nearest else []
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(Recipe.model_fields)}"
     return UserError(f"{source}: unknown key '{key}'{hint}")
 

@@ -38,6 +38,7 @@ class ViewOptions:
     checkpoint: str | None = None  # best, last or a .pt file: capture from it now
     input: Path | None = None  # a user's own image
     format: str = "png"
+    device: str = "auto"  # where a checkpoint runs when maps are captured now (--checkpoint, --input)
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _view(run_dir: Path, options: ViewOptions) -> ViewResult:
         return result
     saved, loaded = captures.saved_epochs(run_dir), None
     if options.checkpoint is not None:
-        captured, loaded = _capture_from_checkpoint(run_dir, options.checkpoint)
+        captured, loaded = _capture_from_checkpoint(run_dir, options.checkpoint, options.device)
         _check(captured, options)
         saved[captured.epoch] = None  # saved below, once every option has been checked
     if not saved:
@@ -184,9 +185,9 @@ def _trained(run_dir: Path, which: str, device):
     return trained
 
 
-def _capture_from_checkpoint(run_dir: Path, which: str) -> tuple[captures.Capture, checkpoints.Loaded]:
+def _capture_from_checkpoint(run_dir: Path, which: str, device: str = "auto") -> tuple[captures.Capture, checkpoints.Loaded]:
     """The run's probe samples (its validation data, a few per class) through a checkpoint."""
-    device = resolve_device("auto")
+    device = resolve_device(device, "--device")
     model, recipe, loaded = _trained(run_dir, which, device)
     state = loaded.state
     x, y, _ = split_samples(recipe, state, "val")
@@ -214,7 +215,7 @@ def _capture_input(run_dir: Path, options: ViewOptions, image) -> tuple[captures
     """A user's own image, resized to the model's input, through a checkpoint (best by default)."""
     from PIL import Image
 
-    device = resolve_device("auto")
+    device = resolve_device(options.device, "--device")
     model, recipe, loaded = _trained(run_dir, options.checkpoint or "best", device)
     state = loaded.state
     if state["input_spec"]["kind"] != "image":

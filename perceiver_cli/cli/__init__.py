@@ -15,11 +15,25 @@ from . import attention, bench, export, generate, predict, prepare, recipes, rep
 from .errors import OneLineUsageErrors, set_debug
 from .eval import eval_command
 
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def global_flags_first(args: list[str]) -> list[str]:
+    """`perceiver train digits --quiet` as `perceiver --quiet train digits`: the global flags work after
+    the command too (everything after a bare `--` is left as it is)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    return flags + [arg for arg in args[:end] if arg not in GLOBAL_FLAGS] + args[end:]
+
+
 class Commands(OneLineUsageErrors):
     """`perceiver --help` lists prepare first, as a workflow starts (typer lists a group after the commands)."""
 
     def list_commands(self, ctx):
         return sorted(super().list_commands(ctx), key=lambda name: name != "prepare")
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, global_flags_first(args))
 
 
 app = typer.Typer(
@@ -27,7 +41,7 @@ app = typer.Typer(
     name="perceiver",
     help="Prepare data for, train, evaluate, inspect, benchmark and use Perceiver models (Jaegle et al., 2021).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
@@ -66,4 +80,4 @@ app.command("generate")(generate.generate_command)
 
 
 def main():
-    app()
+    app(prog_name="perceiver")

@@ -10,6 +10,7 @@ import typer
 
 from . import tables
 from .errors import user_errors
+from .options import Device
 
 
 class Format(str, Enum):
@@ -31,10 +32,11 @@ def attention(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Capture the maps now from best, last or a .pt file (for runs trained without train.save_attention_maps)."),
     input_file: Optional[Path] = typer.Option(None, "--input", help="Draw the maps for your own image (with the best checkpoint, or --checkpoint)."),
     fmt: Format = typer.Option(Format.png, "--format", help="File format of the pictures."),
+    device: Device = typer.Option(Device.auto, "--device", help="Device a checkpoint runs on when maps are captured now (--checkpoint, --input)."),
 ):
     """Cross-attention maps over the input: pictures and statistics (entropy, concentration, latents used) per sample."""
     from ..attention.views import ViewOptions, view
 
     tables.attention(view(run_dir, ViewOptions(epoch=epoch, samples=samples, colormap=colormap, alpha=alpha, stage=stage,
                                                head=head, evolution=evolution, checkpoint=checkpoint, input=input_file,
-                                               format=fmt.value)))
+                                               format=fmt.value, device=device.value)))

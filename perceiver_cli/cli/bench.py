@@ -31,7 +31,7 @@ def bench(
     recipe: Optional[str] = typer.Argument(None, help="Recipe whose model is measured.  \\[default: recipes/digits.yaml]"),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set model.num_latents=256 (repeatable)."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Input size: HEIGHTxWIDTH for images, N for points/sequences, the window in bytes for causal_lm.  \\[default: the recipe's data]"),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Samples per step.  \\[default: train.batch_size]"),
+    batch: Optional[int] = typer.Option(None, "--batch-size", "--batch", min=1, help="Samples per step (--batch-size as in eval and predict; --batch still works).  \\[default: train.batch_size]"),
     steps: int = typer.Option(10, "--steps", min=1, help="Timed steps."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first."),
     mode: BenchMode = typer.Option(BenchMode.both, "--mode", help="Training steps (forward, backward, optimizer), inference forwards, or both."),

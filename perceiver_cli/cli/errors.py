@@ -22,7 +22,7 @@ except ImportError:
 # what to turn down when a command runs out of memory, by command
 MEMORY_KNOBS = {
     "train": "lower train.batch_size, model.num_latents or model.latent_dim, or set train.activation_checkpointing=true",
-    "bench": "lower --batch or --input-size, or model.num_latents / model.latent_dim (--set)",
+    "bench": "lower --batch-size or --input-size, or model.num_latents / model.latent_dim (--set)",
     "eval": "lower --batch-size",
     "attention": "capture fewer --samples",
     "prepare": "lower --size (or --points)",
@@ -64,6 +64,7 @@ class OneLineUsageErrors(typer.core.TyperGroup):
     other mistake, instead of a usage banner and a framed box; `perceiver` alone still shows the help."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
+        given = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except click_errors.ClickException as exc:
@@ -74,10 +75,29 @@ class OneLineUsageErrors(typer.core.TyperGroup):
                 context = getattr(exc, "ctx", None)
                 hint = f" (see `{context.command_path} --help`)" if context is not None else ""
                 message = " ".join(exc.format_message().split())
+                if isinstance(exc, click_errors.NoSuchOption) and context is not None:
+                    recipe_hint = recipe_key_hint(exc.option_name, context, given)
+                    if recipe_hint:  # click's "Possible options" guess is beside the point then
+                        message, hint = f"No such option: {exc.option_name}", recipe_hint
                 err_console.print(f"[bold red]error:[/] {visible(message)}{visible(hint)}", highlight=False, soft_wrap=True)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def recipe_key_hint(option: str, context, given: list[str]) -> str | None:
+    """`train --epochs 1`: a recipe key spelt as an option; the --set that does it, on commands that take --set."""
+    if not any("--set" in getattr(param, "opts", ()) for param in context.command.params):
+        return None
+    from ..recipe import KNOWN_KEYS
+
+    name = option.lstrip("-").replace("-", "_")
+    keys = [key for key in KNOWN_KEYS if KNOWN_KEYS[key] is None and key.rsplit(".", 1)[-1] == name]
+    if not keys:
+        return None
+    after = given[given.index(option) + 1:] if option in given else []
+    value = after[0] if after and not after[0].startswith("-") else "..."
+    return f": recipe values are set with --set, e.g. `{context.command_path} --set {keys[0]}={value}`"
 
 
 def user_errors(command: str):

@@ -3,6 +3,7 @@ any other name is a labelled image folder or zip of the user's own (the NAME sub
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from enum import Enum
@@ -19,11 +20,24 @@ IMAGE_FOLDER = "NAME"  # the subcommand that stands for every name that is not a
 
 
 class DatasetGroup(typer.core.TyperGroup):
-    """A name that is not a known dataset is the name of the user's own image folder dataset."""
+    """A name that is not a known dataset is the name of the user's own image folder dataset, unless
+    it is a near miss of a known one (`cifr10`): that is a typo, said so; `prepare imagefolder --name`
+    still prepares a folder under any name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.suggest_commands = False  # typer's "Did you mean" would repeat what get_command says
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is None and not name.startswith("-"):
+            known = [n for n in super().list_commands(ctx) if n not in (IMAGE_FOLDER, "imagefolder")]
+            near = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
+            if near and name.lower() != near[0]:
+                raise click_errors.UsageError(
+                    f"'{name}' is not a dataset perceiver knows: did you mean `perceiver prepare {near[0]}`? "
+                    f"For an image folder of your own under that name: "
+                    f"`perceiver prepare imagefolder --name {name} --from <folder or zip>`", ctx)
             return super().get_command(ctx, IMAGE_FOLDER)
         return command
 
@@ -243,4 +257,20 @@ def image_folder(
 ):
     """Any other name: your own labelled image folder or zip, prepared under that name (data/NAME/)."""
     _prepare(ctx.info_name, source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+             size=parse_size(size))
+
+
+@app.command("imagefolder", cls=DatasetCommand)
+@user_errors("prepare")
+def named_image_folder(
+    name: str = typer.Option(..., "--name", help="The dataset's name: data/NAME/, and data.dataset in a recipe."),
+    source: Optional[Path] = typer.Option(None, "--from", help="An image folder or zip: <root>/<class>/* or <root>/<split>/<class>/* (splits train, val/validation, test)."),
+    out: Out = None,
+    val_fraction: ValFraction = 0.1,
+    test_fraction: TestFraction = 0.0,
+    seed: ImageSeed = 0,
+    size: ImageSize = None,
+):
+    """Your own labelled image folder or zip under any --name (also one close to a known dataset's)."""
+    _prepare(name, source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
              size=parse_size(size))
