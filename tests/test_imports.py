@@ -29,7 +29,8 @@ ALLOWED = {
     "catalogue": BELOW_COMMANDS,  # the shipped recipes, and a recipe's model built without training
     "cli": BELOW_COMMANDS | COMMANDS | {"seeds", "catalogue", "__init__"},  # only the CLI imports the commands' modules
     "__main__": {"cli"},
-    "__init__": {"predict"},  # perceiver_cli.load
+    "api": BELOW_COMMANDS | {"catalogue"},  # the Python API: train, list_recipes, create_model
+    "__init__": {"predict", "api"},  # perceiver_cli.load and the API's functions
 }
 
 

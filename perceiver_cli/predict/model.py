@@ -66,8 +66,18 @@ class LoadedModel(nn.Module):
         return read
 
     def samples(self, inputs, skipped: list[dict], progress: str | None = None) -> Iterator[Sample]:
-        """The samples of the files under `inputs`, one file read at a time; unreadable files go to `skipped`."""
-        paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        """The samples of `inputs`, one at a time: files, folders and zips (read as prepare read the
+        run's data), or images in memory (PIL images, numpy arrays, torch tensors; a 4-d array or tensor
+        is a batch of them); what cannot be read goes to `skipped`, with the reason."""
+        given = [inputs] if isinstance(inputs, (str, Path)) or in_memory(inputs) else list(inputs)
+        if any(in_memory(item) for item in given):  # in the order given, objects and files alike
+            for index, item in enumerate(given):
+                if in_memory(item):
+                    yield from self._objects(item, f"<input {index}>", skipped)
+                else:
+                    yield from self.samples(item, skipped)
+            return
+        paths = [Path(p) for p in given]
         with expand(paths, self.reader.kinds) as (files, others):
             skipped += others
             for found in track(files, progress, total=len(files)) if progress else files:
@@ -77,6 +87,25 @@ class LoadedModel(nn.Module):
                     skipped.append({"input": found.name, "reason": str(exc)})
                 except OSError as exc:
                     skipped.append({"input": found.name, "reason": f"cannot read it ({exc.strerror or exc})"})
+
+    def _objects(self, item, name: str, skipped: list[dict]) -> Iterator[Sample]:
+        """An image in memory, read as a file of it would be: the same resizing and channels."""
+        images = as_images(item)
+        if images is None:
+            skipped.append({"input": name, "reason": "an array of this shape is not an image (H W, H W C, C H W, "
+                                                     "or a batch of them: B H W C / B C H W)"})
+            return
+        if "image" not in self.reader.kinds:
+            skipped.append({"input": name, "reason": "this run reads meshes or volumes, not images: give files"})
+            return
+        for index, image in enumerate(images):
+            label = name if len(images) == 1 else f"{name}[{index}]"
+            try:  # read as a PNG file of it would be (a slice run reads PNG slices), named as given
+                for sample in self.reader.read(f"{label}.png", png_bytes(image)):
+                    sample.name = label
+                    yield sample
+            except Unreadable as exc:
+                skipped.append({"input": label, "reason": str(exc)})
 
     def logits(self, stored: np.ndarray, batch_size: int = 64, mask_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The model's outputs for prepared samples (as eval computes them), fp32 on the CPU. A
@@ -130,6 +159,54 @@ class LoadedModel(nn.Module):
             if summary is not None:
                 summaries.append({"input": volume, "slices": len(slices), **summary})
         return summaries
+
+
+def in_memory(item) -> bool:
+    """A PIL image, numpy array or torch tensor (not a path)."""
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return True
+    try:
+        from PIL import Image
+    except ImportError:
+        return False
+    return isinstance(item, Image.Image)
+
+
+def as_images(item) -> list | None:
+    """PIL images or H W C uint8 arrays, one per image in `item`; None when its shape is not an image's.
+    Tensors may be C H W (torchvision's layout), floats are taken in [0, 1] as torchvision gives them."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return [item]
+    array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+    if array.ndim == 3 and array.shape[0] not in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array[..., None]  # B H W: a batch of grey images
+    elif array.ndim in (2, 3):
+        array = array[None] if array.ndim == 3 else array[None, ..., None]
+    if array.ndim != 4:
+        return None
+    channels_first = array.shape[1] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+    if channels_first:
+        array = array.transpose(0, 2, 3, 1)  # B C H W -> B H W C
+    if array.shape[-1] not in (1, 3, 4):
+        return None
+    if array.dtype != np.uint8:
+        scale = 255.0 if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0 else 1.0
+        array = (array.astype(np.float64) * scale).round().clip(0, 255).astype(np.uint8)
+    return [a[..., 0] if a.shape[-1] == 1 else a for a in array]
+
+
+def png_bytes(image) -> bytes:
+    """An image (PIL, or an H W / H W C uint8 array) as PNG: read by the run's reader like a file."""
+    import io
+
+    from PIL import Image
+
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _prepared_source(recipe, state: dict) -> dict:
