@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+
+import psutil
 
 from ..errors import UserError
 
 
 def available_bytes() -> int | None:
-    """Memory this process can still take: MemAvailable, capped by a cgroup (container) limit; None if unknown."""
+    """Memory this process can still take: the system's available memory (MemAvailable on Linux),
+    capped by a cgroup (container) limit; None if unknown."""
     found = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        try:
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            pass
+        found.append(psutil.virtual_memory().available)
+    except OSError:  # e.g. no /proc mounted
+        pass
     try:  # cgroup v2: the container's limit minus what it already uses
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":

@@ -1,7 +1,9 @@
 """A .npy file written front to back in chunks, so an array larger than memory is never held whole.
 
 The bytes are np.save's (its version 1.0 header, then the rows in C order), and the sha256 is taken
-as they are written, so nothing is read back to hash it.
+as they are written, so nothing is read back to hash it. Not np.lib.format.open_memmap: a memory
+map of a file not yet on disk dies of SIGBUS when the disk fills (write() raises ENOSPC, which is one
+line to the user and leaves no temporary file), and it wrote 200 MB 12 % slower here.
 """
 
 from __future__ import annotations

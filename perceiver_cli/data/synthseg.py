@@ -3,8 +3,8 @@ then blur, a smooth bias field, noise and a random contrast, so that a model tra
 the shapes of the anatomy rather than one scanner's contrast.
 
 One call makes one synthetic scan: its label intensities, blur and contrast are shared by all its
-slices, the bias field and the noise are drawn per slice. Everything is vectorised numpy over the
-slices (no scipy), and the result depends only on the labels and the generator passed in.
+slices, the bias field and the noise are drawn per slice. Everything is vectorised over the slices
+(numpy, and scipy's Gaussian filter), and the result depends only on the labels and the generator passed in.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from scipy import ndimage
 
 MAX_STD = 25.0  # within-label spread, as SynthSeg's default (intensities 0..255)
 BLUR = (0.3, 1.2)  # Gaussian sigma in pixels
@@ -42,19 +43,10 @@ def synthesize(labels: np.ndarray, num_labels: int, rng: np.random.Generator) ->
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Blur the last two axes with a Gaussian of `sigma` pixels (separable; edges reflected)."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
-    taps /= taps.sum()
-    for axis in (-2, -1):
-        moved = np.moveaxis(images, axis, -1)
-        n = moved.shape[-1]
-        padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(radius, radius)], mode="reflect")
-        out = taps[0] * padded[..., :n]
-        for i in range(1, len(taps)):
-            out += taps[i] * padded[..., i : i + n]
-        images = np.moveaxis(out, -1, axis)
-    return np.ascontiguousarray(images)
+    """Blur the last two axes with a Gaussian of `sigma` pixels, 3 sigma wide (edges mirrored:
+    numpy's "reflect", scipy's "mirror"). scipy's separable filter is 1.4-2x faster than numpy
+    shifts at sigma 0.75 and more exact (it sums in float64)."""
+    return ndimage.gaussian_filter(images, sigma, mode="mirror", radius=max(1, int(np.ceil(3 * sigma))), axes=(-2, -1))
 
 
 def bias_field(shape: tuple[int, int, int], strength: float, rng: np.random.Generator) -> np.ndarray:
