@@ -24,13 +24,13 @@ def list_recipes() -> list[str]:
 def _override_list(overrides: dict) -> list[str]:
     """{'train.epochs': 3, 'optim__lr': 1e-3, 'epochs': 3} -> ['train.epochs=3', ...]: a dotted key, `__`
     for the dot, or a last part that only one key has."""
-    from .recipe import KNOWN_KEYS
+    from .recipe import keys_ending_in
 
     assignments = []
     for key, value in overrides.items():
         dotted = key.replace("__", ".")
         if "." not in dotted:
-            owners = [k for k in KNOWN_KEYS if KNOWN_KEYS[k] is None and k.rsplit(".", 1)[-1] == dotted]
+            owners = keys_ending_in(dotted)
             if len(owners) != 1:
                 where = f"it is {' and '.join(owners)}" if owners else "no recipe key ends so"
                 raise UserError(f"train({key}=...): {where}; name the key whole, e.g. train(**{{'train.epochs': 3}}) "

@@ -245,6 +245,11 @@ def _nearest_key(key: str) -> str | None:
     return leaves[near[0]] if near else None
 
 
+def keys_ending_in(leaf: str) -> list[str]:
+    """The recipe keys (not sections) whose last part is `leaf`: 'epochs' -> ['train.epochs']."""
+    return [key for key, sub in KNOWN_KEYS.items() if sub is None and key.rsplit(".", 1)[-1] == leaf]
+
+
 def _unknown_key_error(key: str, source: str) -> UserError:
     nearest = _nearest_key(key)
     close = [nearest] if nearest else []

@@ -89,10 +89,9 @@ def recipe_key_hint(option: str, context, given: list[str]) -> str | None:
     """`train --epochs 1`: a recipe key spelt as an option; the --set that does it, on commands that take --set."""
     if not any("--set" in getattr(param, "opts", ()) for param in context.command.params):
         return None
-    from ..recipe import KNOWN_KEYS
+    from ..recipe import keys_ending_in
 
-    name = option.lstrip("-").replace("-", "_")
-    keys = [key for key in KNOWN_KEYS if KNOWN_KEYS[key] is None and key.rsplit(".", 1)[-1] == name]
+    keys = keys_ending_in(option.lstrip("-").replace("-", "_"))
     if not keys:
         return None
     after = given[given.index(option) + 1:] if option in given else []

@@ -244,17 +244,13 @@ def text(
     _prepare("text", source, out, text=options)
 
 
+FolderSource = Annotated[Optional[Path], typer.Option("--from", help="An image folder or zip: <root>/<class>/* or <root>/<split>/<class>/* (splits train, val/validation, test).")]
+
+
 @app.command(IMAGE_FOLDER, cls=DatasetCommand)
 @user_errors("prepare")
-def image_folder(
-    ctx: typer.Context,
-    source: Optional[Path] = typer.Option(None, "--from", help="An image folder or zip: <root>/<class>/* or <root>/<split>/<class>/* (splits train, val/validation, test)."),
-    out: Out = None,
-    val_fraction: ValFraction = 0.1,
-    test_fraction: TestFraction = 0.0,
-    seed: ImageSeed = 0,
-    size: ImageSize = None,
-):
+def image_folder(ctx: typer.Context, source: FolderSource = None, out: Out = None, val_fraction: ValFraction = 0.1,
+                 test_fraction: TestFraction = 0.0, seed: ImageSeed = 0, size: ImageSize = None):
     """Any other name: your own labelled image folder or zip, prepared under that name (data/NAME/)."""
     _prepare(ctx.info_name, source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
              size=parse_size(size))
@@ -264,12 +260,8 @@ def image_folder(
 @user_errors("prepare")
 def named_image_folder(
     name: str = typer.Option(..., "--name", help="The dataset's name: data/NAME/, and data.dataset in a recipe."),
-    source: Optional[Path] = typer.Option(None, "--from", help="An image folder or zip: <root>/<class>/* or <root>/<split>/<class>/* (splits train, val/validation, test)."),
-    out: Out = None,
-    val_fraction: ValFraction = 0.1,
-    test_fraction: TestFraction = 0.0,
-    seed: ImageSeed = 0,
-    size: ImageSize = None,
+    source: FolderSource = None, out: Out = None, val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.0,
+    seed: ImageSeed = 0, size: ImageSize = None,
 ):
     """Your own labelled image folder or zip under any --name (also one close to a known dataset's)."""
     _prepare(name, source, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
