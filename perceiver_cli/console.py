@@ -8,10 +8,33 @@ from typing import TypeVar
 
 from rich.markup import escape
 
-from rich.console import Console
+from rich.console import Console as RichConsole
+from rich.console import ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
+
+# Written to a pipe or a file, Rich would hard-wrap every line at 80 columns (or at the width of a
+# terminal on stdin): `perceiver eval ... | cat` split "epoch 60 checkpoint" onto a line of its own,
+# and grep or a log then sees half a sentence. Plain output is this wide instead (tables keep their
+# natural width: none is drawn to fill the console); COLUMNS, when set, still decides.
+PIPED_WIDTH = 10_000
+
+
+class Console(RichConsole):
+    """A Rich console that does not wrap lines when it is not writing to a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and not self.is_jupyter and "COLUMNS" not in self._environ:
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size) -> None:
+        RichConsole.size.fset(self, new_size)
+
 
 console = Console()
 err_console = Console(stderr=True)

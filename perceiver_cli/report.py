@@ -26,6 +26,10 @@ FORMULAS = {
     "convergence": "1 - |final train_loss - previous train_loss|",
     "improvement": "final val_acc - first val_acc",
 }
+# epochs a figure needs to mean anything: on fewer, a std of one or two values and a loss change from
+# the first epoch's plunge read 1.0000 (perfect), so the report says it needs more epochs instead
+NEEDS_EPOCHS = {"stability": 3, "convergence": 3, "improvement": 2}
+MARKERS_UP_TO = 25  # epochs: a short run's curves get a marker per epoch (one epoch alone draws no line)
 
 
 @dataclass
@@ -52,22 +56,28 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
     best = max(rows, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
     gap = last["train_accuracy"] - last["val_accuracy"]
     previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
-    test_accuracy = _test_figure(run_dir / "eval_test.json", "accuracy")
+    evaluation = chosen_eval(run_dir)
+    eval_accuracy = _test_figure(evaluation[0], "accuracy") if evaluation else None
     recent = val[-10:]
+    counted = {"stability": len(val), "convergence": len(rows), "improvement": len(val)}
+    short = {name: need for name, need in NEEDS_EPOCHS.items() if counted[name] < need and (val or name == "convergence")}
     summary = {
         "epochs": last["epoch"],
         "wall_time_s": round(last.get("elapsed_s", 0.0), 1),
         "best_val_accuracy": best["val_accuracy"] if val else None,
         "best_epoch": best["epoch"] if val else None,
         "final_val_accuracy": last["val_accuracy"] if val else None,
-        "test_accuracy": test_accuracy,
+        "test_accuracy": eval_accuracy if evaluation and evaluation[1] == "test" else None,
+        "eval_accuracy": eval_accuracy,  # of the eval the report quotes (eval_split), test or not
+        "eval_split": evaluation[1] if evaluation else None,
         "min_train_loss": min(r["train_loss"] for r in rows),
         "min_val_loss": min((r["val_loss"] for r in rows if r["val_loss"] == r["val_loss"]), default=None),
         "overfitting": round(max(0.0, gap), 6) if val else None,
         "generalisation": round(1 - abs(gap), 6) if val else None,
-        "stability": round(1 - (statistics.pstdev(recent) if len(recent) > 1 else 0.0), 6) if val else None,
-        "convergence": round(1 - abs(last["train_loss"] - previous_loss), 6),
-        "improvement": round(last["val_accuracy"] - first["val_accuracy"], 6) if val else None,
+        "stability": round(1 - statistics.pstdev(recent), 6) if val and "stability" not in short else None,
+        "convergence": round(1 - abs(last["train_loss"] - previous_loss), 6) if "convergence" not in short else None,
+        "improvement": round(last["val_accuracy"] - first["val_accuracy"], 6) if val and "improvement" not in short else None,
+        "needs_more_epochs": short,  # figure -> epochs it needs: left out (null) on this shorter run
     }
     figure = getattr(task, "report_figure", None)
     if figure:  # the task's own figure (segment: its pixel accuracy is dominated by the background; Dice counts)
@@ -77,8 +87,37 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
         best_row = pick(measured, key=lambda r: r[key]) if measured else None
         summary[f"best_{key}"] = best_row[key] if best_row else None
         summary[f"best_{key}_epoch"] = best_row["epoch"] if best_row else None
-        summary[f"test_{eval_key}"] = _test_figure(run_dir / "eval_test.json", eval_key) if measured else None
+        value = _test_figure(evaluation[0], eval_key) if measured and evaluation else None
+        summary[f"test_{eval_key}"] = value if evaluation and evaluation[1] == "test" else None
+        summary[f"eval_{eval_key}"] = value
     return summary
+
+
+def chosen_eval(run_dir: Path) -> tuple[Path, str] | None:
+    """(the `perceiver eval` JSON the report quotes, its split's tag): eval_test.json when there is
+    one (the unbiased figure), else the newest of the others (eval_val.json, eval_data-<name>.json...),
+    so that an eval the user ran on another split is shown, and named, rather than "not evaluated"."""
+    test = run_dir / "eval_test.json"
+    if test.is_file():
+        return test, "test"
+    found = []
+    for path in run_dir.glob("eval_*.json"):
+        try:
+            if path.is_file():
+                found.append((path.stat().st_mtime_ns, path.name, path))
+        except OSError:  # gone meanwhile
+            continue
+    if not found:
+        return None
+    path = max(found)[2]
+    return path, path.stem[len("eval_"):]
+
+
+def split_words(tag: str | None) -> str:
+    """An eval file's tag in words: 'test split', 'val split', '--data <name>'."""
+    if tag is None:
+        return "not evaluated"
+    return f"--data {tag[len('data-'):]}" if tag.startswith("data-") else f"{tag} split"
 
 
 def run_task(run_dir: Path):
@@ -95,7 +134,7 @@ def run_task(run_dir: Path):
 
 
 def _test_figure(path: Path, key: str) -> float | None:
-    """One figure of `perceiver eval`'s JSON for the test split (None when not evaluated)."""
+    """One figure of an eval JSON `perceiver eval` wrote (None when not evaluated)."""
     if not path.is_file():
         return None
     try:
@@ -147,13 +186,14 @@ def plot_dashboard(runs: list[RunReport], path: Path) -> None:
         epochs = [r["epoch"] for r in run.rows]
         column = lambda key: [r.get(key, float("nan")) for r in run.rows]  # noqa: E731
         label = run.name if len(runs) > 1 else None
-        acc.plot(epochs, column("train_accuracy"), "--", color=colour)
-        acc.plot(epochs, column("val_accuracy"), "-", color=colour, label=label)
-        loss.plot(epochs, column("train_loss"), "--", color=colour)
-        loss.plot(epochs, column("val_loss"), "-", color=colour, label=label)
-        lr.plot(epochs, column("lr"), color=colour, label=label)
-        speed.plot(epochs, column("samples_per_s"), color=colour, label=label)
-        gap.plot(epochs, [t - v for t, v in zip(column("train_accuracy"), column("val_accuracy"))], color=colour, label=label)
+        style = {"color": colour, **({"marker": "o", "markersize": 4} if len(epochs) <= MARKERS_UP_TO else {})}
+        acc.plot(epochs, column("train_accuracy"), "--", **style)
+        acc.plot(epochs, column("val_accuracy"), "-", label=label, **style)
+        loss.plot(epochs, column("train_loss"), "--", **style)
+        loss.plot(epochs, column("val_loss"), "-", label=label, **style)
+        lr.plot(epochs, column("lr"), label=label, **style)
+        speed.plot(epochs, column("samples_per_s"), label=label, **style)
+        gap.plot(epochs, [t - v for t, v in zip(column("train_accuracy"), column("val_accuracy"))], label=label, **style)
     acc.set_title("accuracy (dashed: train, solid: validation)")
     loss.set_title("loss (dashed: train, solid: validation)")
     if all(r["train_loss"] > 0 for run in runs for r in run.rows):
@@ -171,13 +211,26 @@ def plot_dashboard(runs: list[RunReport], path: Path) -> None:
     for run in runs:
         s = run.summary
         best = f"{s['best_val_accuracy']:.2%} @ {s['best_epoch']}" if s["best_val_accuracy"] is not None else "-"
-        test = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "not evaluated"
+        evaluated = f"eval ({split_words(s['eval_split'])})"
+        test = f"{evaluated} {s['eval_accuracy']:.2%}" if s["eval_accuracy"] is not None else "not evaluated"
         figure = getattr(run.task, "report_figure", None)
         if figure and s[f"best_{figure[0]}"] is not None:
             key, label, eval_key = figure
             best = f"{label} {s[f'best_{key}']:.3f} @ {s[f'best_{key}_epoch']}"
-            test = f"{label} {s[f'test_{eval_key}']:.3f}" if s[f"test_{eval_key}"] is not None else "not evaluated"
-        lines.append(f"{run.name}: best val {best}, test {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
+            test = f"{evaluated} {label} {s[f'eval_{eval_key}']:.3f}" if s[f"eval_{eval_key}"] is not None else "not evaluated"
+        lines.append(f"{run.name}: best val {best}, {test}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s")
+        if s["needs_more_epochs"]:
+            lines.append(f"  {needs_more_text(s['needs_more_epochs'], len(run.rows))}")
     text.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace", wrap=True)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+def needs_more_text(needs: dict, epochs: int) -> str:
+    """'stability and convergence need 3+ epochs (this run has 1)'."""
+    by_count: dict[int, list[str]] = {}
+    for name, need in needs.items():
+        by_count.setdefault(need, []).append(name)
+    parts = [f"{' and '.join(names)} need{'s' if len(names) == 1 else ''} {need}+ epochs"
+             for need, names in sorted(by_count.items(), reverse=True)]
+    return f"{'; '.join(parts)} (this run has {epochs})"

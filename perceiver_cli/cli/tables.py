@@ -83,6 +83,7 @@ def evaluation(result) -> None:
 
 
 SHOWN_ROWS = 50  # a table longer than this is cut; the --json / --csv files hold every row
+SHOWN_SKIPPED = 10  # skipped inputs listed on the terminal (a folder of other files); --json lists all
 
 
 def predictions(result) -> None:
@@ -122,8 +123,10 @@ def predictions(result) -> None:
     if result.largest_component:
         info(f"only the largest region of {', '.join(v(name) for name in result.largest_component)} kept in each mask",
              highlight=False)
-    for skipped in result.skipped:
+    for skipped in result.skipped[:SHOWN_SKIPPED]:
         err_console.print(f"skipped {v(skipped['input'])}: {v(skipped['reason'])}", highlight=False, soft_wrap=True)
+    if len(result.skipped) > SHOWN_SKIPPED:
+        err_console.print(f"… and {len(result.skipped) - SHOWN_SKIPPED:,} more skipped (every one is in --json)", highlight=False)
     if result.files:
         shown = [str(p) for p in result.files if not str(p).endswith(".mask.png")]
         masks = len(result.files) - len(shown)
@@ -153,21 +156,37 @@ def report(result, formulas: dict) -> None:
     table.add_column("")
     for run in result.runs:
         table.add_column(run.name, justify="right")
+    from ..report import needs_more_text, split_words
+
     pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     figures = {run.task.report_figure for run in result.runs if getattr(run.task, "report_figure", None)}
     rows = tuple(row for key, label, eval_key in sorted(figures)
                  for row in ((f"best val {label}", f"best_{key}", num), ("at epoch", f"best_{key}_epoch", str),
-                             (f"test {label} (eval)", f"test_{eval_key}", num))) + (
+                             (f"eval {label}", f"eval_{eval_key}", num))) + (
             ("best val accuracy", "best_val_accuracy", pct), ("at epoch", "best_epoch", str),
-            ("test accuracy (eval)", "test_accuracy", pct), ("min train loss", "min_train_loss", num),
+            ("eval accuracy", "eval_accuracy", pct), ("min train loss", "min_train_loss", num),
             ("min val loss", "min_val_loss", num), ("overfitting", "overfitting", num),
             ("generalisation", "generalisation", num), ("stability", "stability", num),
             ("convergence", "convergence", num), ("improvement", "improvement", num), ("epochs", "epochs", str),
             ("wall time", "wall_time_s", lambda v: f"{v:.0f} s"))
+
+    def cell(run, key, fmt) -> str:
+        summary = run.summary
+        if key in summary.get("needs_more_epochs", {}):  # not 1.0000 on a 1- or 2-epoch run
+            return f"needs {summary['needs_more_epochs'][key]}+ epochs"
+        if summary.get(key) is None:
+            return "-"
+        if key.startswith("eval_"):  # which split the eval figure is of: test, or the one the user evaluated
+            return f"{fmt(summary[key])} ({split_words(summary.get('eval_split'))})"
+        return fmt(summary[key])
+
     for label, key, fmt in rows:
-        table.add_row(label, *(fmt(run.summary[key]) if run.summary.get(key) is not None else "-" for run in result.runs))
+        table.add_row(label, *(cell(run, key, fmt) for run in result.runs))
     console.print(table)
+    for run in result.runs:
+        if run.summary.get("needs_more_epochs"):
+            info(f"{v(run.name)}: {needs_more_text(run.summary['needs_more_epochs'], len(run.rows))}", highlight=False)
     for name, formula in formulas.items():
         info(f"  {name} = {formula}", highlight=False)
     console.print(f"wrote {v(result.png_path)} and {v(result.json_path)}", highlight=False)
@@ -285,7 +304,7 @@ def export(result) -> None:
     info(table)
     if result.exporter:
         console.print(f"{result.exporter}" + (f" · opset {result.opset}" if result.opset else "") + f" · checked on "
-                      f"{result.inputs_used}", highlight=False, soft_wrap=True)
+                      f"{result.inputs_used}" + (f" on {result.device}" if result.device != "cpu" else ""), highlight=False, soft_wrap=True)
         graph_in, graph_out = result.input, result.output
         info(f"input '{graph_in['name']}' {graph_in['dtype']} {graph_in['layout']} {graph_in['shape']} · output "
              f"'{graph_out['name']}' {graph_out['layout']}: {graph_out['meaning']}", highlight=False)

@@ -86,15 +86,20 @@ def figure_samples(y: np.ndarray, count: int = FIGURE_SAMPLES) -> list[int]:
 
 def overlay(image: np.ndarray, mask: np.ndarray | None, classes: int) -> np.ndarray:
     """A grey image (H W 1|3 uint8) with each foreground label in its own colour (H W 3 float)."""
-    import matplotlib
-
     grey = image.astype(np.float32) / 255
     rgb = np.repeat(grey, 3, axis=-1) if grey.shape[-1] == 1 else grey
     if mask is None:
         return rgb
-    colours = matplotlib.colormaps["tab10"](np.arange(classes) % 10)[:, :3]
+    colours = label_colours(classes)
     tinted = np.where((mask > 0)[..., None], 0.45 * rgb + 0.55 * colours[mask], rgb)
     return tinted
+
+
+def label_colours(classes: int) -> np.ndarray:
+    """One RGB colour per label (K 3 float): the overlays' and the legend's."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](np.arange(classes) % 10)[:, :3]
 
 
 def plot_overlays(x, y, predicted, classes: list[str], title: str, samples: list[int] | None = None):
@@ -108,7 +113,12 @@ def plot_overlays(x, y, predicted, classes: list[str], title: str, samples: list
     samples = samples if samples is not None else figure_samples(y if y is not None else predicted)
     columns = [("image", None), ("truth", y), ("prediction", predicted)] if y is not None else \
         [("image", None), ("prediction", predicted)]
-    fig, axes = plt.subplots(len(samples), len(columns), figsize=(3 * len(columns), 3 * len(samples)), squeeze=False)
+    from matplotlib.patches import Patch
+
+    # constrained layout keeps the figure's title, the column titles and the legend clear of each other
+    # (tight_layout let the suptitle run into the first row's titles)
+    fig, axes = plt.subplots(len(samples), len(columns), figsize=(3 * len(columns), 3 * len(samples) + 0.9),
+                             squeeze=False, layout="constrained")
     for row, index in enumerate(samples):
         for column, (name, masks) in enumerate(columns):
             ax = axes[row][column]
@@ -117,7 +127,10 @@ def plot_overlays(x, y, predicted, classes: list[str], title: str, samples: list
             if row == 0:
                 ax.set_title(name)
     fig.suptitle(title)
-    fig.tight_layout()
+    colours = label_colours(len(classes))
+    handles = [Patch(color=colours[label], label=name) for label, name in enumerate(classes) if label > 0]
+    if handles:  # the background (label 0) is left untinted
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     return fig
 
 
