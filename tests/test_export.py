@@ -179,13 +179,34 @@ def test_safetensors_folder_reloads_to_identical_logits(cli, workdir, image_run)
 def test_torch_export_program_matches_pytorch(cli, workdir, image_run):
     in_copy(image_run[0], workdir)
     run = Path("runs/grid")
-    result = cli("export", run, "--format", "torchscript")
+    result = cli("export", run, "--format", "torch-export", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert {p.name for p in (run / "export").iterdir()} == {"config.json", "export.json", "model.pt2", "model.safetensors"}
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["format"] == "torch-export" and info["device"] == "cpu"
     x, logits, _ = stored_split(run)
     with torch.no_grad():
         got = torch.export.load(str(run / "export" / "model.pt2")).module()(torch.from_numpy(x))
     assert (got - logits).abs().max().item() < TOLERANCE
+
+
+def test_torchscript_is_an_alias_that_says_it_writes_a_torch_export_program(cli, workdir, image_run):
+    in_copy(image_run[0], workdir)
+    result = cli("export", "runs/grid", "--format", "torchscript", "--out", "old_name")
+    assert result.exit_code == 0, result.output
+    assert "old name of --format torch-export" in result.stdout and "not TorchScript" in result.stdout
+    assert (Path("old_name") / "model.pt2").is_file()
+    assert json.loads((Path("old_name") / "export.json").read_text())["format"] == "torch-export"
+
+
+def test_export_device_is_checked_before_anything_is_written(cli, workdir, image_run):
+    in_copy(image_run[0], workdir)
+    onnx_on_gpu = cli("export", "runs/grid", "--format", "onnx", "--device", "cuda", "--out", "gpu")
+    assert onnx_on_gpu.exit_code == 2 and "ONNX graphs are made and checked on the CPU" in onnx_on_gpu.output
+    if not torch.cuda.is_available():
+        missing = cli("export", "runs/grid", "--format", "torch-export", "--device", "cuda", "--out", "gpu")
+        assert missing.exit_code == 2 and "--device=cuda but no CUDA device is visible" in missing.output
+    assert not Path("gpu").exists()
 
 
 def test_onnx_of_a_segmentation_run_gives_its_per_pixel_logits(cli, workdir):

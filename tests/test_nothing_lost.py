@@ -294,7 +294,7 @@ def test_a_full_disk_under_tensorboard_is_one_line(cli, workdir, small_disk, mon
     assert "events.out.tfevents" in line
 
 
-@pytest.mark.parametrize("format", ["safetensors", "torchscript"])  # the onnx writer is Python's: as the config's
+@pytest.mark.parametrize("format", ["safetensors", "torch-export"])  # the onnx writer is Python's: as the config's
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(cli, digits_run, small_disk, format):
     small_disk.free()
     with open(small_disk.filler, "wb", buffering=0) as fh:  # room for some of the files, not all of them

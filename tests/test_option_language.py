@@ -18,7 +18,7 @@ def test_version_and_a_completion_script(cli):
     assert script.exit_code == 0 and "complete" in script.stdout and "perceiver" in script.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "bench", "attention", "generate"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "bench", "attention", "generate", "export"])
 def test_every_command_that_runs_a_model_takes_device(cli, command):
     shown = cli(command, "--help")
     assert shown.exit_code == 0 and "--device" in shown.stdout

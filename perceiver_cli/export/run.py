@@ -2,7 +2,8 @@
 
     safetensors   model.safetensors + config.json (runs/exported.py): what perceiver_cli.load reads
     onnx          the same + model.onnx + export.json (the graph's input, output and check)
-    torchscript   the same + model.pt2 (torch.export, torch.export.load) + export.json
+    torch-export  the same + model.pt2 (torch.export, torch.export.load) + export.json
+                  ("torchscript", its first name, is kept as an alias: it writes the same .pt2)
 
 The ONNX and torch.export graphs take stored samples (uint8 images, float32 points) with the
 preprocessing inside (graph.py). Each is run on the run's prepared test (or val) samples, or where
@@ -22,7 +23,7 @@ import torch
 
 from ..atomic import json_text, temporary_sibling, write_text_atomic
 from ..data import swap
-from ..engine.runtime import InputTransform
+from ..engine.runtime import InputTransform, resolve_device
 from ..errors import UserError
 from ..runs.exported import CONFIG, WEIGHTS, is_export_folder, load_folder, load_model_from, write_folder
 from ..runs.exported import FORMAT as EXPORT_FORMAT
@@ -32,7 +33,9 @@ from ..tasks import build_task
 from . import onnx_file, program
 from .graph import Deployable, generated_samples, input_description
 
-FORMATS = ("onnx", "safetensors", "torchscript")
+FORMATS = ("onnx", "safetensors", "torch-export")
+# the format's first name: it never wrote TorchScript (torch.jit is deprecated), it writes torch.export's .pt2
+ALIASES = {"torchscript": "torch-export"}
 CHECK_BATCHES = (1, 8)
 # |exported - eager| on fp32 logits, relative to the logits' scale: a faithful graph differs by the
 # order of float operations only (measured ~1e-7 to 1e-5); a wrong one by far more (a batch-dependent
@@ -54,22 +57,34 @@ class ExportResult:
     exporter: str | None = None
     opset: int | None = None
     inputs_used: str = ""
+    device: str = "cpu"  # where the graph was traced and checked (a cuda .pt2 runs on cuda)
     checks: list[dict] = field(default_factory=list)  # {"what", "batch", "max_abs_diff", "tolerance"}
     notes: list[str] = field(default_factory=list)
 
 
-def export(target: Path, format: str, out: Path | None = None, opset: int | None = None) -> ExportResult:
-    """Export a run directory, checkpoint or export folder as `format` into `out` (default <run>/export)."""
+def export(target: Path, format: str, out: Path | None = None, opset: int | None = None,
+           device: str = "cpu") -> ExportResult:
+    """Export a run directory, checkpoint or export folder as `format` into `out` (default <run>/export),
+    traced and checked on `device` (cpu, cuda or auto)."""
+    notes = []
+    if format in ALIASES:
+        notes.append(f"--format {format} is the old name of --format {ALIASES[format]}: it writes a torch.export "
+                     f"program (model.pt2), not TorchScript")
+        format = ALIASES[format]
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown format; choose one of {', '.join(FORMATS)}")
     if opset is not None and format != "onnx":
         raise UserError(f"--opset applies to --format onnx only, not {format}")
     if format == "onnx":
+        if device not in ("cpu", "auto"):  # auto: the CPU, as for every ONNX export
+            raise UserError(f"--format onnx --device {device}: ONNX graphs are made and checked on the CPU, "
+                            f"where ONNX Runtime runs them; drop --device (torch-export and safetensors take it)")
+        device = "cpu"
         onnx_file.require(opset)
+    device = resolve_device(device, "--device")
     target = Path(target)
     if not target.exists():
         raise UserError(f"{target}: no such run directory, checkpoint or export folder")
-    device = torch.device("cpu")  # graphs are traced and checked on the CPU, where onnxruntime runs them
     model, recipe, state, loaded = load_model_from(target, device)
     task = recipe.task.name
     built = build_task(recipe, described_dataset(state), transform=None)
@@ -80,12 +95,13 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
     _check_out(out)
 
     classes = list(state["classes"])
-    result = ExportResult(out, format, [], task, classes)
+    result = ExportResult(out, format, [], task, classes, notes=notes, device=device.type)
     samples, result.inputs_used = _check_samples(recipe, state)
     transform = InputTransform(state["input_spec"], state.get("normalization"), device, recipe.data)
     with torch.no_grad():
         built.transform = transform
-        eager = {batch: model(*built.model_inputs(torch.from_numpy(samples[:batch]))) for batch in CHECK_BATCHES}
+        eager = {batch: model(*built.model_inputs(torch.from_numpy(samples[:batch]).to(device))).cpu()
+                 for batch in CHECK_BATCHES}
 
     # the whole folder is built and checked beside its place (same disk: the swap is a rename), then swapped in
     staging = temporary_sibling(out)
@@ -99,7 +115,7 @@ def export(target: Path, format: str, out: Path | None = None, opset: int | None
                 result.output = built.output_description(classes)
                 write_text_atomic(staging / EXPORT_INFO, json_text(_export_info(result), indent=2) + "\n")
             write_folder(model, recipe, state, staging)
-            _check_round_trip(staging, built, samples, eager, result)
+            _check_round_trip(staging, built, samples, eager, result, device)
             result.files = sorted(path.name for path in staging.iterdir())
             swap.replace_directory(staging, out)
     finally:
@@ -163,8 +179,10 @@ def _check_samples(recipe, state) -> tuple[np.ndarray, str]:
 
 def _graph_files(module: Deployable, folder: Path, format: str, opset, samples, eager, result: ExportResult) -> None:
     """Export the graph into the folder being built and check it."""
-    example = torch.from_numpy(samples[:2])  # a batch of 2: size 1 would be specialised as a constant
-    exported, traced_module, result.notes = program.export_program(module, example)
+    device = next(module.parameters()).device
+    example = torch.from_numpy(samples[:2]).to(device)  # a batch of 2: size 1 would be specialised as a constant
+    exported, traced_module, notes = program.export_program(module, example)
+    result.notes += notes
     input_name = "points" if module.is_points else "images"
     if format == "onnx":
         path = folder / "model.onnx"
@@ -177,7 +195,7 @@ def _graph_files(module: Deployable, folder: Path, format: str, opset, samples, 
         path = folder / "model.pt2"
         program.save_program(exported, path)
         result.exporter = "torch.export (model.pt2; load with torch.export.load)"
-        run = lambda x: program.run_program_file(path, torch.from_numpy(x))  # noqa: E731
+        run = lambda x: program.run_program_file(path, torch.from_numpy(x).to(device)).cpu()  # noqa: E731
         what = "torch.export"
     for batch in CHECK_BATCHES:
         got = run(samples[:batch])
@@ -191,18 +209,18 @@ def _graph_files(module: Deployable, folder: Path, format: str, opset, samples, 
 
 
 def _export_info(result: ExportResult) -> dict:
-    return {"format": result.format, "exporter": result.exporter, "opset": result.opset, "torch": torch.__version__,
+    return {"format": result.format, "device": result.device, "exporter": result.exporter, "opset": result.opset, "torch": torch.__version__,
             "input": result.input, "output": result.output, "classes": result.classes,
             "preprocessing": "inside the graph (feed stored samples as the input says)",
             "check": {"inputs": result.inputs_used, "runs": result.checks}, "notes": result.notes}
 
 
-def _check_round_trip(folder: Path, task, samples, eager, result: ExportResult) -> None:
-    """The folder as perceiver_cli.load reads it gives the very same logits (same bits)."""
-    model, _, _ = load_folder(folder, torch.device("cpu"))
+def _check_round_trip(folder: Path, task, samples, eager, result: ExportResult, device: torch.device) -> None:
+    """The folder as perceiver_cli.load reads it gives the very same logits (same bits) on the same device."""
+    model, _, _ = load_folder(folder, device)
     batch = max(CHECK_BATCHES)
     with torch.no_grad():
-        same = torch.equal(model(*task.model_inputs(torch.from_numpy(samples[:batch]))), eager[batch])
+        same = torch.equal(model(*task.model_inputs(torch.from_numpy(samples[:batch]).to(device))).cpu(), eager[batch])
     result.checks.append({"what": "safetensors folder reloaded vs PyTorch", "batch": batch, "identical": same})
     if not same:
         raise UserError(f"{result.out}: the reloaded weights do not give the run's logits; nothing was written. Please report it")
