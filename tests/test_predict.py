@@ -133,7 +133,7 @@ def test_point_clouds_are_sampled_as_prepared(cli, workdir, tmp_path):
     assert "x.png: no such file" in line
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
     line = assert_user_error(cli("predict", "runs/points", tmp_path / "photo.png"))
-    assert "photo.png: is images, and this model reads meshes (OFF/PLY/STL/OBJ)" in line
+    assert "photo.png: an image, and this model reads meshes (OFF/PLY/STL/OBJ): nothing to predict" in line
     stl = tmp_path / "box.stl"
     stl.write_bytes(__import__("trimesh").creation.box().export(file_type="stl"))
     result = cli("predict", "runs/points", stl, "--json", "p.json")  # another mesh format, the same sampling
@@ -175,7 +175,7 @@ def test_volume_slices_are_sliced_as_prepared_with_a_summary_per_volume(cli, wor
         torch.save(state, path)
     assert perceiver_cli.load("runs/knees").predict([source / volumes[0]])[-1]["slices"] == 4
     line = assert_user_error(cli("predict", "runs/knees", labels))
-    assert "sides.csv: is not an image, mesh or NIfTI volume" in line
+    assert "sides.csv: not an image, mesh or NIfTI volume, and this model reads images and NIfTI volumes" in line
 
 
 def test_a_segmentation_run_writes_a_mask_png_per_slice(cli, workdir, tmp_path):
@@ -251,6 +251,32 @@ def test_a_masked_image_run_has_nothing_to_predict(cli, workdir, tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "digit.png")
     line = assert_user_error(cli("predict", "runs/mae", tmp_path / "digit.png"))
     assert "a task.name=masked_image run makes no predictions on new inputs" in line
+
+
+def test_a_file_of_the_wrong_kind_is_skipped_alike_named_or_in_a_folder(cli, shapes_run, tmp_path):
+    run, source = shapes_run
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(source / "red" / "000.png", inbox / "red.png")
+    (inbox / "notes.txt").write_text("not an image")
+    (inbox / "cube.off").write_text("OFF\n0 0 0\n")
+    named = cli("predict", run, inbox / "red.png", inbox / "notes.txt", inbox / "cube.off", "--json", "named.json")
+    in_folder = cli("predict", run, inbox, "--json", "folder.json")
+    assert named.exit_code == 0 and in_folder.exit_code == 0, named.output + in_folder.output
+    reasons = {"notes.txt": "not an image, mesh or NIfTI volume, and this model reads images",
+               "cube.off": "a mesh, and this model reads images"}
+    for result, document in ((named, "named.json"), (in_folder, "folder.json")):
+        written = json.loads(Path(document).read_text())
+        assert [row["input"] for row in written["predictions"]] == [str(inbox / "red.png")]
+        assert {Path(item["input"]).name: item["reason"] for item in written["skipped"]} == reasons
+        for name, reason in reasons.items():
+            assert f"skipped {inbox / name}: {reason}" in result.stderr
+    # nothing predicted: exit 2, one line with the reason, given directly or in a folder
+    line = assert_user_error(cli("predict", run, inbox / "cube.off"))
+    assert "cube.off: a mesh, and this model reads images: nothing to predict" in line
+    (inbox / "red.png").unlink()
+    line = assert_user_error(cli("predict", run, inbox))
+    assert "no inputs this model reads (images) found" in line and "and this model reads images" in line
 
 
 def test_bad_targets_and_inputs_are_one_line(cli, shapes_run, tmp_path):

@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = tuple(sorted(EXTENSIONS))  # what prepare reads from image fold
 MESH_SUFFIXES = (".off", ".ply", ".stl", ".obj")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 KIND_WORDS = {"image": "images", "mesh": "meshes (OFF/PLY/STL/OBJ)", "volume": "NIfTI volumes"}
+ONE_OF_KIND = {"image": "an image", "mesh": "a mesh", "volume": "a NIfTI volume"}
 SLICED_SOURCES = ("akoa", "knee-seg")  # prepare kinds whose images are slices of volumes
 
 
@@ -63,11 +64,11 @@ def kind_of(name: str) -> str | None:
 @contextmanager
 def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], list[dict]]]:
     """(every input file under `paths` (files, folders and zips, recursively) of the kinds the model
-    reads, sorted per path; what inside folders and zips is not read: files of another input kind,
-    zips within, FIFOs and devices, members whose path leaves their zip, listed as skipped). Files
-    are read when asked (zips stay open meanwhile), so no folder is ever held in memory whole. A file
-    named on its own must be a regular file of a kind the model reads (else one line), and so must
-    something be found."""
+    reads, sorted per path; what is not read, listed as skipped with the reason: files of another kind
+    (named on their own or found inside a folder or zip alike), zips within, FIFOs and devices inside a
+    folder, members whose path leaves their zip). Hidden files (.DS_Store, __MACOSX) are passed over
+    silently. Files are read when asked (zips stay open meanwhile), so no folder is ever held in memory
+    whole. A path that does not exist, or is itself a FIFO or device, is one line; so is finding nothing."""
     found, skipped = [], []
     with ExitStack() as stack:
         for path in map(Path, paths):
@@ -77,11 +78,10 @@ def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], li
                 raise UserError(f"{path}: is {special_kind(path)}, not a regular file or a folder; give files, folders "
                                 f"or zips of {_words(kinds)}")
             if path.is_file() and not zipfile.is_zipfile(path):
-                kind = kind_of(path.name)
-                if kind not in kinds:
-                    what = f"is {KIND_WORDS[kind]}" if kind else "is not an image, mesh or NIfTI volume"
-                    raise UserError(f"{path}: {what}, and this model reads {_words(kinds)}; give inputs of that kind")
-                found.append(Found(str(path), lambda path=path: read_file(path)))
+                if kind_of(path.name) in kinds:
+                    found.append(Found(str(path), lambda path=path: read_file(path)))
+                else:
+                    skipped.append({"input": str(path), "reason": _not_read(kind_of(path.name), kinds)})
                 continue
             source = stack.enter_context(open_source(path))
             skipped += [{"input": f"{path}/{item['path']}", "reason": item["reason"]} for item in source.skipped]
@@ -91,13 +91,22 @@ def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], li
                 kind = kind_of(name)
                 if kind in kinds:
                     found.append(Found(f"{path}/{name}", lambda read=source.read, name=name: read(name)))
-                elif kind is not None:
-                    skipped.append({"input": f"{path}/{name}", "reason": f"{KIND_WORDS[kind]}: this model reads {_words(kinds)}"})
+                else:
+                    skipped.append({"input": f"{path}/{name}", "reason": _not_read(kind, kinds)})
+        if not found and len(paths) == 1 and len(skipped) == 1 and skipped[0]["input"] == str(paths[0]):
+            raise UserError(f"{paths[0]}: {skipped[0]['reason']}: nothing to predict; give files, folders or zips of "
+                            f"{_words(kinds)}")
         if not found:
             given = ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
             raise UserError(f"{given}: no inputs this model reads ({_words(kinds)}) found{skipped_example(skipped, 'input')}; "
                             f"give files, folders or zips of them")
         yield found, skipped
+
+
+def _not_read(kind: str | None, kinds: set[str]) -> str:
+    """Why a file of this kind is skipped: the same words whether it was named or found in a folder."""
+    what = ONE_OF_KIND[kind] if kind else "not an image, mesh or NIfTI volume"
+    return f"{what}, and this model reads {_words(kinds)}"
 
 
 def _words(kinds: set[str]) -> str:
