@@ -37,11 +37,17 @@ def test_segmentation_from_prepare_to_eval_on_other_patients(cli, workdir):
     images, labels = write_pairs(workdir / "volumes")
     result = cli("prepare", "knee-seg", "--images", images, "--labels", labels, "--size", "16x16", "--split", "0.6,0.2,0.2")
     assert result.exit_code == 0, result.output
-    recipe = recipe_file(workdir / "seg.yaml", SEGMENT + ["train.epochs=12", "train.save_attention_maps=true"])
+    recipe = recipe_file(workdir / "seg.yaml", SEGMENT + ["train.epochs=12", "train.save_attention_maps=true",
+                                                          "train.loggers=[tensorboard]", "train.attention_interval=6"])
     result = cli("train", str(recipe), "--name", "seg")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in Path("runs/seg/metrics.jsonl").read_text().splitlines()]
     assert "val_dice" in rows[-1] and "val dice" in result.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator("runs/seg", size_guidance={"images": 0}).Reload()
+    overlays = events.Images("segmentation/val")  # image | truth | prediction of the probe slices
+    assert [e.step for e in overlays] == [6, 12] and overlays[0].width > 200 and overlays[0].height > 200
 
     result = cli("eval", "runs/seg")
     assert result.exit_code == 0, result.output

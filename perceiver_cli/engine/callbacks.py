@@ -176,6 +176,10 @@ class TensorBoard(Tracker):
         with self._writing():
             self.writer.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch, dataformats="HWC")
 
+    def add_image(self, tag: str, image, epoch: int) -> None:
+        with self._writing():
+            self.writer.add_image(tag, image, epoch, dataformats="HWC")
+
     def log_step(self, step, scalars):
         with self._writing():
             for tag, value in scalars.items():
@@ -235,6 +239,10 @@ class MLflow(Tracker):
         params = [Param(key, str(value)[:6000]) for key, value in _flat(trainer.recipe.to_dict()).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             c.log_batch(self.run_id, params=params[start:start + 100])
+
+    def add_image(self, tag: str, image, epoch: int) -> None:
+        with self._writing():
+            self.writer.add_image(tag, image, epoch, dataformats="HWC")
 
     def log_step(self, step, scalars):
         from mlflow.entities import Metric
@@ -297,6 +305,10 @@ class WandB(Tracker):
                                    settings=self.wandb.Settings(**settings))
         self.run.define_metric("epoch/*", step_metric="epoch")
 
+    def add_image(self, tag: str, image, epoch: int) -> None:
+        with self._writing():
+            self.writer.add_image(tag, image, epoch, dataformats="HWC")
+
     def log_step(self, step, scalars):
         self.run.log(scalars, step=step)
 
@@ -334,7 +346,8 @@ def _require(name: str, tensorboard_flag: bool) -> None:
 
 class AttentionCapture(Callback):
     """Which inputs the latents read, on fixed probe samples, every train.attention_interval epochs
-    and at the last: attention/epoch_NNNN.npz (train.save_attention_maps) and/or TensorBoard."""
+    and at the last: attention/epoch_NNNN.npz (train.save_attention_maps) and/or TensorBoard, which
+    also gets the task's own images of those samples (segmentation: image | truth | prediction)."""
 
     def __init__(self, run_dir: Path, probe: tuple, save: bool, board: TensorBoard | None):
         self.folder, self.probe, self.save, self.board = run_dir / "attention", probe, save, board
@@ -350,6 +363,8 @@ class AttentionCapture(Callback):
             captures.save(captured, self.folder)
         if self.board is not None:
             self.board.add_capture(captured, trainer.dataset.classes, epoch)
+            for tag, image in trainer.task.epoch_images(trainer.model, *self.probe).items():
+                self.board.add_image(tag, image, epoch)
 
 
 class Display(Callback):

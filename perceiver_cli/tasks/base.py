@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -155,6 +156,11 @@ class Task:
         """predict --mask-size: the size the model's answer is asked at (only per-pixel tasks have one)."""
         if size is not None:
             raise UserError(f"--mask-size is for segmentation runs; this is a task.name={self.name} run")
+
+    def epoch_images(self, model, stored: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """TensorBoard images of the model at an epoch's end beyond the attention preview, on the fixed
+        probe samples: {tag: H W 3 uint8}. None by default (segmentation draws its overlays)."""
+        return {}
 
     # --- measuring (perceiver bench) ------------------------------------------------------------------
 

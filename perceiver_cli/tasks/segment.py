@@ -154,6 +154,22 @@ class SegmentTask(Task):
         return {"val_loss": float(sums[0]) / count, "val_accuracy": float(sums[1]) / count,
                 "val_dice": mean_foreground(dice)}
 
+    @torch.no_grad()
+    def epoch_images(self, model, stored, labels):
+        from .segment_eval import figure_pixels, plot_overlays
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            (inputs,), _ = self.eval_batch(torch.from_numpy(stored).to(device), torch.from_numpy(labels).to(device), None)
+            predicted = model(inputs).argmax(-1).to(torch.uint8).cpu().numpy()
+        finally:
+            model.train(was_training)
+        figure = plot_overlays(stored, labels, predicted, list(self.dataset.classes), "validation probe samples",
+                               samples=list(range(len(stored))))
+        return {"segmentation/val": figure_pixels(figure)}
+
     def evaluate(self, context):
         from .segment_eval import evaluate_segmentation
 

@@ -134,6 +134,16 @@ def plot_overlays(x, y, predicted, classes: list[str], title: str, samples: list
     return fig
 
 
+def figure_pixels(figure) -> np.ndarray:
+    """A matplotlib figure as H W 3 uint8 (for TensorBoard), closed once drawn."""
+    import matplotlib.pyplot as plt
+
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return pixels
+
+
 def show_evaluation(report: dict) -> Shown:
     line = (f"[bold]{v(report['evaluated_on'])}[/]: mean Dice [bold]{report['mean_dice']:.4f}[/] (foreground classes) · "
             f"mean IoU {report['mean_iou']:.4f} · pixel accuracy {report['pixel_accuracy']:.2%} · loss {report['loss']:.4f} · "
