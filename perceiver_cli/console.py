@@ -10,30 +10,40 @@ from rich.markup import escape
 
 from rich.console import Console as RichConsole
 from rich.console import ConsoleDimensions
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
 
 # Written to a pipe or a file, Rich would hard-wrap every line at 80 columns (or at the width of a
 # terminal on stdin): `perceiver eval ... | cat` split "epoch 60 checkpoint" onto a line of its own,
-# and grep or a log then sees half a sentence. Plain output is this wide instead (tables keep their
-# natural width: none is drawn to fill the console); COLUMNS, when set, still decides.
+# and grep or a log then sees half a sentence. Plain output is this wide instead; COLUMNS, when set,
+# still decides. A table is drawn at its natural width up to PIPED_TABLE_WIDTH, past which its long
+# cells wrap inside their column (a recipe's description would otherwise make a 1,800-column row).
 PIPED_WIDTH = 10_000
+PIPED_TABLE_WIDTH = 200
 
 
 class Console(RichConsole):
     """A Rich console that does not wrap lines when it is not writing to a terminal."""
 
     @property
+    def piped(self) -> bool:
+        return self._width is None and not self.is_terminal and not self.is_jupyter and "COLUMNS" not in self._environ
+
+    @property
     def size(self) -> ConsoleDimensions:
         size = super().size
-        if self._width is None and not self.is_terminal and not self.is_jupyter and "COLUMNS" not in self._environ:
-            return ConsoleDimensions(PIPED_WIDTH, size.height)
-        return size
+        return ConsoleDimensions(PIPED_WIDTH, size.height) if self.piped else size
 
     @size.setter
     def size(self, new_size) -> None:
         RichConsole.size.fset(self, new_size)
+
+    def print(self, *objects, **options) -> None:
+        if self.piped and options.get("width") is None and any(isinstance(item, Table) for item in objects):
+            options["width"] = PIPED_TABLE_WIDTH
+        super().print(*objects, **options)
 
 
 console = Console()

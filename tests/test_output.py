@@ -7,21 +7,35 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_attention import write_run
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def piped(*args: str) -> str:
+    """What `perceiver ARGS | cat` shows: stdout a pipe, no COLUMNS."""
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = str(ROOT)
+    ran = subprocess.run([sys.executable, "-m", "perceiver_cli", *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert "\x1b[" not in ran.stdout  # plain text, no colour codes
+    return ran.stdout
+
 
 def test_piped_output_is_not_hard_wrapped_at_80_columns(digits_run, workdir):
-    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
-    piped = subprocess.run([sys.executable, "-m", "perceiver_cli", "eval", str(digits_run)], capture_output=True,
-                           text=True, env=env, timeout=300)
-    assert piped.returncode == 0, piped.stderr
-    headline = next(line for line in piped.stdout.splitlines() if "test split: accuracy" in line)
+    shown = piped("eval", str(digits_run))
+    headline = next(line for line in shown.splitlines() if "test split: accuracy" in line)
     assert len(headline) > 80 and headline.endswith("epoch 2 checkpoint")  # one line, as grep and logs need it
-    assert "\x1b[" not in piped.stdout  # plain text, no colour codes
+    # a table of long descriptions wraps inside its cells at 200 columns, not in a row thousands wide
+    table = piped("recipes").splitlines()
+    assert max(len(line) for line in table) <= 200 and any(len(line) > 80 for line in table)
+    assert any(line.startswith("│ digits ") for line in table)
 
 
 def test_report_on_a_one_epoch_run_says_what_needs_more_epochs(cli, workdir, monkeypatch):

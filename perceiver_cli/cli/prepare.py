@@ -190,7 +190,7 @@ def akoa(
     slices: Optional[str] = typer.Option(None, "--slices", help="Evenly spaced slices per NIfTI volume, or 'all'.  \\[default: 40]"),
     axis: Optional[int] = typer.Option(None, "--axis", min=0, max=2, help="Cut NIfTI volumes along this voxel axis.  \\[default: the sagittal axis, from the affine]"),
     split: Optional[str] = typer.Option(None, "--split", help="Shares of train,val,test.  \\[default: 0.7,0.15,0.15]"),
-    split_by: Optional[SplitBy] = typer.Option(None, "--split-by", help="Keep every slice of a patient (all visits, both knees) in one split, or only of a volume (seed 002's looser split).  \\[default: patient]"),
+    split_by: Optional[SplitBy] = typer.Option(None, "--split-by", help="Keep every slice of a patient (all visits, both knees) in one split, or only of a volume (a looser split: the knees of one patient may land in different splits).  \\[default: patient]"),
 ):
     """Knee MRI (AKOA, OAI): volumes cut into slices, labelled left/right, split by patient."""
     from ..data.akoa import AkoaOptions
