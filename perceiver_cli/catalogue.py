@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -39,15 +38,14 @@ def header(path: Path) -> tuple[str, str]:
 def model_for(recipe: Recipe, meta: bool = False) -> torch.nn.Module:
     """The recipe's model for its dataset's inputs (from the prepared manifest, else the reader's
     default shape), freshly initialised; `meta`: shapes only, no memory (to count parameters)."""
-    from .data.shapes import input_of
+    from .data.shapes import ShapesOnly, input_of
 
     known = input_of(recipe.data)
     if known is None:
         raise UserError(f"data.dataset={recipe.data.dataset}: its input shape is not known until it is prepared; "
                         f"run `perceiver prepare imagefolder --from <folder> --name {recipe.data.dataset}` first")
     spec, classes = known
-    dataset = SimpleNamespace(name=recipe.data.dataset, input_spec=spec, classes=[str(i) for i in range(classes)],
-                              target={"kind": "mask"}, splits={})
+    dataset = ShapesOnly.numbered(recipe.data.dataset, spec, classes, target={"kind": "mask"})
     task = get_task(recipe.task.name)(recipe, dataset, None)
     if meta:
         with torch.device("meta"):

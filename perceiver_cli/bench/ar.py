@@ -8,11 +8,11 @@ lucidrains' perceiver-ar-pytorch at the same architecture and window, stepped in
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from ..data.shapes import KNOWN_INPUTS, ShapesOnly
 from ..engine.step import TrainStep
 from ..errors import UserError
 from ..model import count_parameters
@@ -29,7 +29,7 @@ WARMUP_BYTES = 4
 
 def _task(recipe, context: int):
     recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"context": context})})
-    dataset = SimpleNamespace(name="bench", classes=["bytes"], input_spec={"kind": "bytes", "shape": [4096]}, splits={})
+    dataset = ShapesOnly("bench", KNOWN_INPUTS["text"], ["bytes"])
     return build_task(recipe, dataset, None)
 
 

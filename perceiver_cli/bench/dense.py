@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..data.shapes import ShapesOnly
 from ..tasks import get_task
 from ..tasks.masked import FixedMask
 from . import krasserm, memory
@@ -42,8 +43,7 @@ def make_model(which: str, config, task, input_spec: dict, classes: int, checkpo
     if which == "krasserm":
         return krasserm.build(config, task, input_spec, classes)
     recipe = SimpleNamespace(model=config, task=task)
-    dataset = SimpleNamespace(name="bench", input_spec=input_spec, classes=[str(i) for i in range(classes)],
-                              target={"kind": "mask"})
+    dataset = ShapesOnly.numbered("bench", input_spec, classes, target={"kind": "mask"})
     built = get_task(task.name)(recipe, dataset, None)
     model = built.build_model()
     model.activation_checkpointing = checkpointing

@@ -4,6 +4,8 @@ when it is prepared here, else what the shipped readers produce by default. `per
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 KNOWN_INPUTS = {
     "digits": {"kind": "image", "shape": [8, 8, 1]},
     "mnist": {"kind": "image", "shape": [28, 28, 1]},
@@ -32,3 +34,19 @@ def input_of(data_config) -> tuple[dict, int] | None:
     if data_config.dataset in KNOWN_INPUTS:
         return dict(KNOWN_INPUTS[data_config.dataset]), KNOWN_CLASSES[data_config.dataset]
     return None
+
+
+@dataclass
+class ShapesOnly:
+    """A dataset known by its shapes alone, with no samples: what a task needs to build its model for
+    bench, `perceiver recipes` and create_model (its input spec and class names)."""
+    name: str
+    input_spec: dict
+    classes: list[str]
+    target: dict | None = None  # {"kind": "mask"}: per-pixel labels, for a task that reads them
+    splits: dict = field(default_factory=dict)  # none: a task that counts its training labels finds none
+
+    @classmethod
+    def numbered(cls, name: str, input_spec: dict, classes: int, target: dict | None = None) -> "ShapesOnly":
+        """Classes named 0, 1, ... (their names do not change a model)."""
+        return cls(name, input_spec, [str(i) for i in range(classes)], target)
