@@ -81,7 +81,12 @@ def dry_run(recipe: Recipe, dataset, device: str | None = None) -> dict:
     from .tasks import take
 
     chosen = resolve_device(device or recipe.train.device)
-    parts = build_run(recipe, dataset, chosen, DistContext(device=chosen))
+    # priced on the eager model: torch.compile and CUDA graphs change how a step runs, not its FLOPs or
+    # what it keeps for backward, and compiling would make a look at the recipe take minutes
+    skipped = [key for key, applies in (("compile", True), ("cuda_graphs", chosen.type == "cuda"))
+               if applies and getattr(recipe.train, key)]
+    eager = recipe.model_copy(update={"train": recipe.train.model_copy(update={"compile": False, "cuda_graphs": False})})
+    parts = build_run(eager, dataset, chosen, DistContext(device=chosen))
     batches = parts.train_data.epoch(0)
     with batches:
         stored, y, _ = next(iter(batches))
@@ -118,6 +123,7 @@ def dry_run(recipe: Recipe, dataset, device: str | None = None) -> dict:
         "recipe": recipe, "dataset": dataset.name, "train": parts.train_count, "val": parts.val_count,
         "task": recipe.task.name, "device": str(chosen), "precision": "bf16 autocast" if parts.bf16 else "fp32",
         "residency": parts.residency, "parameters": parts.parameters, "steps_per_epoch": parts.steps_per_epoch,
+        "not_applied": [f"train.{key}" for key in skipped],  # what the run will do that the dry run did not
         "forward_flops_per_sample": flops,
         "memory": {"weights": weights, "gradients": weights, "optimizer_state": state,
                    "activations": activations, "batch": batch, "total": 2 * weights + state + activations},

@@ -29,12 +29,21 @@ def test_show_and_print_config_give_the_resolved_recipe_with_every_default_and_s
     assert not (workdir / "runs").exists()  # nothing trained
 
 
-def test_dry_run_reads_the_data_builds_the_model_and_prices_a_step_without_training(cli, workdir):
+def test_dry_run_reads_the_data_builds_the_model_and_prices_a_step_without_training(cli, workdir, monkeypatch):
     result = cli("train", "digits", "--dry-run")
     assert result.exit_code == 0, result.output
     for line in ("1,295 train", "196,918", "FLOPs per sample", "memory estimate", "optimiser state"):
         assert line in result.stdout, result.stdout
     assert not (workdir / "runs").exists()
+    import torch
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("a dry run compiled the model")
+
+    monkeypatch.setattr(torch, "compile", no_compiling)
+    compiled = cli("train", "digits", "--dry-run", "--set", "train.compile=true")  # seconds, not a compile
+    assert compiled.exit_code == 0, compiled.output
+    assert "196,918" in compiled.stdout and "train.compile" in compiled.stdout and "did not apply" in compiled.stdout
     missing = cli("train", "cifar10_cpu", "--dry-run")  # its data is not prepared here: one line
     assert missing.exit_code == 2 and "perceiver prepare cifar10" in missing.output
 

@@ -375,3 +375,6 @@ def dry_run(result: dict, recipe_path) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if result["not_applied"]:
+        info(f"priced on the eager model: {' and '.join(result['not_applied'])} change how a step runs, not its FLOPs "
+             f"or memory, so the dry run did not apply them (training will)", highlight=False)
