@@ -7,6 +7,7 @@
     model = perceiver_cli.load("runs/cifar10_cpu")   # a run directory, a checkpoint .pt or an export folder
     model.predict(["cat.jpg", pil_image, array])      # classes and probabilities, preprocessing included
     logits = model(batch)                             # the nn.Module underneath
+    class Mine(perceiver_cli.Callback): ...           # your own hooks: perceiver_cli.train(..., callbacks=[Mine()])
 """
 
 __version__ = "0.1.0"
@@ -38,3 +39,13 @@ def create_model(recipe, **overrides):
     from .api import create_model as build
 
     return build(recipe, **overrides)
+
+
+def __getattr__(name: str):
+    """perceiver_cli.Callback (engine.callbacks.Callback), imported when first asked for: the package
+    itself loads no torch."""
+    if name == "Callback":
+        from .api import callback_class
+
+        return callback_class()
+    raise AttributeError(f"module 'perceiver_cli' has no attribute {name!r}")

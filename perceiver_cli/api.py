@@ -65,6 +65,13 @@ def train(recipe: str | Path | None = None, *, name: str | None = None, device: 
     return trainer.fit()
 
 
+def callback_class():
+    """engine.callbacks.Callback, the base of a user's own callbacks (perceiver_cli.Callback)."""
+    from .engine.callbacks import Callback
+
+    return Callback
+
+
 def create_model(recipe, **overrides):
     """A recipe's model, freshly initialised (an nn.Module): `recipe` is a shipped name, a YAML path or
     a Recipe (perceiver_cli.recipe.load_recipe); its inputs are those of the recipe's dataset."""
