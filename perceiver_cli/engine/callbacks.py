@@ -173,8 +173,7 @@ class TensorBoard(Tracker):
     def add_capture(self, captured, classes: list[str], epoch: int) -> None:
         from .preview import tensorboard_image
 
-        with self._writing():
-            self.writer.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch, dataformats="HWC")
+        self.add_image("attention/stage_0", tensorboard_image(captured, classes), epoch)
 
     def add_image(self, tag: str, image, epoch: int) -> None:
         with self._writing():
@@ -240,10 +239,6 @@ class MLflow(Tracker):
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             c.log_batch(self.run_id, params=params[start:start + 100])
 
-    def add_image(self, tag: str, image, epoch: int) -> None:
-        with self._writing():
-            self.writer.add_image(tag, image, epoch, dataformats="HWC")
-
     def log_step(self, step, scalars):
         from mlflow.entities import Metric
 
@@ -304,10 +299,6 @@ class WandB(Tracker):
                                    config=trainer.recipe.to_dict(), id=earlier, resume="allow" if earlier else None,
                                    settings=self.wandb.Settings(**settings))
         self.run.define_metric("epoch/*", step_metric="epoch")
-
-    def add_image(self, tag: str, image, epoch: int) -> None:
-        with self._writing():
-            self.writer.add_image(tag, image, epoch, dataformats="HWC")
 
     def log_step(self, step, scalars):
         self.run.log(scalars, step=step)
