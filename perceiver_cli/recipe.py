@@ -252,8 +252,7 @@ def keys_ending_in(leaf: str) -> list[str]:
 
 def _unknown_key_error(key: str, source: str) -> UserError:
     nearest = _nearest_key(key)
-    close = [nearest] if nearest else []
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(Recipe.model_fields)}"
+    hint = f"; did you mean '{nearest}'?" if nearest else f"; valid sections: {', '.join(Recipe.model_fields)}"
     return UserError(f"{source}: unknown key '{key}'{hint}")
 
 

@@ -57,6 +57,7 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
     gap = last["train_accuracy"] - last["val_accuracy"]
     previous_loss = rows[-2]["train_loss"] if len(rows) > 1 else last["train_loss"]
     evaluation = chosen_eval(run_dir)
+    on_test = evaluation is not None and evaluation[1] == "test"  # test_* figures: only of the test split
     eval_accuracy = _test_figure(evaluation[0], "accuracy") if evaluation else None
     recent = val[-10:]
     counted = {"stability": len(val), "convergence": len(rows), "improvement": len(val)}
@@ -67,7 +68,7 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
         "best_val_accuracy": best["val_accuracy"] if val else None,
         "best_epoch": best["epoch"] if val else None,
         "final_val_accuracy": last["val_accuracy"] if val else None,
-        "test_accuracy": eval_accuracy if evaluation and evaluation[1] == "test" else None,
+        "test_accuracy": eval_accuracy if on_test else None,
         "eval_accuracy": eval_accuracy,  # of the eval the report quotes (eval_split), test or not
         "eval_split": evaluation[1] if evaluation else None,
         "min_train_loss": min(r["train_loss"] for r in rows),
@@ -88,7 +89,7 @@ def summarise(rows: list[dict], run_dir: Path, task=None) -> dict:
         summary[f"best_{key}"] = best_row[key] if best_row else None
         summary[f"best_{key}_epoch"] = best_row["epoch"] if best_row else None
         value = _test_figure(evaluation[0], eval_key) if measured and evaluation else None
-        summary[f"test_{eval_key}"] = value if evaluation and evaluation[1] == "test" else None
+        summary[f"test_{eval_key}"] = value if on_test else None
         summary[f"eval_{eval_key}"] = value
     return summary
 

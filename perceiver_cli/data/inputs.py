@@ -78,10 +78,11 @@ def expand(paths: list[Path], kinds: set[str]) -> Iterator[tuple[list[Found], li
                 raise UserError(f"{path}: is {special_kind(path)}, not a regular file or a folder; give files, folders "
                                 f"or zips of {_words(kinds)}")
             if path.is_file() and not zipfile.is_zipfile(path):
-                if kind_of(path.name) in kinds:
+                kind = kind_of(path.name)
+                if kind in kinds:
                     found.append(Found(str(path), lambda path=path: read_file(path)))
                 else:
-                    skipped.append({"input": str(path), "reason": _not_read(kind_of(path.name), kinds)})
+                    skipped.append({"input": str(path), "reason": _not_read(kind, kinds)})
                 continue
             source = stack.enter_context(open_source(path))
             skipped += [{"input": f"{path}/{item['path']}", "reason": item["reason"]} for item in source.skipped]
