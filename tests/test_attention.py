@@ -239,12 +239,17 @@ def write_run(folder: Path, val: list[float], train: list[float]) -> Path:
     return folder
 
 
+def report_summary(run: Path) -> dict:
+    """The run's summary in the report.json that `perceiver report` wrote."""
+    return json.loads((run / "report.json").read_text())["runs"][str(run)]
+
+
 def test_report_summarises_one_run_with_the_dashboard_formulas(cli, workdir):
     run = write_run(workdir / "runs" / "a", val=[0.5, 0.7, 0.6], train=[0.5, 0.8, 0.9])
     (run / "eval_test.json").write_text(json.dumps({"accuracy": 0.65}))
     result = cli("report", run)
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "report.json").read_text())["runs"][str(run)]
+    summary = report_summary(run)
     assert summary["best_val_accuracy"] == 0.7 and summary["best_epoch"] == 2 and summary["test_accuracy"] == 0.65
     assert summary["overfitting"] == pytest.approx(0.3) and summary["generalisation"] == pytest.approx(0.7)
     assert summary["stability"] == pytest.approx(1 - np.std([0.5, 0.7, 0.6]), abs=1e-6)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_attention import write_run
+from test_attention import report_summary, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_report_on_a_one_epoch_run_says_what_needs_more_epochs(cli, workdir, mon
     monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: (drawn.setdefault("fig", fig), saved(fig, path, **kw)))
     result = cli("report", run)
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "report.json").read_text())["runs"][str(run)]
+    summary = report_summary(run)
     assert summary["stability"] is None and summary["convergence"] is None and summary["improvement"] is None
     assert summary["needs_more_epochs"] == {"stability": 3, "convergence": 3, "improvement": 2}
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines() if line.count("│") == 3}
@@ -63,7 +63,7 @@ def test_report_quotes_an_eval_of_another_split_and_names_it(cli, workdir):
     (run / "eval_val.json").write_text(json.dumps({"accuracy": 0.625}))
     result = cli("report", run)
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "report.json").read_text())["runs"][str(run)]
+    summary = report_summary(run)
     assert summary["eval_accuracy"] == 0.625 and summary["eval_split"] == "val" and summary["test_accuracy"] is None
     assert "62.50% (val split)" in result.stdout
     (run / "eval_test.json").write_text(json.dumps({"accuracy": 0.6}))  # the test split wins when there is one
